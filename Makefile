@@ -1,0 +1,38 @@
+# make install | demo | test | test-slow | proto | clean
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build on machines without CUDA; override on a GPU host, e.g. TORCH=torch==2.13.0
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
+OUT := out
+
+.PHONY: install proto demo test test-slow clean
+
+install: $(STAMP) $(STUBS)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, so nothing below pulls another build of it
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+proto: $(STUBS)
+
+$(STUBS): proto/trademark_search.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. $<
+
+demo: install
+	bash scripts/demo.sh $(OUT)/demo
+
+test: install
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-slow: install
+	$(PY) -m pytest -m "slow" -q
+
+clean:
+	rm -rf $(VENV) $(OUT) $(STUBS) proto/trademark_search_pb2.pyi .pytest_cache

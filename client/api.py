@@ -1,0 +1,72 @@
+"""A thin typed wrapper around the generated stub; results as plain dicts (the JSONL schema)."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import grpc
+
+from proto import trademark_search_pb2 as pb
+from proto import trademark_search_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def status_name(code: int) -> str:
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return str(code)
+
+
+def response_to_dict(resp: pb.SearchResponse) -> dict:
+    """The JSON object the CLI prints and writes, one per query."""
+    error = None
+    if resp.HasField("error"):
+        error = {"code": status_name(resp.error.code), "message": resp.error.message}
+    return {
+        "request_id": resp.request_id,
+        "exists": resp.exists,
+        "matched_serial": resp.matched_serial or None,
+        "top_score": round(resp.top_score, 6),
+        "threshold": round(resp.threshold, 6),
+        "matches": [{"serial": m.serial, "score": round(m.score, 6), "name": m.name}
+                    for m in resp.matches],
+        "error": error,
+    }
+
+
+class SearchClient:
+    def __init__(self, target: str, timeout: float = 30.0):
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.stub = pb_grpc.TrademarkSearchStub(self.channel)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def search(self, image: bytes, k: int = 10, threshold: float | None = None,
+               request_id: str = "") -> pb.SearchResponse:
+        req = pb.SearchRequest(request_id=request_id, image=image, k=k)
+        if threshold is not None:
+            req.threshold = threshold
+        return self.stub.Search(req, timeout=self.timeout)
+
+    def search_stream(self, requests: Iterable[pb.SearchRequest],
+                      timeout: float | None = None) -> Iterator[pb.SearchResponse]:
+        return self.stub.SearchStream(iter(requests), timeout=timeout)
+
+    def info(self) -> pb.IndexInfo:
+        return self.stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=self.timeout)
+
+    def thumbnails(self, serials: list[str]) -> dict[str, tuple[str, bytes]]:
+        resp = self.stub.GetThumbnails(pb.GetThumbnailsRequest(serials=serials),
+                                       timeout=self.timeout)
+        return {t.serial: (t.name, t.image) for t in resp.thumbnails}

@@ -1,0 +1,246 @@
+"""The build pipeline: image files -> vectors -> a new index version.
+
+Files are read and decoded by a pool of threads (Pillow releases the GIL while
+decoding) a few batches ahead of the encoder, so decoding overlaps encoding.
+Unreadable images are skipped and listed in the version's report.json; they never
+abort a run.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from indexer import calibrate, store, vectors
+from indexer.catalog import Catalog, Mark
+from indexer.encoder import Encoder
+from indexer.index import check_encoder, open_index
+from indexer.preprocess import ImageDecodeError, letterbox, open_image
+from indexer.projection import fit_pca
+from indexer.sources import ImageItem
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 128
+DEFAULT_DIM = 512
+
+
+class BuildError(RuntimeError):
+    """Nothing could be indexed, or the request cannot be carried out."""
+
+
+@dataclass
+class BuildOptions:
+    index_factory: str = vectors.DEFAULT_FACTORY
+    batch_size: int = 32
+    workers: int = 4
+    dim: int = DEFAULT_DIM
+    whiten: float = 0.5
+    target_fpr: float = 0.01
+    progress: bool = True
+
+
+@dataclass
+class Skipped:
+    file: str
+    reason: str
+
+
+@dataclass
+class Encoded:
+    marks: list[Mark] = field(default_factory=list)
+    descriptors: list[np.ndarray] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def matrix(self, dim: int) -> np.ndarray:
+        return np.concatenate(self.descriptors) if self.descriptors else np.zeros((0, dim),
+                                                                                   np.float32)
+
+
+@dataclass
+class BuildResult:
+    index_dir: str
+    version: str
+    indexed: int
+    replaced: int
+    skipped: list[Skipped]
+    total: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"indexed {self.indexed} marks ({self.replaced} replaced), skipped "
+                f"{len(self.skipped)}, in {self.seconds:.1f} s ({self.images_per_s:.1f} "
+                f"images/s); index {self.index_dir} version {self.version} holds {self.total}")
+
+
+def _load_one(item: ImageItem, encoder: Encoder) -> tuple[np.ndarray, Mark]:
+    data = item.path.read_bytes()
+    im = open_image(data, encoder.preprocess.max_pixels)
+    array = np.asarray(letterbox(im, encoder.preprocess.size, encoder.preprocess.fill))
+    im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=True)
+    mark = Mark(item.serial, item.name, str(item.path), hashlib.sha256(data).hexdigest(),
+                buf.getvalue(), item.metadata)
+    return array, mark
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn, items, depth: int):
+    """Yield (item, future) in order with at most `depth` loads in flight."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= depth:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
+
+
+def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
+    """Backbone descriptors of every readable item; the rest are listed as skipped."""
+    out = Encoded()
+    arrays: list[np.ndarray] = []
+    bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="encoding")
+
+    def flush():
+        if arrays:
+            out.descriptors.append(encoder.descriptors(arrays))
+            bar.update(len(arrays))
+            arrays.clear()
+
+    with ThreadPoolExecutor(max(1, opts.workers)) as pool:
+        depth = max(2 * opts.batch_size, 4 * opts.workers)
+        for item, fut in _prefetch(pool, lambda it: _load_one(it, encoder), items, depth):
+            try:
+                array, mark = fut.result()
+            except (ImageDecodeError, OSError) as e:
+                out.skipped.append(Skipped(str(item.path), str(e)))
+                log.warning("skipped %s: %s", item.path, e)
+                bar.update(1)
+                continue
+            arrays.append(array)
+            out.marks.append(mark)
+            if len(arrays) >= opts.batch_size:
+                flush()
+        flush()
+    bar.close()
+    return out
+
+
+def _write_report(writer: store.VersionWriter, result: BuildResult) -> None:
+    report = asdict(result) | {"images_per_s": result.images_per_s}
+    (writer.path / store.REPORT_FILE).write_text(json.dumps(report, indent=2))
+
+
+def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
+          opts: BuildOptions) -> BuildResult:
+    """A new index from `items`, replacing whatever `out_dir` held, atomically."""
+    t0 = time.perf_counter()
+    if not items:
+        raise BuildError("no images to index: the folder or manifest is empty")
+    enc = encode_items(items, encoder, opts)
+    if not enc.marks:
+        raise BuildError(f"none of the {len(items)} images could be read; see the log")
+    desc = enc.matrix(encoder.descriptor_dim)
+    # An encoder that already gives <= dim dimensions (a user's TorchScript) is used as is.
+    dim = min(opts.dim, encoder.descriptor_dim)
+    projection = fit_pca(desc, dim, opts.whiten) if encoder.descriptor_dim > dim else None
+    vecs = encoder.with_projection(projection).project(desc)
+    with store.write_version(out_dir, new=True) as writer:
+        catalog = Catalog(writer.path / store.CATALOG_FILE)
+        ids, _ = catalog.upsert(enc.marks)
+        catalog.close()
+        index = vectors.new_index(dim, opts.index_factory)
+        vectors.train(index, vecs)
+        vectors.add(index, ids, vecs)
+        vectors.save(index, writer.path / store.INDEX_FILE)
+        if projection:
+            projection.save(writer.path / store.PROJECTION_FILE)
+        threshold = calibrate.leave_one_out_threshold(index, np.asarray(ids), vecs,
+                                                      opts.target_fpr)
+        manifest = store.Manifest(
+            encoder=encoder.identity.to_dict(), dim=dim, index_type=opts.index_factory,
+            count=int(index.ntotal), threshold=round(threshold, 4),
+            threshold_method=f"{calibrate.METHOD}, target rate {opts.target_fpr}",
+            projection=store.PROJECTION_FILE if projection else None)
+        result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),
+                             time.perf_counter() - t0)
+        _write_report(writer, result)
+        result.version = writer.commit(manifest)
+    return result
+
+
+def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
+        opts: BuildOptions) -> BuildResult:
+    """New marks into the live index; a serial already there is replaced in place."""
+    t0 = time.perf_counter()
+    current = open_index(index_dir)
+    try:
+        check_encoder(current.manifest, encoder)
+        enc = encode_items(items, encoder, opts)
+        if not enc.marks:
+            raise BuildError(f"none of the {len(items)} images could be read; index unchanged")
+        vecs = encoder.with_projection(current.projection).project(
+            enc.matrix(encoder.descriptor_dim))
+        index = vectors.load(current.path / store.INDEX_FILE)
+        manifest = current.manifest
+    finally:
+        current.close()
+    with store.write_version(index_dir) as writer:
+        writer.copy_from_base(store.CATALOG_FILE, store.PROJECTION_FILE)
+        catalog = Catalog(writer.path / store.CATALOG_FILE)
+        ids, replaced = catalog.upsert(enc.marks)
+        catalog.close()
+        if replaced:
+            log.warning("%d serial(s) were already indexed and have been replaced", replaced)
+        vectors.add(index, ids, vecs)
+        vectors.save(index, writer.path / store.INDEX_FILE)
+        manifest.count = int(index.ntotal)
+        result = BuildResult(str(index_dir), "", len(ids), replaced, enc.skipped,
+                             manifest.count, time.perf_counter() - t0)
+        _write_report(writer, result)
+        result.version = writer.commit(manifest)
+    return result
+
+
+@dataclass
+class RemoveResult:
+    version: str
+    removed: list[str]
+    not_found: list[str]
+    total: int
+
+
+def remove(serials: list[str], index_dir: str | Path) -> RemoveResult:
+    serials = list(dict.fromkeys(s.strip() for s in serials if s.strip()))
+    if not serials:
+        raise BuildError("no serials given to remove")
+    with store.write_version(index_dir) as writer:
+        writer.copy_from_base(store.CATALOG_FILE, store.PROJECTION_FILE)
+        manifest = store.Manifest.read(writer.base / store.MANIFEST)
+        index = vectors.load(writer.base / store.INDEX_FILE)
+        catalog = Catalog(writer.path / store.CATALOG_FILE)
+        found = catalog.delete(serials)
+        catalog.close()
+        not_found = [s for s in serials if s not in found]
+        if not found:
+            return RemoveResult(manifest.version, [], not_found, manifest.count)
+        vectors.remove(index, list(found.values()))
+        vectors.save(index, writer.path / store.INDEX_FILE)
+        manifest.count = int(index.ntotal)
+        version = writer.commit(manifest)
+    return RemoveResult(version, list(found), not_found, manifest.count)

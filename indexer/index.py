@@ -1,0 +1,58 @@
+"""Opening one version of an index: manifest, FAISS index, catalog and projection together."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+
+from indexer import store, vectors
+from indexer.catalog import Catalog
+from indexer.encoder import Encoder, EncoderIdentity
+from indexer.projection import Projection
+
+
+@dataclass
+class OpenIndex:
+    path: Path
+    manifest: store.Manifest
+    index: faiss.Index
+    catalog: Catalog
+    projection: Projection | None
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
+def open_index(root: str | Path, *, readonly: bool = True, mmap: bool = False) -> OpenIndex:
+    """Open the live version of `root`; IndexFormatError with a fix if it is not usable."""
+    vdir = store.current_version_dir(root)
+    manifest = store.Manifest.read(vdir / store.MANIFEST)
+    missing = [n for n in (store.INDEX_FILE, store.CATALOG_FILE) if not (vdir / n).is_file()]
+    if manifest.projection:
+        missing += [] if (vdir / manifest.projection).is_file() else [manifest.projection]
+    if missing:
+        raise store.IndexFormatError(f"{vdir} lacks {', '.join(missing)}: rebuild the index")
+    try:
+        index = vectors.load(vdir / store.INDEX_FILE, mmap=mmap)
+    except RuntimeError as e:
+        raise store.IndexFormatError(f"{vdir / store.INDEX_FILE} is not a readable FAISS "
+                                     f"index: {e}") from e
+    if index.ntotal != manifest.count or index.d != manifest.dim:
+        raise store.IndexFormatError(
+            f"{vdir}: FAISS index holds {index.ntotal} x {index.d}-d vectors, manifest says "
+            f"{manifest.count} x {manifest.dim}-d: the index is damaged, rebuild it")
+    projection = Projection.load(vdir / manifest.projection) if manifest.projection else None
+    return OpenIndex(vdir, manifest, index, Catalog(vdir / store.CATALOG_FILE, readonly),
+                     projection)
+
+
+def check_encoder(manifest: store.Manifest, encoder: Encoder) -> None:
+    """Refuse to pair an index with an encoder other than the one that built it."""
+    built_with = EncoderIdentity.from_dict(manifest.encoder)
+    problem = encoder.identity.mismatch(built_with)
+    if problem:
+        raise store.IndexFormatError(
+            f"the index was built with encoder {built_with.short()}, not "
+            f"{encoder.identity.short()} ({problem}); start with the encoder it was built with "
+            "(--encoder) or rebuild the index")

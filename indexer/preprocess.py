@@ -1,0 +1,113 @@
+"""Image bytes -> a letterboxed RGB uint8 array of fixed size.
+
+Trademark images arrive in every mode Pillow knows (palette PNGs with a
+transparent colour, 16-bit scans, CMYK print files, phone photos with an EXIF
+rotation), so decoding normalises all of them to one RGB picture on white.
+Normalisation to the network's input range happens later, on the batch tensor.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+WHITE = (255, 255, 255)
+# Pixel count checked from the header, before any pixel is decoded: a 30000x30000
+# PNG of a few KB would otherwise take gigabytes to decode.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this service can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes the network's input; travels with the encoder weights."""
+
+    size: int = 224
+    mean: float = 127.0
+    std: float = 128.0
+    fill: tuple[int, int, int] = WHITE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fill"] = list(self.fill)
+        del d["max_pixels"]  # a safety limit, not part of what the vectors mean
+        return d
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `data` to an RGB image: first frame, EXIF-rotated, transparency on white."""
+    if not data:
+        raise ImageDecodeError("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit below is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the "
+                    f"{max_pixels / 1e6:.0f} Mpx limit; downscale it before sending")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except ImageDecodeError:
+        raise
+    except Image.UnidentifiedImageError as e:
+        raise ImageDecodeError(
+            f"not an image in a known format ({len(data)} bytes, starting {data[:8]!r}); "
+            "send JPEG, PNG, GIF, BMP, TIFF or WebP") from e
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"image is too large to decode safely: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports unknown formats and truncated files as OSError/SyntaxError.
+        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {e}") from e
+
+
+def to_rgb(im: Image.Image, fill: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Any Pillow mode -> RGB; transparent pixels become `fill`."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        im = _high_bit_depth_to_l(im)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, fill + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
+    # Pillow's convert("L") clips 16-bit values instead of scaling them.
+    a = np.asarray(im, dtype=np.float32)
+    top = 65535.0 if a.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
+
+
+def letterbox(im: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Resize so the longer side is `size`, keep the aspect, pad to a square with `fill`."""
+    w, h = im.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = im.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
+def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
+    """Image bytes -> (size, size, 3) uint8, ready to stack into a batch."""
+    im = letterbox(open_image(data, cfg.max_pixels), cfg.size, cfg.fill)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def prepare_file(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
+    return prepare(Path(path).read_bytes(), cfg)

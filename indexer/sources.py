@@ -1,0 +1,83 @@
+"""Where images come from: a folder (recursive) or a CSV manifest.
+
+Deliberately free of torch and faiss: the client imports it to find images too.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class ManifestError(ValueError):
+    """A manifest or image folder that cannot be indexed as given."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    serial: str
+    path: Path
+    name: str = ""
+    metadata: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+def iter_image_files(root: str | Path) -> list[Path]:
+    """Image files under `root`, recursively, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"{root} is not a folder")
+    return sorted(p for p in root.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def scan_folder(root: str | Path) -> list[ImageItem]:
+    """One item per image file; the serial is the file name without its extension."""
+    items = [ImageItem(p.stem, p) for p in iter_image_files(root)]
+    _check_unique(items, "file name (the serial without a manifest)")
+    return items
+
+
+def read_manifest(csv_path: str | Path, images_root: str | Path) -> list[ImageItem]:
+    """Rows `serial,file[,name,...]`; `file` relative to `images_root`, which it must stay in.
+
+    Extra columns are kept as metadata; `name` is also shown in search results.
+    """
+    csv_path, root = Path(csv_path), Path(images_root).resolve()
+    rows = read_csv_rows(csv_path, required=("serial", "file"))
+    items = []
+    for line, row in rows:
+        serial, file = row["serial"].strip(), row["file"].strip()
+        if not serial or not file:
+            raise ManifestError(f"{csv_path}:{line}: empty serial or file")
+        path = (root / file).resolve()
+        if not path.is_relative_to(root):
+            raise ManifestError(f"{csv_path}:{line}: {file!r} points outside {root}")
+        meta = {k: v for k, v in row.items() if k not in ("serial", "file") and k}
+        items.append(ImageItem(serial, path, meta.get("name", ""), meta))
+    _check_unique(items, "serial")
+    return items
+
+
+def read_csv_rows(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, row) pairs of a CSV with a header holding `required` columns."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ManifestError(f"{csv_path}: missing column(s) {', '.join(missing)}; "
+                                    f"the header must name {', '.join(required)}")
+            return [(i + 2, row) for i, row in enumerate(reader)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ManifestError(f"cannot read {csv_path}: {e}") from e
+
+
+def _check_unique(items: list[ImageItem], what: str) -> None:
+    seen: dict[str, Path] = {}
+    for it in items:
+        if it.serial in seen:
+            raise ManifestError(f"duplicate {what} {it.serial!r}: {seen[it.serial]} and {it.path}")
+        seen[it.serial] = it.path

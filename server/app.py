@@ -1,0 +1,122 @@
+"""`python -m server --index DIR`: load the encoder and index, serve gRPC until SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from indexer.cli import add_encoder_args
+from indexer.encoder import EncoderError, load_encoder
+from indexer.store import IndexFormatError
+from proto import trademark_search_pb2 as pb
+from proto import trademark_search_pb2_grpc as pb_grpc
+from server.engine import DEFAULT_MAX_K, EngineConfig, InvalidRequest, SearchEngine
+from server.service import TrademarkSearchServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrademarkSearch"].full_name
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def add_health(server: grpc.Server) -> health.HealthServicer:
+    """The standard grpc.health.v1 service, SERVING for "" and for TrademarkSearch."""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ("", SERVICE_NAME):
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: int = 16
+                  ) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A started-ready (not yet started) server bound to `address`; port 0 picks a free one."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    pb_grpc.add_TrademarkSearchServicer_to_server(servicer, server)
+    health_servicer = add_health(server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port, health_servicer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server",
+                                description="Serve trademark search over gRPC.")
+    g = p.add_argument_group("index")
+    g.add_argument("--index", required=True, type=Path, help="index directory (indexer build)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="existence threshold in [0, 1] (default: the index's calibrated one)")
+    g.add_argument("--max-k", type=int, default=DEFAULT_MAX_K,
+                   help="largest k a request may ask for (default: %(default)s)")
+    g.add_argument("--mmap", action="store_true",
+                   help="memory-map the index instead of reading it into memory")
+    g = p.add_argument_group("network")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    g.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one "
+                                                           "(default: %(default)s)")
+    g.add_argument("--rpc-workers", type=int, default=16,
+                   help="concurrent RPCs handled (default: %(default)s)")
+    g.add_argument("--stream-batch", type=int, default=32,
+                   help="stream items encoded together (default: %(default)s)")
+    g.add_argument("--grace", type=float, default=5.0,
+                   help="seconds in-flight RPCs get on SIGTERM (default: %(default)s)")
+    add_encoder_args(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def serve(args: argparse.Namespace) -> int:
+    import torch
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, args.threads))
+    engine = SearchEngine.open(args.index, load_encoder(args.encoder, args.device),
+                               EngineConfig(args.threshold, args.max_k, args.mmap))
+    servicer = TrademarkSearchServicer(engine, stream_batch=args.stream_batch)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
+                                                  args.rpc_workers)
+    server.start()
+    log.info("ready in %.2f s", time.perf_counter() - t0)
+    print(f"listening on {args.host}:{port}", flush=True)
+
+    stopped = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: stopping, %.0f s grace", signum, args.grace)
+        health_servicer.enter_graceful_shutdown()
+        server.stop(args.grace).wait()
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopped.wait(1.0):
+        pass
+    servicer.close()
+    engine.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return serve(args)
+    except (IndexFormatError, EncoderError, InvalidRequest, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,117 @@
+"""The search engine behind the RPCs, free of gRPC: images in, decisions and matches out.
+
+Encoding and FAISS search run under one lock. Both use all cores for a batch
+already, and FAISS GPU indexes are not thread-safe; callers that hold several
+images (the stream) pass them as one batch instead.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.encoder import Encoder
+from indexer.index import OpenIndex, check_encoder, open_index
+from indexer.preprocess import prepare
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K = 10
+DEFAULT_MAX_K = 1000  # FAISS GPU indexes cap k at 2048
+
+
+class InvalidRequest(ValueError):
+    """The caller sent something this service cannot answer; the message says what."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    serial: str
+    name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    exists: bool
+    matched_serial: str
+    top_score: float
+    threshold: float
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    threshold: float | None = None  # None: the index manifest's default
+    max_k: int = DEFAULT_MAX_K
+    mmap: bool = False
+
+
+def check_threshold(value: float) -> float:
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise InvalidRequest(f"threshold must be between 0 and 1, got {value}")
+    return value
+
+
+class SearchEngine:
+    def __init__(self, encoder: Encoder, index: OpenIndex, config: EngineConfig = EngineConfig()):
+        check_encoder(index.manifest, encoder)
+        self.encoder = encoder.with_projection(index.projection)
+        self.index = index
+        self.max_k = config.max_k
+        self.threshold = check_threshold(
+            index.manifest.threshold if config.threshold is None else config.threshold)
+        self._lock = threading.Lock()
+        log.info("serving %s: %d marks, %s, threshold %.4f", index.path, index.index.ntotal,
+                 index.manifest.index_type, self.threshold)
+
+    @classmethod
+    def open(cls, index_dir: str | Path, encoder: Encoder,
+             config: EngineConfig = EngineConfig()) -> "SearchEngine":
+        return cls(encoder, open_index(index_dir, mmap=config.mmap), config)
+
+    def close(self) -> None:
+        self.index.close()
+
+    # -- request checks -------------------------------------------------------------
+    def check_k(self, k: int | None) -> int:
+        k = DEFAULT_K if k is None else k
+        if not 1 <= k <= self.max_k:
+            raise InvalidRequest(f"k must be between 1 and {self.max_k}, got {k}")
+        return k
+
+    def resolve_threshold(self, threshold: float | None) -> float:
+        return self.threshold if threshold is None else check_threshold(threshold)
+
+    # -- the data path: bytes -> array -> vector -> ids -> serials ----------------------
+    def prepare(self, image: bytes) -> np.ndarray:
+        """Decode and letterbox; raises ImageDecodeError for bad bytes."""
+        return prepare(image, self.encoder.preprocess)
+
+    def search(self, arrays: list[np.ndarray], k: int) -> list[list[Hit]]:
+        """Top-k hits for each prepared image, one encoder batch and one FAISS call."""
+        if not arrays:
+            return []
+        kk = min(k, self.index.index.ntotal)
+        with self._lock:
+            vecs = self.encoder.encode(arrays)
+            if kk == 0:
+                return [[] for _ in arrays]
+            scores, ids = self.index.index.search(vecs, kk)
+        refs = self.index.catalog.refs(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        return [[Hit(refs[i].serial, refs[i].name, float(s))
+                 for s, i in zip(row_s, row_i) if i >= 0 and i in refs]
+                for row_s, row_i in zip(scores, ids.tolist())]
+
+    def decide(self, hits: list[Hit], threshold: float) -> Answer:
+        top = hits[0].score if hits else 0.0
+        exists = bool(hits) and top >= threshold
+        return Answer(exists, hits[0].serial if exists else "", top, threshold, hits)
+
+    def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
+        found = self.index.catalog.thumbnails(serials)
+        return [(s, *found[s]) for s in dict.fromkeys(serials) if s in found]

@@ -1,0 +1,149 @@
+"""gRPC servicer: the boundary where engine errors become status codes."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from indexer.preprocess import ImageDecodeError
+from proto import trademark_search_pb2 as pb
+from proto import trademark_search_pb2_grpc as pb_grpc
+from server.engine import Answer, InvalidRequest, SearchEngine
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass
+class _Item:
+    """One request of a stream on its way through a batch."""
+
+    request: pb.SearchRequest
+    k: int = 0
+    threshold: float = 0.0
+    array: np.ndarray | None = None
+    error: pb.Error | None = None
+    answer: Answer | None = None
+
+
+def _error(code: grpc.StatusCode, message: str) -> pb.Error:
+    return pb.Error(code=code.value[0], message=message)
+
+
+def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
+    return pb.SearchResponse(
+        request_id=request_id, exists=answer.exists, matched_serial=answer.matched_serial,
+        top_score=answer.top_score, threshold=answer.threshold,
+        matches=[pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name)
+                 for r, h in enumerate(answer.hits, start=1)])
+
+
+class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
+    def __init__(self, engine: SearchEngine | None, stream_batch: int = 32,
+                 decode_workers: int = 4):
+        self.engine = engine
+        self.stream_batch = stream_batch
+        self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _engine(self, context) -> SearchEngine:
+        engine = self.engine  # read once: a reload may swap it meanwhile
+        if engine is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no index is loaded; try again shortly")
+        return engine
+
+    def _check(self, engine: SearchEngine, request: pb.SearchRequest) -> _Item:
+        item = _Item(request)
+        try:
+            item.k = engine.check_k(request.k if request.HasField("k") else None)
+            item.threshold = engine.resolve_threshold(
+                request.threshold if request.HasField("threshold") else None)
+            item.array = engine.prepare(request.image)
+        except (InvalidRequest, ImageDecodeError) as e:
+            item.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return item
+
+    def Search(self, request, context):
+        engine = self._engine(context)
+        item = self._check(engine, request)
+        if item.error is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
+        hits = engine.search([item.array], item.k)[0]
+        return to_response(request.request_id, engine.decide(hits, item.threshold))
+
+    def SearchStream(self, request_iterator, context):
+        engine = self._engine(context)
+        pending: queue.Queue = queue.Queue(maxsize=4 * self.stream_batch)
+        threading.Thread(target=self._read_stream, args=(request_iterator, pending, context),
+                         daemon=True, name="stream-reader").start()
+        done = False
+        while not done:
+            batch = [pending.get()]
+            while batch[-1] is not _END and len(batch) < self.stream_batch:
+                try:
+                    batch.append(pending.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is _END
+            requests = [r for r in batch if r is not _END]
+            if requests:
+                yield from self._answer_batch(engine, requests)
+
+    @staticmethod
+    def _read_stream(request_iterator, pending: queue.Queue, context) -> None:
+        """Move requests into `pending` so the answering side can take them in batches."""
+        try:
+            for request in request_iterator:
+                while context.is_active():
+                    try:
+                        pending.put(request, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        except grpc.RpcError:
+            log.info("client ended the stream early")
+        finally:
+            pending.put(_END)
+
+    def _answer_batch(self, engine: SearchEngine, requests: list) -> list[pb.SearchResponse]:
+        items = list(self._decode_pool.map(lambda r: self._check(engine, r), requests))
+        good = [it for it in items if it.error is None]
+        if good:
+            hits = engine.search([it.array for it in good], max(it.k for it in good))
+            for it, h in zip(good, hits):
+                it.array = None
+                it.answer = engine.decide(h[:it.k], it.threshold)
+        out = []
+        for it in items:
+            if it.error is not None:
+                log.info("request %r failed: %s", it.request.request_id, it.error.message)
+                out.append(pb.SearchResponse(request_id=it.request.request_id, error=it.error))
+            else:
+                out.append(to_response(it.request.request_id, it.answer))
+        return out
+
+    def GetIndexInfo(self, request, context):
+        engine = self._engine(context)
+        m = engine.index.manifest
+        return pb.IndexInfo(
+            count=engine.index.index.ntotal, dim=m.dim, metric=m.metric,
+            encoder=engine.encoder.identity.short(), index_type=m.index_type,
+            threshold=engine.threshold, index_version=m.version, created=m.created,
+            max_k=engine.max_k, threshold_method=m.threshold_method)
+
+    def GetThumbnails(self, request, context):
+        engine = self._engine(context)
+        if len(request.serials) > engine.max_k:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"at most {engine.max_k} serials per call, got {len(request.serials)}")
+        return pb.GetThumbnailsResponse(thumbnails=[
+            pb.Thumbnail(serial=s, name=n, image=img)
+            for s, n, img in engine.thumbnails(list(request.serials))])
