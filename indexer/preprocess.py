@@ -66,7 +66,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
             f"not an image in a known format ({len(data)} bytes, starting {data[:8]!r}); "
             "send JPEG, PNG, GIF, BMP, TIFF or WebP") from e
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"image is too large to decode safely: {e}") from e
+        # Pillow's own header check, for images far past any sane limit.
+        raise ImageDecodeError(f"image is over the {max_pixels / 1e6:.0f} Mpx limit ({e}); "
+                               "downscale it before sending") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports unknown formats and truncated files as OSError/SyntaxError.
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {e}") from e

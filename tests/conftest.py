@@ -1,0 +1,88 @@
+"""Shared fixtures: the real encoder, a real index of the sample marks, a real server."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from indexer.build import BuildOptions, build
+from indexer.encoder import load_encoder
+from indexer.sources import read_manifest
+from proto import trademark_search_pb2_grpc as pb_grpc
+from server.app import create_server
+from server.engine import SearchEngine
+from server.service import TrademarkSearchServicer
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+DATA = Path(__file__).resolve().parent / "data"
+LOGOBENCH = ROOT.parent / "shared" / "logobench"
+
+torch.set_num_threads(2)
+
+
+def sample_queries(kind: str | None = None) -> list[dict]:
+    with open(SAMPLES / "queries.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [r | {"path": SAMPLES / r["file"]} for r in rows if kind in (None, r["kind"])]
+
+
+def quiet(**kw) -> BuildOptions:
+    return BuildOptions(progress=False, **kw)
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    return load_encoder("efficientnet-lite0", "cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_items():
+    return read_manifest(SAMPLES / "registry.csv", SAMPLES / "registry")
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory, encoder, sample_items) -> Path:
+    """All 300 sample marks; never modified by tests (copy it first)."""
+    out = tmp_path_factory.mktemp("index") / "samples"
+    build(sample_items, out, encoder, quiet())
+    return out
+
+
+@pytest.fixture
+def index_copy(tmp_path, sample_index) -> Path:
+    dst = tmp_path / "index"
+    shutil.copytree(sample_index, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def engine(sample_index, encoder):
+    eng = SearchEngine.open(sample_index, encoder)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def server_address(engine):
+    servicer = TrademarkSearchServicer(engine, stream_batch=8)
+    server, port, _ = create_server("127.0.0.1:0", servicer)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+    servicer.close()
+
+
+@pytest.fixture(scope="session")
+def channel(server_address):
+    with grpc.insecure_channel(server_address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    return pb_grpc.TrademarkSearchStub(channel)

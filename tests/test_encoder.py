@@ -1,0 +1,88 @@
+"""The encoder loads the real ImageNet weights and gives stable, normalised vectors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.encoder import EncoderError, load_encoder
+from indexer.preprocess import PreprocessConfig, letterbox, open_image, prepare_file
+from tests.conftest import DATA, SAMPLES
+
+# ImageNet classes: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso.
+CATS = {281, 282, 283, 284, 285}
+ESPRESSO = 967
+
+
+def _logits(encoder, path) -> torch.Tensor:
+    im = open_image(path.read_bytes())
+    x = np.asarray(letterbox(im, 224))
+    t = (torch.from_numpy(x.copy()).permute(2, 0, 1).float()[None] - 127.0) / 128.0
+    with torch.inference_mode():
+        return encoder.net.backbone(t)[0]
+
+
+def test_imagenet_weights_classify_real_photos(encoder):
+    assert int(_logits(encoder, DATA / "chelsea.jpg").argmax()) in CATS
+    assert int(_logits(encoder, DATA / "coffee.jpg").argmax()) == ESPRESSO
+
+
+def test_random_weights_would_not(encoder):
+    # Guards the test above: an untrained network of the same shape gets the cat wrong.
+    from indexer.efficientnet import efficientnet_lite0
+    torch.manual_seed(0)
+    net = efficientnet_lite0()
+    x = np.asarray(letterbox(open_image((DATA / "chelsea.jpg").read_bytes()), 224))
+    t = (torch.from_numpy(x.copy()).permute(2, 0, 1).float()[None] - 127.0) / 128.0
+    with torch.inference_mode():
+        assert int(net(t)[0].argmax()) not in CATS
+
+
+def test_descriptors_are_normalised_and_batch_independent(encoder):
+    files = sorted((SAMPLES / "registry").glob("*.png"))[:5]
+    arrays = [prepare_file(f, encoder.preprocess) for f in files]
+    batch = encoder.descriptors(arrays)
+    assert batch.shape == (5, 1280) and batch.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    one = encoder.descriptors(arrays[2:3])
+    np.testing.assert_allclose(one[0], batch[2], atol=1e-4)
+    # Different marks give different vectors.
+    assert float(batch[0] @ batch[1]) < 0.99
+
+
+def test_identity_names_weights_and_preprocessing(encoder):
+    ident = encoder.identity
+    assert ident.name == "efficientnet-lite0-gem3"
+    assert len(ident.weights_sha256) == 64
+    assert ident.preprocess == {"size": 224, "mean": 127.0, "std": 128.0, "fill": [255, 255, 255]}
+    assert ident.mismatch(load_encoder("efficientnet-lite0", "cpu").identity) is None
+
+
+class TinyNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)  # (N, 48)
+
+
+def test_torchscript_encoder_with_its_own_preprocessing(tmp_path):
+    path = tmp_path / "tiny.pt"
+    cfg = {"size": 64, "mean": 0.0, "std": 255.0}
+    torch.jit.save(torch.jit.script(TinyNet()), str(path),
+                   _extra_files={"preprocess.json": json.dumps(cfg)})
+    enc = load_encoder(str(path), "cpu")
+    assert enc.preprocess == PreprocessConfig(size=64, mean=0.0, std=255.0)
+    assert enc.identity.name == "torchscript:tiny.pt" and enc.descriptor_dim == 48
+    arr = prepare_file(sorted((SAMPLES / "registry").glob("*.png"))[0], enc.preprocess)
+    vec = enc.encode([arr])
+    assert vec.shape == (1, 48)
+    assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+
+
+def test_unknown_encoder_and_bad_torchscript_say_how_to_fix(tmp_path):
+    with pytest.raises(EncoderError, match="TorchScript"):
+        load_encoder("resnet-9000")
+    bad = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, bad)  # a state dict, not a TorchScript file
+    with pytest.raises(EncoderError, match="torch.jit.save"):
+        load_encoder(str(bad))

@@ -1,0 +1,183 @@
+"""`python -m indexer` build / add / remove / info on real marks, and what it refuses."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from indexer import store, vectors
+from indexer.cli import main
+from indexer.index import open_index
+from server.engine import SearchEngine
+from tests.conftest import ROOT, SAMPLES
+
+
+def first_marks(tmp_path: Path, n: int, start: int = 0) -> Path:
+    src = sorted((SAMPLES / "registry").glob("*.png"))[start:start + n]
+    dst = tmp_path / f"marks{start}"
+    dst.mkdir()
+    for p in src:
+        shutil.copy(p, dst / p.name)
+    return dst
+
+
+def run(*argv) -> int:
+    return main([*argv])
+
+
+def test_build_info_and_skip_report(tmp_path, capsys):
+    marks = first_marks(tmp_path, 12)
+    (marks / "nested").mkdir()
+    shutil.copy(sorted((SAMPLES / "registry").glob("*.png"))[20], marks / "nested" / "X1.png")
+    (marks / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (marks / "notes.txt").write_text("ignored: not an image extension")
+    assert run("build", "--images", str(marks), "--out", str(tmp_path / "idx"),
+               "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "indexed 13 marks" in out and "skipped 1" in out and "broken.png" in out
+    opened = open_index(tmp_path / "idx")
+    assert opened.index.ntotal == 13 and opened.manifest.dim == 512
+    assert opened.catalog.ids_for(["X1"])  # recursed into nested/
+    report = json.loads((opened.path / store.REPORT_FILE).read_text())
+    assert [Path(s["file"]).name for s in report["skipped"]] == ["broken.png"]
+    assert run("info", "--index", str(tmp_path / "idx"), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 13 and info["metric"] == "inner_product"
+    assert info["encoder"]["name"] == "efficientnet-lite0-gem3"
+    assert 0 < info["threshold"] < 1 and info["bytes_on_disk"] > 0
+
+
+def test_manifest_keeps_names_and_metadata(tmp_path, index_copy):
+    opened = open_index(index_copy)
+    serial = "86000000"
+    ref = opened.catalog.refs(list(opened.catalog.ids_for([serial]).values()))
+    assert next(iter(ref.values())).name == "Starling Bank"
+    name, thumb = opened.catalog.thumbnails([serial])[serial]
+    assert thumb.startswith(b"\x89PNG")
+
+
+def test_add_replace_and_remove_keep_ids_stable(tmp_path, capsys):
+    idx = tmp_path / "idx"
+    assert run("build", "--images", str(first_marks(tmp_path, 10)), "--out", str(idx),
+               "--no-progress") == 0
+    before = open_index(idx)
+    ids_before = before.catalog.ids_for([p.stem for p in (tmp_path / "marks0").iterdir()])
+    extra = first_marks(tmp_path, 5, start=10)
+    # One serial already indexed, with a different picture: it is replaced, same id.
+    existing = next(iter(ids_before))
+    shutil.copy(next(extra.iterdir()), extra / f"{existing}.png")
+    capsys.readouterr()
+    assert run("add", "--images", str(extra), "--index", str(idx), "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "1 serial(s) were already indexed and have been replaced" in out
+    after = open_index(idx)
+    assert after.index.ntotal == 15 and after.manifest.version == "v000002"
+    assert after.catalog.ids_for(list(ids_before)) == ids_before
+    assert set(vectors.stored_ids(after.index)) == set(after.catalog.all_ids())
+
+    gone = sorted(ids_before)[:2]
+    assert run("remove", "--index", str(idx), "--serials", *gone, "nope") == 0
+    out = capsys.readouterr().out
+    assert "removed 2 mark(s)" in out and "not in the index: nope" in out
+    final = open_index(idx)
+    assert final.index.ntotal == 13 and not final.catalog.ids_for(gone)
+    assert set(vectors.stored_ids(final.index)) == set(final.catalog.all_ids())
+    # Older versions beyond the last two are pruned.
+    assert sorted(p.name for p in (idx / store.VERSIONS).iterdir()) == ["v000002", "v000003"]
+
+
+def test_manifest_errors_write_nothing(tmp_path, capsys):
+    marks = first_marks(tmp_path, 3)
+    files = sorted(p.name for p in marks.iterdir())
+    cases = {
+        "dup.csv": (f"serial,file\nA,{files[0]}\nA,{files[1]}\n", "duplicate serial 'A'"),
+        "escape.csv": ("serial,file\nA,../../etc/passwd\n", "points outside"),
+        "nocol.csv": ("id,path\nA,x.png\n", "missing column(s) serial, file"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        rc = run("build", "--images", str(marks), "--manifest", str(tmp_path / name),
+                 "--out", str(tmp_path / "idx"), "--no-progress")
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error:") and message in err, (name, err)
+        assert not (tmp_path / "idx" / store.CURRENT).exists()
+
+
+def test_build_of_only_broken_files_fails_clearly(tmp_path, capsys):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "a.png").write_bytes(b"nope")
+    assert run("build", "--images", str(d), "--out", str(tmp_path / "idx"),
+               "--no-progress") == 2
+    assert "none of the 1 images could be read" in capsys.readouterr().err
+
+
+def test_crash_while_writing_keeps_the_old_version(tmp_path, index_copy, monkeypatch):
+    real_save = vectors.save
+
+    def crash_after_partial_write(index, path):
+        real_save(index, path)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # torn write...
+        raise KeyboardInterrupt("power cut")                   # ...then the crash
+
+    monkeypatch.setattr(vectors, "save", crash_after_partial_write)
+    with pytest.raises(KeyboardInterrupt):
+        run("remove", "--index", str(index_copy), "--serials", "86000000")
+    monkeypatch.undo()
+    opened = open_index(index_copy)
+    assert opened.manifest.version == "v000001" and opened.index.ntotal == 300
+    assert opened.catalog.ids_for(["86000000"])
+
+
+def test_sigkill_during_build_keeps_the_old_index(tmp_path, index_copy):
+    """A real process killed mid-build: the previous version stays live and complete."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "indexer", "build", "--images", str(SAMPLES / "registry"),
+         "--out", str(index_copy), "--batch-size", "8"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.time() + 60
+    while "encoding:" not in seen and time.time() < deadline:  # wait until it is working
+        seen += proc.stderr.read(1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    opened = open_index(index_copy)
+    assert opened.manifest.version == "v000001" and opened.index.ntotal == 300
+    # The next writer starts cleanly and removes anything the killed one left.
+    assert run("remove", "--index", str(index_copy), "--serials", "86000000") == 0
+    leftovers = [p for p in (index_copy / store.VERSIONS).iterdir() if p.name.startswith(".")]
+    assert leftovers == [] and open_index(index_copy).index.ntotal == 299
+
+
+class Tiny(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+def test_server_refuses_index_of_another_encoder(tmp_path, encoder):
+    ts = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(Tiny()), str(ts))
+    idx = tmp_path / "idx"
+    assert run("build", "--images", str(first_marks(tmp_path, 4)), "--out", str(idx),
+               "--encoder", str(ts), "--no-progress") == 0
+    assert open_index(idx).manifest.dim == 48  # a small encoder is used as is, no PCA
+    with pytest.raises(store.IndexFormatError, match="built with encoder torchscript:tiny.pt"):
+        SearchEngine.open(idx, encoder)
+    # And adding with the wrong encoder is refused too, leaving the index as it was.
+    assert run("add", "--images", str(first_marks(tmp_path, 2, start=4)), "--index",
+               str(idx), "--no-progress") == 2
+    assert open_index(idx).index.ntotal == 4
+
+
+def test_not_an_index_says_how_to_build_one(tmp_path, capsys):
+    assert run("info", "--index", str(tmp_path)) == 2
+    assert "python -m indexer build" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""Decoding every image mode a registry holds, and refusing what is not an image."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.preprocess import ImageDecodeError, PreprocessConfig, open_image, prepare
+
+CFG = PreprocessConfig()
+
+
+def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def red_square_rgba() -> Image.Image:
+    im = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    im.paste((255, 0, 0, 255), (10, 10, 30, 30))
+    return im
+
+
+def test_transparency_is_flattened_onto_white():
+    rgb = np.asarray(open_image(encode(red_square_rgba())))
+    assert tuple(rgb[0, 0]) == (255, 255, 255)
+    assert tuple(rgb[20, 20]) == (255, 0, 0)
+
+
+def test_palette_with_transparent_index():
+    im = red_square_rgba().convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    black = im.getpixel((0, 0))
+    data = encode(im, transparency=black)
+    rgb = np.asarray(open_image(data))
+    assert tuple(rgb[0, 0]) == (255, 255, 255) and tuple(rgb[20, 20]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "1", "CMYK", "I;16", "I", "F"])
+def test_every_mode_becomes_rgb(mode):
+    im = Image.new("L", (30, 20), 0)
+    im.paste(200, (5, 5, 25, 15))
+    if mode in ("I;16", "I"):
+        im = Image.fromarray(np.asarray(im).astype(np.uint16) * 257)  # mode I;16
+        im = im if mode == "I;16" else im.convert("I")
+    else:
+        im = im.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "TIFF" if mode in ("I", "F") else "PNG"
+    out = open_image(encode(im, fmt))
+    assert out.mode == "RGB" and out.size == (30, 20)
+    arr = np.asarray(out).astype(int)
+    # Bright inside, dark outside: 16-bit values are scaled, not clipped to white.
+    assert arr[10, 15].mean() > arr[0, 0].mean() + 100
+
+
+def test_exif_orientation_is_applied():
+    im = Image.new("RGB", (60, 30), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = open_image(encode(im, "JPEG", exif=exif))
+    assert out.size == (30, 60)
+
+
+def test_letterbox_keeps_aspect_and_size():
+    im = Image.new("RGB", (200, 50), (0, 0, 255))
+    arr = prepare(encode(im), CFG)
+    assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
+    assert tuple(arr[112, 112]) == (0, 0, 255)      # the mark, centred
+    assert tuple(arr[5, 112]) == (255, 255, 255)    # white bands above and below
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert np.asarray(open_image(buf.getvalue()))[10, 10, 0] > 200
+
+
+def test_tiny_image_is_upscaled():
+    assert prepare(encode(Image.new("RGB", (1, 1), "red")), CFG).shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"%PDF-1.4 not an image", "known format"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "known format"),
+])
+def test_non_images_are_refused_clearly(data, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        open_image(data)
+
+
+def test_truncated_file_is_refused():
+    data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG")
+    with pytest.raises(ImageDecodeError):
+        open_image(data[: len(data) // 2])
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A real PNG: width x height 1-bit black pixels, a few hundred KB compressed."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    row = b"\x00" * (1 + (width + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = _png_bomb(30000, 30000)
+    assert len(data) < 1_000_000
+    with pytest.raises(ImageDecodeError, match="Mpx limit"):
+        open_image(data)

@@ -1,0 +1,92 @@
+"""FAISS wrapper against an exact brute-force oracle on small deterministic data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer import vectors
+from indexer.projection import Projection, fit_pca
+
+
+def unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def oracle(db, ids, q, k):
+    s = q @ db.T
+    order = np.argsort(-s, axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), ids[order]
+
+
+def test_flat_matches_oracle_and_keeps_ids():
+    rng = np.random.default_rng(0)
+    db, q = unit(rng, 500, 64), unit(rng, 20, 64)
+    ids = np.arange(1000, 1500, dtype=np.int64)[::-1].copy()
+    index = vectors.new_index(64)
+    vectors.add(index, ids, db)
+    got_s, got_i = index.search(q, 5)
+    want_s, want_i = oracle(db, ids, q, 5)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, atol=1e-5)
+
+
+def test_add_replaces_same_id_and_remove_drops_it():
+    rng = np.random.default_rng(1)
+    db = unit(rng, 50, 16)
+    ids = np.arange(1, 51, dtype=np.int64)
+    index = vectors.new_index(16)
+    vectors.add(index, ids, db)
+    new = unit(rng, 1, 16)
+    vectors.add(index, [7], new)
+    assert index.ntotal == 50
+    np.testing.assert_allclose(index.reconstruct(7), new[0], atol=1e-6)
+    assert index.search(new, 1)[1][0, 0] == 7
+    assert vectors.remove(index, [7, 999]) == 1
+    assert 7 not in set(vectors.stored_ids(index)) and index.ntotal == 49
+
+
+def test_ivf_factory_trains_and_bad_factory_is_explained():
+    rng = np.random.default_rng(2)
+    db = unit(rng, 400, 32)
+    index = vectors.new_index(32, "IVF4,Flat")
+    vectors.train(index, db)
+    vectors.add(index, np.arange(400), db)
+    assert index.ntotal == 400
+    with pytest.raises(ValueError, match="index-factory"):
+        vectors.new_index(32, "NoSuchIndex")
+
+
+def test_save_load_roundtrip(tmp_path):
+    rng = np.random.default_rng(3)
+    db = unit(rng, 30, 8)
+    index = vectors.new_index(8)
+    vectors.add(index, np.arange(30) * 3, db)
+    vectors.save(index, tmp_path / "i.faiss")
+    for mmap in (False, True):
+        back = vectors.load(tmp_path / "i.faiss", mmap=mmap)
+        np.testing.assert_array_equal(back.search(db[:3], 1)[1].ravel(), [0, 3, 6])
+
+
+def test_pca_projection_is_normalised_and_roundtrips(tmp_path):
+    rng = np.random.default_rng(4)
+    x = unit(rng, 300, 64)
+    for n in (300, 10):  # fewer samples than output dims must still be well defined
+        p = fit_pca(x[:n], 32, whiten=0.5)
+        y = p.apply(x)
+        assert y.shape == (300, 32) and np.isfinite(y).all()
+        np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+    p.save(tmp_path / "p.npz")
+    np.testing.assert_array_equal(Projection.load(tmp_path / "p.npz").apply(x), y)
+
+
+def test_unwhitened_full_pca_preserves_neighbours():
+    # A full-rank rotation without whitening keeps centred cosine ranking exactly.
+    rng = np.random.default_rng(5)
+    x = unit(rng, 200, 16)
+    p = fit_pca(x, 16, whiten=0.0)
+    c = x - x.mean(0)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    y = p.apply(x)
+    np.testing.assert_array_equal(np.argsort(-(c[:5] @ c.T), 1)[:, :5],
+                                  np.argsort(-(y[:5] @ y.T), 1)[:, :5])
