@@ -1,4 +1,4 @@
-# make install | demo | test | test-slow | proto | clean
+# make install | demo | test | test-slow | eval | proto | clean
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
-.PHONY: install proto demo test test-slow clean
+.PHONY: install proto demo test test-slow eval clean
+LOGOBENCH ?= ../shared/logobench
 
 install: $(STAMP) $(STUBS)
 
@@ -33,6 +34,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m "slow" -q
+
+eval: install
+	$(PY) -m bench.eval --data $(LOGOBENCH) --out $(OUT)/eval
 
 clean:
 	rm -rf $(VENV) $(OUT) $(STUBS) proto/trademark_search_pb2.pyi .pytest_cache

@@ -1,0 +1,162 @@
+"""End-to-end evaluation on a LogoBench-style set, through the real CLIs and server.
+
+    python -m bench.eval --data ../shared/logobench --out out/eval
+
+1. `python -m indexer build` over the registry (timed; images/s from its report);
+2. `python -m server --port 0` (start-up timed until it prints its address);
+3. single-image Search latency, sequential calls;
+4. `python -m client batch` over every query (one SearchStream);
+5. scores: recall@1/@10 of `known` queries overall and per edit, and the existence
+   decision at the service's threshold (TPR: exists and right serial first; FPR:
+   said exists for an `unknown` query), TPR at FPR = 1%.
+Writes metrics.json and report.md in --out and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from client.api import SearchClient
+from indexer.cli import index_info
+
+log = logging.getLogger(__name__)
+
+
+def load_queries(path: Path) -> dict[str, dict]:
+    """{absolute file path: row} of a queries.csv (file,expected_serial,transform,kind)."""
+    with open(path, newline="") as f:
+        return {str((path.parent / r["file"]).resolve()): r for r in csv.DictReader(f)}
+
+
+def tpr_at_fpr(top: np.ndarray, correct: np.ndarray, known: np.ndarray, fpr: float) -> float:
+    """TPR (right serial first and above the threshold) at the threshold admitting `fpr`."""
+    neg = np.sort(top[~known])[::-1]
+    allowed = int(np.floor(fpr * len(neg)))
+    thr = neg[allowed] if allowed < len(neg) else -np.inf  # strictly above the next negative
+    return float(((top > thr) & correct)[known].mean())
+
+
+def score(queries: dict[str, dict], results: list[dict]) -> dict:
+    rows = []
+    for r in results:
+        q = queries[str(Path(r["file"]).resolve())]
+        serials = [m["serial"] for m in r["matches"]]
+        rows.append({"transform": q["transform"], "known": q["kind"] == "known",
+                     "expected": q["expected_serial"], "serials": serials,
+                     "exists": r["exists"], "top": r["top_score"], "error": r["error"]})
+    known = np.array([x["known"] for x in rows])
+    r1 = np.array([bool(x["serials"]) and x["serials"][0] == x["expected"] for x in rows])
+    r10 = np.array([x["expected"] in x["serials"][:10] for x in rows])
+    exists = np.array([x["exists"] for x in rows])
+    top = np.array([x["top"] for x in rows])
+    per = defaultdict(list)
+    for x, hit in zip(rows, r1):
+        if x["known"]:
+            per[x["transform"]].append(hit)
+    return {
+        "queries": len(rows), "known": int(known.sum()), "unknown": int((~known).sum()),
+        "errors": sum(x["error"] is not None for x in rows),
+        "recall@1": float(r1[known].mean()), "recall@10": float(r10[known].mean()),
+        "recall@1_by_transform": {t: float(np.mean(v)) for t, v in sorted(per.items())},
+        "tpr": float((exists & r1)[known].mean()), "fpr": float(exists[~known].mean()),
+        "tpr@fpr1%": tpr_at_fpr(top, r1, known, 0.01),
+    }
+
+
+def _timed_build(data: Path, index: Path) -> dict:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "indexer", "build", "--images", str(data),
+                    "--manifest", str(data / "registry.csv"), "--out", str(index),
+                    "--no-progress"], check=True)
+    wall = time.perf_counter() - t0
+    info = index_info(index)
+    report = json.loads((Path(info["path"]) / "report.json").read_text())
+    return {"build_wall_s": wall, "build_pipeline_s": report["seconds"],
+            "indexed": report["indexed"], "build_images_per_s": report["images_per_s"],
+            "index_bytes": info["bytes_on_disk"], "threshold": info["threshold"]}
+
+
+def _start_server(index: Path, log_path: Path) -> tuple[subprocess.Popen, str, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--index", str(index), "--port",
+                             "0"], stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on"):
+        proc.kill()
+        raise RuntimeError(f"server did not start; see {log_path}")
+    return proc, line.split()[-1], time.perf_counter() - t0
+
+
+def _latency(address: str, images: list[Path], rounds: int) -> dict:
+    with SearchClient(address) as client:
+        client.search(images[0].read_bytes(), k=10)  # warm-up
+        times = []
+        for i in range(rounds):
+            data = images[i % len(images)].read_bytes()
+            t0 = time.perf_counter()
+            client.search(data, k=10)
+            times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1e3
+    return {"search_p50_ms": float(np.percentile(ms, 50)),
+            "search_p99_ms": float(np.percentile(ms, 99))}
+
+
+def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], float]:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "client", "--server", address, "batch",
+                    str(queries_csv), "--out", str(out), "--retrievals-num", "10",
+                    "--no-progress"], check=True)
+    wall = time.perf_counter() - t0
+    return [json.loads(l) for l in out.read_text().splitlines()], wall
+
+
+def report_markdown(m: dict) -> str:
+    lines = ["| metric | value |", "|---|---|"]
+    for key in ("indexed", "build_images_per_s", "index_bytes", "server_startup_s",
+                "search_p50_ms", "search_p99_ms", "batch_queries_per_s", "threshold",
+                "recall@1", "recall@10", "tpr", "fpr", "tpr@fpr1%"):
+        v = m[key]
+        lines.append(f"| {key} | {v:.4g} |" if isinstance(v, float) else f"| {key} | {v} |")
+    lines += ["", "| transform | recall@1 |", "|---|---|"]
+    lines += [f"| {t} | {v:.3f} |" for t, v in m["recall@1_by_transform"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder with registry.csv, registry/, queries.csv, queries/")
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder")
+    p.add_argument("--latency-rounds", type=int, default=50, help="sequential Search calls")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = _timed_build(args.data, args.out / "index")
+    proc, address, startup = _start_server(args.out / "index", args.out / "server.log")
+    try:
+        metrics["server_startup_s"] = startup
+        registry = sorted((args.data / "registry").glob("*.png"))[:args.latency_rounds]
+        metrics |= _latency(address, registry, args.latency_rounds)
+        results, wall = _batch(address, args.data / "queries.csv", args.out / "results.jsonl")
+        metrics["batch_queries_per_s"] = len(results) / wall
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    metrics |= score(load_queries(args.data / "queries.csv"), results)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (args.out / "report.md").write_text(report_markdown(metrics))
+    print(report_markdown(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

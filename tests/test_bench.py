@@ -1,0 +1,30 @@
+"""Scoring arithmetic of bench.eval on a hand-made case."""
+from __future__ import annotations
+
+import numpy as np
+
+from bench.eval import score, tpr_at_fpr
+
+
+def test_score_counts_recall_tpr_fpr(tmp_path):
+    queries = {str(tmp_path / f"q{i}"): q for i, q in enumerate([
+        {"expected_serial": "A", "transform": "jpeg", "kind": "known"},
+        {"expected_serial": "B", "transform": "jpeg", "kind": "known"},
+        {"expected_serial": "", "transform": "jpeg", "kind": "unknown"},
+        {"expected_serial": "", "transform": "crop", "kind": "unknown"},
+    ])}
+    def res(i, serials, exists, top):
+        return {"file": str(tmp_path / f"q{i}"), "matches": [{"serial": s} for s in serials],
+                "exists": exists, "top_score": top, "error": None}
+    m = score(queries, [res(0, ["A", "C"], True, 0.9), res(1, ["C", "B"], True, 0.8),
+                        res(2, ["A"], True, 0.85), res(3, ["C"], False, 0.1)])
+    assert m["recall@1"] == 0.5 and m["recall@10"] == 1.0
+    assert m["tpr"] == 0.5 and m["fpr"] == 0.5
+    assert m["recall@1_by_transform"] == {"jpeg": 0.5}
+
+
+def test_tpr_at_fpr_puts_the_threshold_above_the_negatives():
+    top = np.array([0.9, 0.7, 0.8, 0.1])
+    correct = np.array([True, True, False, False])
+    known = np.array([True, True, False, False])
+    assert tpr_at_fpr(top, correct, known, 0.0) == 0.5  # only 0.9 is above the 0.8 negative
