@@ -25,7 +25,7 @@ from indexer import calibrate, store, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder
 from indexer.index import check_encoder, open_index
-from indexer.preprocess import ImageDecodeError, letterbox, open_image
+from indexer.preprocess import ImageDecodeError, open_image, to_input
 from indexer.projection import fit_pca
 from indexer.sources import ImageItem
 
@@ -90,7 +90,7 @@ class BuildResult:
 def _load_one(item: ImageItem, encoder: Encoder) -> tuple[np.ndarray, Mark]:
     data = item.path.read_bytes()
     im = open_image(data, encoder.preprocess.max_pixels)
-    array = np.asarray(letterbox(im, encoder.preprocess.size, encoder.preprocess.fill))
+    array = to_input(im, encoder.preprocess)
     im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buf = io.BytesIO()
     im.save(buf, "PNG", optimize=True)

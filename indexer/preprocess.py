@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 WHITE = (255, 255, 255)
 # Pixel count checked from the header, before any pixel is decoded: a 30000x30000
@@ -33,6 +33,7 @@ class PreprocessConfig:
     mean: float = 127.0
     std: float = 128.0
     fill: tuple[int, int, int] = WHITE
+    trim: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def to_dict(self) -> dict:
@@ -94,6 +95,34 @@ def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
 
 
+def trim_background(im: Image.Image, tol: int = 32, margin: float = 0.04,
+                    probe: int = 128) -> Image.Image:
+    """Crop a plain background (the colour of the border) down to the mark's bounding box.
+
+    A mark arrives small in a corner of a large canvas, or with wide margins; the
+    registry's marks fill their frame. Cropping both to the mark puts them at the same
+    scale. The box is found on a small median-filtered copy, so noise and JPEG speckle
+    do not count as mark. A border that is not one colour (a photo, a texture) is left
+    alone.
+    """
+    w, h = im.size
+    scale = min(1.0, probe / max(w, h))
+    small = im.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                      Image.Resampling.BILINEAR) if scale < 1 else im
+    a = np.asarray(small.filter(ImageFilter.MedianFilter(3)), dtype=np.int16)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    bg = np.median(border, axis=0)
+    if (np.abs(border - bg).max(axis=1) > tol).mean() > 0.1:
+        return im
+    ys, xs = np.nonzero(np.abs(a - bg).max(axis=2) > tol)
+    if len(ys) < 4:
+        return im  # blank, or nothing that stands out
+    x0, x1, y0, y1 = xs.min() / scale, (xs.max() + 1) / scale, ys.min() / scale, (ys.max() + 1) / scale
+    m = margin * max(x1 - x0, y1 - y0)
+    return im.crop((max(0, int(x0 - m)), max(0, int(y0 - m)),
+                    min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m)))))
+
+
 def letterbox(im: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) -> Image.Image:
     """Resize so the longer side is `size`, keep the aspect, pad to a square with `fill`."""
     w, h = im.size
@@ -105,10 +134,16 @@ def letterbox(im: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) ->
     return canvas
 
 
+def to_input(im: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """Decoded RGB image -> (size, size, 3) uint8, ready to stack into a batch."""
+    if cfg.trim:
+        im = trim_background(im)
+    return np.asarray(letterbox(im, cfg.size, cfg.fill), dtype=np.uint8)
+
+
 def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
     """Image bytes -> (size, size, 3) uint8, ready to stack into a batch."""
-    im = letterbox(open_image(data, cfg.max_pixels), cfg.size, cfg.fill)
-    return np.asarray(im, dtype=np.uint8)
+    return to_input(open_image(data, cfg.max_pixels), cfg)
 
 
 def prepare_file(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:

@@ -56,7 +56,8 @@ def test_identity_names_weights_and_preprocessing(encoder):
     ident = encoder.identity
     assert ident.name == "efficientnet-lite0-gem3"
     assert len(ident.weights_sha256) == 64
-    assert ident.preprocess == {"size": 224, "mean": 127.0, "std": 128.0, "fill": [255, 255, 255]}
+    assert ident.preprocess == {"size": 224, "mean": 127.0, "std": 128.0, "fill": [255, 255, 255],
+                                "trim": True}
     assert ident.mismatch(load_encoder("efficientnet-lite0", "cpu").identity) is None
 
 

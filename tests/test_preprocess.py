@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.preprocess import ImageDecodeError, PreprocessConfig, open_image, prepare
+from indexer.preprocess import (ImageDecodeError, PreprocessConfig, open_image, prepare,
+                                 trim_background)
 
 CFG = PreprocessConfig()
 
@@ -117,3 +118,37 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert len(data) < 1_000_000
     with pytest.raises(ImageDecodeError, match="Mpx limit"):
         open_image(data)
+
+
+def _mark_on(canvas_color, canvas=(600, 400), at=(420, 40), size=(100, 80)):
+    im = Image.new("RGB", canvas, canvas_color)
+    im.paste((200, 30, 30), (at[0], at[1], at[0] + size[0], at[1] + size[1]))
+    return im
+
+
+def test_trim_crops_a_plain_canvas_to_the_mark():
+    out = trim_background(_mark_on((40, 160, 60)))
+    # The mark's box plus a 4% margin, whatever the canvas colour; the box is found on a
+    # 128 px probe, so at this canvas size it is exact to about 5 px.
+    assert 100 <= out.width <= 118 and 80 <= out.height <= 98
+    arr = np.asarray(out)
+    assert tuple(arr[out.height // 2, out.width // 2]) == (200, 30, 30)
+
+
+def test_trim_survives_noise_and_leaves_textures_alone():
+    noisy = np.asarray(_mark_on((255, 255, 255))).astype(int)
+    noisy = noisy + np.random.default_rng(0).normal(0, 25, noisy.shape)
+    out = trim_background(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    assert out.width < 130 and out.height < 110
+    texture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 300, 3), np.uint8))
+    assert trim_background(texture).size == (300, 300)
+    blank = Image.new("RGB", (50, 50), "white")
+    assert trim_background(blank).size == (50, 50)
+
+
+def test_trim_can_be_switched_off():
+    data = encode(_mark_on((255, 255, 255)))
+    trimmed = prepare(data, CFG)
+    kept = prepare(data, PreprocessConfig(trim=False))
+    # Trimmed: the mark fills the frame; kept: mostly white canvas.
+    assert (trimmed < 250).mean() > 0.5 > (kept < 250).mean()
