@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build on machines without CUDA; override on a GPU host, e.g. TORCH=torch==2.13.0
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.dev-installed
 STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
@@ -21,6 +22,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# Extras for training data, evaluation baselines and plots (not needed to serve).
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
 proto: $(STUBS)
 
 $(STUBS): proto/trademark_search.proto $(STAMP)
@@ -32,10 +38,10 @@ demo: install
 test: install
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
-test-slow: install
+test-slow: install $(DEV_STAMP)
 	$(PY) -m pytest -m "slow" -q
 
-eval: install
+eval: install $(DEV_STAMP)
 	$(PY) -m bench.eval --data $(LOGOBENCH) --out $(OUT)/eval
 
 clean:

@@ -6,10 +6,11 @@
 2. `python -m server --port 0` (start-up timed until it prints its address);
 3. single-image Search latency, sequential calls;
 4. `python -m client batch` over every query (one SearchStream);
-5. scores: recall@1/@10 of `known` queries overall and per edit, and the existence
+5. the two baselines (bench.baselines) on the same queries, in-process;
+6. scores: recall@1/@10 of `known` queries overall and per edit, and the existence
    decision at the service's threshold (TPR: exists and right serial first; FPR:
    said exists for an `unknown` query), TPR at FPR = 1%.
-Writes metrics.json and report.md in --out and prints the table.
+Writes metrics.json, report.md and roc.png in --out and prints the table.
 """
 from __future__ import annotations
 
@@ -35,6 +36,23 @@ def load_queries(path: Path) -> dict[str, dict]:
     """{absolute file path: row} of a queries.csv (file,expected_serial,transform,kind)."""
     with open(path, newline="") as f:
         return {str((path.parent / r["file"]).resolve()): r for r in csv.DictReader(f)}
+
+
+def auc(top: np.ndarray, known: np.ndarray) -> float:
+    """P(a known query's top score > an unknown one's), ties counted half (Mann-Whitney)."""
+    pos, neg = top[known], top[~known]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def roc(top: np.ndarray, correct: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) over all thresholds; TPR counts a known query only if ranked right."""
+    thr = np.unique(top)[::-1]
+    fpr = np.array([(top[~known] >= t).mean() for t in thr])
+    tpr = np.array([((top >= t) & correct)[known].mean() for t in thr])
+    return fpr, tpr
 
 
 def tpr_at_fpr(top: np.ndarray, correct: np.ndarray, known: np.ndarray, fpr: float) -> float:
@@ -69,6 +87,8 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
         "recall@1_by_transform": {t: float(np.mean(v)) for t, v in sorted(per.items())},
         "tpr": float((exists & r1)[known].mean()), "fpr": float(exists[~known].mean()),
         "tpr@fpr1%": tpr_at_fpr(top, r1, known, 0.01),
+        "auc": auc(top, known),
+        "_roc": roc(top, r1, known),
     }
 
 
@@ -119,16 +139,55 @@ def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], floa
     return [json.loads(l) for l in out.read_text().splitlines()], wall
 
 
-def report_markdown(m: dict) -> str:
-    lines = ["| metric | value |", "|---|---|"]
-    for key in ("indexed", "build_images_per_s", "index_bytes", "server_startup_s",
-                "search_p50_ms", "search_p99_ms", "batch_queries_per_s", "threshold",
-                "recall@1", "recall@10", "tpr", "fpr", "tpr@fpr1%"):
-        v = m[key]
-        lines.append(f"| {key} | {v:.4g} |" if isinstance(v, float) else f"| {key} | {v} |")
-    lines += ["", "| transform | recall@1 |", "|---|---|"]
-    lines += [f"| {t} | {v:.3f} |" for t, v in m["recall@1_by_transform"].items()]
+SERVICE_KEYS = ("indexed", "build_images_per_s", "index_bytes", "server_startup_s",
+                "search_p50_ms", "search_p99_ms", "batch_queries_per_s", "threshold")
+SCORE_KEYS = ("recall@1", "recall@10", "tpr", "fpr", "tpr@fpr1%", "auc")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def report_markdown(service: dict, methods: dict[str, dict]) -> str:
+    """One table: the service's figures, then every method's scores side by side."""
+    names = list(methods)
+    lines = ["| service | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(service[k])} |" for k in SERVICE_KEYS if k in service]
+    lines += ["", "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for k in SCORE_KEYS:
+        cells = [_fmt(methods[n][k]) if n == names[0] or k not in ("tpr", "fpr") else "–"
+                 for n in names]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    transforms = sorted(methods[names[0]]["recall@1_by_transform"])
+    lines += ["", "| recall@1 by edit | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {t} | " + " | ".join(f"{methods[n]['recall@1_by_transform'][t]:.3f}"
+                                        for n in names) + " |" for t in transforms]
     return "\n".join(lines) + "\n"
+
+
+def plot_roc(methods: dict[str, dict], service: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name, m in methods.items():
+        fpr, tpr = m["_roc"]
+        ax.plot(fpr, tpr, label=f"{name} (AUC {m['auc']:.3f}, TPR@1% {m['tpr@fpr1%']:.3f})")
+    first = next(iter(methods.values()))
+    ax.plot([first["fpr"]], [first["tpr"]], "ko",
+            label=f"default threshold {service['threshold']:.3f}")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axvline(0.01, color="grey", lw=0.5, ls="--")
+    ax.set_xlabel("FPR (unknown marks said to exist)")
+    ax.set_ylabel("TPR (known marks: right serial first, above threshold)")
+    ax.set_title("LogoBench existence decision")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder with registry.csv, registry/, queries.csv, queries/")
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder")
     p.add_argument("--latency-rounds", type=int, default=50, help="sequential Search calls")
+    p.add_argument("--no-baselines", action="store_true", help="score the service only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -151,10 +211,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    metrics |= score(load_queries(args.data / "queries.csv"), results)
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (args.out / "report.md").write_text(report_markdown(metrics))
-    print(report_markdown(metrics))
+    queries = load_queries(args.data / "queries.csv")
+    methods = {"service": score(queries, results)}
+    if not args.no_baselines:
+        from bench import baselines
+        files = [Path(f) for f in queries]
+        methods["raw-pooled"] = score(queries, baselines.raw_pooled(args.data, files))
+        methods["phash"] = score(queries, baselines.phash(args.data, files))
+    plot_roc(methods, metrics, args.out / "roc.png")
+    report = report_markdown(metrics, methods)
+    for m in methods.values():
+        m.pop("_roc")
+    (args.out / "metrics.json").write_text(json.dumps(metrics | {"methods": methods}, indent=2))
+    (args.out / "report.md").write_text(report)
+    print(report)
+    print(f"written: {args.out / 'report.md'}, {args.out / 'metrics.json'}, {args.out / 'roc.png'}")
     return 0
 
 

@@ -1,43 +1,91 @@
 """Default existence threshold, estimated from the registry itself (no labels).
 
-A query for an unregistered mark is answered with the registered mark that looks
-most like it. The closest stand-in for such queries that every registry has is its
-own marks searched against the rest of it (leave-one-out): the score of each mark's
-nearest *other* mark. The threshold is the (1 - target_rate) quantile of those
-scores, so about `target_rate` of distinct registered marks would be taken for each
-other.
+Queries for registered marks are edited copies of them; queries for unregistered
+marks are edited copies of marks the registry does not hold. Both can be simulated
+with the registry alone: take a sample of indexed marks, make edited copies of them
+(indexer.augment), and search each copy.
+- Its own mark's score is a *positive*: what a registered mark scores after an edit.
+- Its best score among the *other* marks is a *negative*: what it would score if its
+  own mark were left out of the index, i.e. what an unregistered mark scores.
+The threshold is the (1 - target_fpr) quantile of the negatives, so about
+`target_fpr` of unregistered marks are said to exist; the share of positives that
+are ranked first and clear it is the estimated TPR.
 """
 from __future__ import annotations
 
 import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
+from PIL import Image
+
+from indexer.augment import random_edit
+from indexer.encoder import Encoder
+from indexer.preprocess import ImageDecodeError, open_image, to_input
 
 log = logging.getLogger(__name__)
 
 FALLBACK_THRESHOLD = 0.8  # when the registry is too small to say anything
-MAX_SAMPLE = 20_000
-METHOD = "leave-one-out nearest-neighbour quantile"
+MIN_MARKS = 10
+METHOD = "edited copies of registered marks, leave-one-out negatives"
 
 
-def nearest_other_scores(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray,
-                         seed: int = 0) -> np.ndarray:
-    """Score of each (sampled) indexed vector's best match other than itself."""
-    if len(ids) > MAX_SAMPLE:
-        pick = np.random.default_rng(seed).choice(len(ids), MAX_SAMPLE, replace=False)
-        ids, vecs = ids[pick], vecs[pick]
-    scores, found = index.search(np.ascontiguousarray(vecs, dtype=np.float32), 2)
-    # The first hit is the vector itself, except where an exact duplicate comes first.
-    not_self = found[:, 0] != ids
-    return np.where(not_self, scores[:, 0], scores[:, 1])
+@dataclass
+class Calibration:
+    threshold: float
+    target_fpr: float
+    estimated_tpr: float
+    positives: int
+    negatives: int
+    method: str = METHOD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def leave_one_out_threshold(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray,
-                            target_rate: float = 0.01) -> float:
-    if index.ntotal < 10:
+def copy_scores(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
+                edits: int, seed: int = 0, batch_size: int = 32):
+    """(own score, own ranked first, best other score) per edited copy."""
+    rng = random.Random(seed)
+    own, first, other = [], [], []
+    jobs = [(mid, im) for mid, im in marks for _ in range(edits)]
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        arrays = [to_input(random_edit(im, rng), encoder.preprocess) for _, im in chunk]
+        scores, ids = index.search(encoder.encode(arrays), 2)
+        for (mid, _), s, i in zip(chunk, scores, ids):
+            mine = i == mid
+            own.append(float(s[mine][0]) if mine.any() else -1.0)
+            first.append(bool(i[0] == mid))
+            other.append(float(s[~mine][0]))
+    return np.array(own), np.array(first), np.array(other)
+
+
+def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
+              target_fpr: float = 0.01, edits: int = 2, seed: int = 0) -> Calibration:
+    if index.ntotal < MIN_MARKS or not marks:
         log.warning("only %d marks: using the fallback threshold %.2f", index.ntotal,
                     FALLBACK_THRESHOLD)
-        return FALLBACK_THRESHOLD
-    scores = nearest_other_scores(index, ids, vecs)
-    return float(np.quantile(scores, 1.0 - target_rate))
+        return Calibration(FALLBACK_THRESHOLD, target_fpr, float("nan"), 0, 0, "fallback")
+    own, first, other = copy_scores(index, encoder, marks, edits, seed)
+    threshold = float(np.quantile(other, 1.0 - target_fpr))
+    tpr = float((first & (own >= threshold)).mean())
+    log.info("calibrated on %d edited copies: threshold %.4f, estimated TPR %.3f at FPR %.3f",
+             len(own), threshold, tpr, target_fpr)
+    return Calibration(round(threshold, 4), target_fpr, round(tpr, 4), len(own), len(other))
+
+
+def load_marks(sources: list[tuple[int, str]], count: int, seed: int = 0
+               ) -> list[tuple[int, Image.Image]]:
+    """Up to `count` (id, image) pairs read from their source files; missing ones skipped."""
+    picked = random.Random(seed).sample(sources, min(count, len(sources)))
+    out = []
+    for mid, path in picked:
+        try:
+            out.append((mid, open_image(Path(path).read_bytes())))
+        except (OSError, ImageDecodeError) as e:
+            log.warning("calibration skips %s: %s", path, e)
+    return out

@@ -75,6 +75,10 @@ class Catalog:
     def all_ids(self) -> list[int]:
         return [r[0] for r in self._all("SELECT id FROM marks ORDER BY id")]
 
+    def sources(self) -> list[tuple[int, str]]:
+        """(id, source path) of every mark, for re-reading the originals."""
+        return self._all("SELECT id, source FROM marks ORDER BY id")
+
     def upsert(self, marks: list[Mark]) -> tuple[list[int], int]:
         """Insert marks, replacing same-serial rows in place (keeping their id).
 

@@ -41,6 +41,17 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("calibration (the default existence threshold)")
+    g.add_argument("--target-fpr", type=float, default=0.01,
+                   help="share of unregistered marks the threshold may let through "
+                        "(default: %(default)s)")
+    g.add_argument("--calibration-marks", type=int, default=500,
+                   help="registered marks sampled for calibration (default: %(default)s)")
+    g.add_argument("--calibration-edits", type=int, default=2,
+                   help="edited copies made of each (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m indexer",
                                 description="Build and maintain a trademark image index.")
@@ -58,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vector dimension after PCA (default: %(default)s)")
     g.add_argument("--whiten", type=float, default=0.5,
                    help="PCA whitening power, 0 (none) to 1 (full) (default: %(default)s)")
-    g.add_argument("--target-fpr", type=float, default=0.01,
-                   help="rate of distinct registered marks allowed above the default "
-                        "threshold (default: %(default)s)")
+    g.add_argument("--no-pca", dest="pca", action="store_false",
+                   help="store the encoder's vectors as they are (needs an encoder of at most "
+                        "--dim dimensions)")
+    _add_calibration_args(b)
     add_encoder_args(b)
 
     a = sub.add_parser("add", help="add marks to an index; an existing serial is replaced")
@@ -73,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_mutually_exclusive_group(required=True)
     g.add_argument("--serials", nargs="+", help="serials to remove")
     g.add_argument("--serials-file", type=Path, help="file with one serial per line")
+
+    c = sub.add_parser("calibrate", help="re-estimate the default threshold from the registry")
+    c.add_argument("--index", required=True, type=Path, help="index directory")
+    _add_calibration_args(c)
+    add_encoder_args(c)
 
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("--index", required=True, type=Path, help="index directory")
@@ -87,11 +104,12 @@ def _items(args):
 
 
 def _options(args) -> pipeline.BuildOptions:
-    return pipeline.BuildOptions(
-        index_factory=getattr(args, "index_factory", "Flat"), batch_size=args.batch_size,
-        workers=args.workers, dim=getattr(args, "dim", pipeline.DEFAULT_DIM),
-        whiten=getattr(args, "whiten", 0.5), target_fpr=getattr(args, "target_fpr", 0.01),
-        progress=not args.no_progress)
+    """BuildOptions from whichever of its fields this subcommand has flags for."""
+    fields = pipeline.BuildOptions.__dataclass_fields__
+    given = {k: getattr(args, k) for k in fields if hasattr(args, k)}
+    if hasattr(args, "no_progress"):
+        given["progress"] = not args.no_progress
+    return pipeline.BuildOptions(**given)
 
 
 def _encoder(args):
@@ -133,6 +151,14 @@ def cmd_remove(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    cal = pipeline.recalibrate(args.index, _encoder(args), _options(args))
+    print(f"threshold {cal.threshold:.4f} (estimated TPR {cal.estimated_tpr:.3f} at FPR "
+          f"{cal.target_fpr}, from {cal.positives} edited copies); index version "
+          f"{store.read_manifest(args.index).version}")
+    return 0
+
+
 def index_info(root: Path) -> dict:
     vdir = store.current_version_dir(root)
     manifest = store.Manifest.read(vdir / store.MANIFEST)
@@ -152,6 +178,8 @@ def cmd_info(args) -> int:
             ("dim", info["dim"]), ("metric", info["metric"]), ("index type", info["index_type"]),
             ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
             ("threshold", f"{info['threshold']} ({info['threshold_method']})"),
+            ("est. TPR", f"{info['calibration'].get('estimated_tpr')} at FPR "
+                         f"{info['calibration'].get('target_fpr')}"),
             ("size on disk", f"{info['bytes_on_disk'] / 1e6:.1f} MB"),
             ("created", info["created"]), ("updated", info["updated"])]
     for k, v in rows:
@@ -159,7 +187,8 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "info": cmd_info}
+COMMANDS = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "calibrate": cmd_calibrate,
+            "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,9 @@ from indexer.projection import Projection
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "efficientnet-lite0"
+# The backbone alone: 1280-d descriptors, projected by a PCA learned at build time.
+PCA_ENCODER = "efficientnet-lite0-pca"
+HEAD_FILE = Path(__file__).resolve().parent / "weights" / "lite0_head.pt"
 # A TorchScript encoder may carry its preprocessing in this extra file (JSON with the
 # fields of PreprocessConfig); without it ImageNet defaults in [0, 255] units apply.
 TORCHSCRIPT_PREPROCESS_FILE = "preprocess.json"
@@ -96,6 +99,27 @@ class LiteDescriptor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.pool(self.backbone.features(x)), dim=1)
+
+
+class Head(nn.Module):
+    """The trained similarity head (indexer.train): linear map of descriptors, L2-normalised."""
+
+    def __init__(self, in_dim: int = 1280, dim: int = 512):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(x), dim=-1)
+
+
+class HeadedDescriptor(nn.Module):
+    def __init__(self, descriptor: LiteDescriptor, head: Head):
+        super().__init__()
+        self.descriptor, self.head = descriptor, head
+        self.backbone = descriptor.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.descriptor(x))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -165,11 +189,19 @@ def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Enco
     """`efficientnet-lite0`, or the path of a TorchScript file."""
     dev = pick_device(device)
     if spec == DEFAULT_ENCODER:
+        return _with_head(_load_lite0(dev), HEAD_FILE)
+    if spec == PCA_ENCODER:
         return _load_lite0(dev)
     if os.path.isfile(spec):
         return _load_torchscript(Path(spec), dev)
-    raise EncoderError(f"unknown encoder {spec!r}: use {DEFAULT_ENCODER!r} or the path of a "
-                       "TorchScript file (torch.jit.save) that maps (N,3,H,W) floats to (N,D)")
+    raise EncoderError(f"unknown encoder {spec!r}: use {DEFAULT_ENCODER!r}, {PCA_ENCODER!r} or "
+                       "the path of a TorchScript file (torch.jit.save) that maps (N,3,H,W) "
+                       "floats to (N,D)")
+
+
+def load_backbone_encoder(device: str | None = None) -> Encoder:
+    """EfficientNet-Lite0 + GeM without a head: 1280-d descriptors (training, PCA mode)."""
+    return _load_lite0(pick_device(device))
 
 
 def _load_lite0(device: torch.device) -> Encoder:
@@ -185,6 +217,20 @@ def _load_lite0(device: torch.device) -> Encoder:
     ident = EncoderIdentity(f"{DEFAULT_ENCODER}-gem3", file_sha256(path), cfg.to_dict(),
                             net.backbone.num_features)
     return Encoder(net, cfg, ident, device)
+
+
+def _with_head(base: Encoder, path: Path) -> Encoder:
+    if not path.is_file():
+        raise EncoderError(f"the trained head {path} is missing: restore it from the repository "
+                           f"or train one with `python -m indexer.train`")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out_dim, in_dim = state["proj.weight"].shape
+    head = Head(in_dim, out_dim)
+    head.load_state_dict(state)
+    combined = hashlib.sha256((base.identity.weights_sha256 + file_sha256(path)).encode())
+    ident = EncoderIdentity(f"{DEFAULT_ENCODER}-gem3-head{out_dim}", combined.hexdigest(),
+                            base.identity.preprocess, out_dim)
+    return Encoder(HeadedDescriptor(base.net, head), base.preprocess, ident, base.device)
 
 
 def _load_torchscript(path: Path, device: torch.device) -> Encoder:

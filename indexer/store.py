@@ -57,6 +57,7 @@ class Manifest:
     created: str = ""
     updated: str = ""
     checksums: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

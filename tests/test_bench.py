@@ -21,6 +21,8 @@ def test_score_counts_recall_tpr_fpr(tmp_path):
     assert m["recall@1"] == 0.5 and m["recall@10"] == 1.0
     assert m["tpr"] == 0.5 and m["fpr"] == 0.5
     assert m["recall@1_by_transform"] == {"jpeg": 0.5}
+    # known tops 0.9, 0.8 vs unknown 0.85, 0.1: 3 of 4 pairs ordered right
+    assert m["auc"] == 0.75
 
 
 def test_tpr_at_fpr_puts_the_threshold_above_the_negatives():

@@ -44,7 +44,7 @@ def test_descriptors_are_normalised_and_batch_independent(encoder):
     files = sorted((SAMPLES / "registry").glob("*.png"))[:5]
     arrays = [prepare_file(f, encoder.preprocess) for f in files]
     batch = encoder.descriptors(arrays)
-    assert batch.shape == (5, 1280) and batch.dtype == np.float32
+    assert batch.shape == (5, 512) and batch.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
     one = encoder.descriptors(arrays[2:3])
     np.testing.assert_allclose(one[0], batch[2], atol=1e-4)
@@ -54,7 +54,7 @@ def test_descriptors_are_normalised_and_batch_independent(encoder):
 
 def test_identity_names_weights_and_preprocessing(encoder):
     ident = encoder.identity
-    assert ident.name == "efficientnet-lite0-gem3"
+    assert ident.name == "efficientnet-lite0-gem3-head512"
     assert len(ident.weights_sha256) == 64
     assert ident.preprocess == {"size": 224, "mean": 127.0, "std": 128.0, "fill": [255, 255, 255],
                                 "trim": True}
@@ -87,3 +87,15 @@ def test_unknown_encoder_and_bad_torchscript_say_how_to_fix(tmp_path):
     torch.save({"w": torch.zeros(2)}, bad)  # a state dict, not a TorchScript file
     with pytest.raises(EncoderError, match="torch.jit.save"):
         load_encoder(str(bad))
+
+
+def test_pca_encoder_is_the_backbone_alone_and_differs_in_identity(encoder):
+    pca = load_encoder("efficientnet-lite0-pca", "cpu")
+    assert pca.descriptor_dim == 1280 and encoder.descriptor_dim == 512
+    assert pca.identity.mismatch(encoder.identity) is not None
+
+
+def test_missing_head_says_how_to_fix(tmp_path):
+    from indexer.encoder import _load_lite0, _with_head, pick_device
+    with pytest.raises(EncoderError, match="python -m indexer.train"):
+        _with_head(_load_lite0(pick_device("cpu")), tmp_path / "nope.pt")

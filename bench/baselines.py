@@ -1,0 +1,65 @@
+"""The two reference methods LogoBench quotes, run in-process on the same queries.
+
+- raw: 1280-d global-average-pooled EfficientNet-Lite0 ImageNet features of the image
+  letterboxed to 224 px (no trimming, no head), cosine similarity;
+- phash: 64-bit perceptual hash (imagehash), similarity 1 - Hamming distance / 64.
+Each returns result dicts shaped like the client's JSONL, so one scorer serves all;
+`exists` is False because neither has a calibrated threshold.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.encoder import load_backbone_encoder
+from indexer.preprocess import PreprocessConfig, open_image, prepare
+
+K = 10
+
+
+def _registry(data: Path) -> tuple[list[str], list[Path]]:
+    with open(data / "registry.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["serial"] for r in rows], [data / r["file"] for r in rows]
+
+
+def _results(query_files: list[Path], sims: np.ndarray, serials: list[str]) -> list[dict]:
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :K]
+    return [{"file": str(f), "exists": False, "error": None,
+             "top_score": float(sims[i, order[i, 0]]),
+             "matches": [{"serial": serials[j]} for j in order[i]]}
+            for i, f in enumerate(query_files)]
+
+
+def raw_pooled(data: Path, query_files: list[Path], batch_size: int = 64) -> list[dict]:
+    encoder = load_backbone_encoder()
+    cfg = PreprocessConfig(trim=False)
+
+    @torch.inference_mode()
+    def embed(files: list[Path]) -> np.ndarray:
+        out = []
+        for i in range(0, len(files), batch_size):
+            x = np.stack([prepare(f.read_bytes(), cfg) for f in files[i:i + batch_size]])
+            t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() - cfg.mean) / cfg.std
+            out.append(torch.nn.functional.normalize(
+                encoder.net.backbone.features(t).mean(dim=(2, 3)), dim=1).numpy())
+        return np.concatenate(out)
+
+    serials, files = _registry(data)
+    return _results(query_files, embed(query_files) @ embed(files).T, serials)
+
+
+def phash(data: Path, query_files: list[Path]) -> list[dict]:
+    import imagehash
+
+    def bits(files: list[Path]) -> np.ndarray:
+        return np.array([imagehash.phash(open_image(f.read_bytes())).hash.ravel()
+                         for f in files], dtype=np.float32)
+
+    serials, files = _registry(data)
+    q, r = bits(query_files), bits(files)
+    hamming = q @ (1 - r).T + (1 - q) @ r.T
+    return _results(query_files, 1.0 - hamming / q.shape[1], serials)
