@@ -146,8 +146,10 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
 
 def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],
                     opts: BuildOptions) -> calibrate.Calibration:
-    marks = calibrate.load_marks(sources, opts.calibration_marks)
-    return calibrate.calibrate(index, encoder, marks, opts.target_fpr, opts.calibration_edits)
+    cal = calibrate.calibrate(index, encoder, calibrate.load_marks(sources), opts.target_fpr,
+                              opts.calibration_edits)
+    cal.held_out_ids = [mid for mid, _ in sources]
+    return cal
 
 
 def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
@@ -156,8 +158,17 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
     current = open_index(index_dir)
     try:
         check_encoder(current.manifest, encoder)
+        # The marks the build held out of the PCA fit, where they still exist.
+        held = set(current.manifest.calibration.get("held_out_ids", []))
+        sources = [(mid, src) for mid, src in current.catalog.sources() if mid in held]
+        if not sources:
+            log.warning("no held-out calibration marks recorded: calibrating on marks the "
+                        "projection was fitted on, which tends to set the threshold low")
+            sources = current.catalog.sources()
+            sources = [sources[i] for i in calibrate.pick_held_out(len(sources),
+                                                                    opts.calibration_marks)]
         cal = calibrate_index(current.index, encoder.with_projection(current.projection),
-                              current.catalog.sources(), opts)
+                              sources, opts)
         manifest = current.manifest
     finally:
         current.close()
@@ -184,11 +195,13 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
     if not enc.marks:
         raise BuildError(f"none of the {len(items)} images could be read; see the log")
     desc = enc.matrix(encoder.descriptor_dim)
+    held = calibrate.pick_held_out(len(desc), opts.calibration_marks)
     # PCA learned on this registry: it reduces larger descriptors to `dim`, and its partial
     # whitening lifts the directions that tell this registry's marks apart (on LogoBench
-    # it adds more to the trained head than the head adds to PCA alone).
+    # it adds more to the trained head than the head adds to PCA alone). The calibration
+    # marks stay out of the fit so that they score like unseen marks.
     dim = min(opts.dim, encoder.descriptor_dim)
-    projection = fit_pca(desc, dim, opts.whiten) if opts.pca else None
+    projection = fit_pca(np.delete(desc, held, axis=0), dim, opts.whiten) if opts.pca else None
     vecs = encoder.with_projection(projection).project(desc)
     with store.write_version(out_dir, new=True) as writer:
         catalog = Catalog(writer.path / store.CATALOG_FILE)
@@ -201,7 +214,7 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
         cal = calibrate_index(index, encoder.with_projection(projection),
-                              list(zip(ids, (m.source for m in enc.marks))), opts)
+                              [(ids[i], enc.marks[i].source) for i in held], opts)
         manifest = store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=opts.index_factory,
             count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,

@@ -11,8 +11,8 @@ from indexer.index import open_index
 
 
 def test_edited_copies_score_above_strangers_and_threshold_lies_between(engine, sample_items):
-    marks = calibrate.load_marks(
-        [(i, str(it.path)) for i, it in enumerate(sample_items, start=1)], 40, seed=3)
+    sources = [(i, str(it.path)) for i, it in enumerate(sample_items, start=1)]
+    marks = calibrate.load_marks([sources[i] for i in calibrate.pick_held_out(300, 40, seed=3)])
     own, first, other = calibrate.copy_scores(engine.index.index, engine.encoder, marks, 2,
                                               seed=3)
     assert len(own) == 80
@@ -20,17 +20,22 @@ def test_edited_copies_score_above_strangers_and_threshold_lies_between(engine, 
     assert np.median(own) > np.median(other) + 0.2  # and score well above strangers
     cal = calibrate.calibrate(engine.index.index, engine.encoder, marks, 0.05, 2, seed=3)
     assert np.median(other) < cal.threshold < np.median(own)
+    # Clean strangers are held to the target rate too.
+    _, _, clean_other = calibrate.copy_scores(engine.index.index, engine.encoder, marks, 0)
+    assert (clean_other >= cal.threshold).mean() <= 0.05 and cal.negatives == 120
     assert 0.3 < cal.estimated_tpr <= 1.0 and cal.positives == 80
 
 
 def test_calibrate_command_writes_a_new_version(index_copy, capsys):
     before = open_index(index_copy).manifest
-    assert main(["calibrate", "--index", str(index_copy), "--target-fpr", "0.05",
-                 "--calibration-marks", "30"]) == 0
+    held = before.calibration["held_out_ids"]
+    assert len(held) == 75  # a quarter of the 300 sample marks, left out of the PCA fit
+    assert main(["calibrate", "--index", str(index_copy), "--target-fpr", "0.05"]) == 0
     assert "estimated TPR" in capsys.readouterr().out
     after = open_index(index_copy).manifest
     assert after.version == "v000002" and after.count == before.count
-    assert after.calibration["target_fpr"] == 0.05 and after.calibration["positives"] == 60
+    assert after.calibration["target_fpr"] == 0.05 and after.calibration["positives"] == 150
+    assert after.calibration["held_out_ids"] == held  # the same marks the build held out
     assert after.threshold == after.calibration["threshold"]
 
 
