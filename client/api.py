@@ -36,7 +36,8 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
 
 
 class SearchClient:
-    def __init__(self, target: str, timeout: float = 30.0):
+    def __init__(self, target: str, timeout: float = 30.0, token: str | None = None):
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.channel = grpc.insecure_channel(
             target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                              ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
@@ -57,16 +58,17 @@ class SearchClient:
         req = pb.SearchRequest(request_id=request_id, image=image, k=k)
         if threshold is not None:
             req.threshold = threshold
-        return self.stub.Search(req, timeout=self.timeout)
+        return self.stub.Search(req, timeout=self.timeout, metadata=self.metadata)
 
     def search_stream(self, requests: Iterable[pb.SearchRequest],
                       timeout: float | None = None) -> Iterator[pb.SearchResponse]:
-        return self.stub.SearchStream(iter(requests), timeout=timeout)
+        return self.stub.SearchStream(iter(requests), timeout=timeout, metadata=self.metadata)
 
     def info(self) -> pb.IndexInfo:
-        return self.stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=self.timeout)
+        return self.stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=self.timeout,
+                                      metadata=self.metadata)
 
     def thumbnails(self, serials: list[str]) -> dict[str, tuple[str, bytes]]:
         resp = self.stub.GetThumbnails(pb.GetThumbnailsRequest(serials=serials),
-                                       timeout=self.timeout)
+                                       timeout=self.timeout, metadata=self.metadata)
         return {t.serial: (t.name, t.image) for t in resp.thumbnails}

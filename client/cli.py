@@ -14,6 +14,7 @@ import grpc
 from tqdm import tqdm
 
 from client.api import SearchClient, response_to_dict
+from server.auth import TokenError, read_token
 from indexer.sources import ManifestError, iter_image_files, read_csv_rows
 from proto import trademark_search_pb2 as pb
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT (default: %(default)s)")
     g.add_argument("--timeout", type=float, default=30.0,
                    help="seconds per unary call (default: %(default)s)")
+    g.add_argument("--token-file", type=Path,
+                   help="file holding the server's bearer token (default: $TRADEMARK_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search one image")
@@ -152,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        with SearchClient(args.server, args.timeout) as client:
+        with SearchClient(args.server, args.timeout, read_token(args.token_file)) as client:
             return COMMANDS[args.command](args, client)
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    except (OSError, ManifestError) as e:
+    except (OSError, ManifestError, TokenError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`python -m indexer {build,add,remove,info}`."""
+"""`python -m indexer {build,add,remove,calibrate,verify,info}`."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_args(c)
     add_encoder_args(c)
 
+    v = sub.add_parser("verify", help="check that manifest, FAISS index and catalog agree")
+    v.add_argument("--index", required=True, type=Path, help="index directory")
+
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("--index", required=True, type=Path, help="index directory")
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -159,6 +162,18 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from indexer.verify import verify
+    report = verify(args.index)
+    for item in report.checked:
+        print(f"ok: {item}")
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    print(f"{args.index} version {report.version or '?'}: "
+          f"{'verified' if report.ok else f'{len(report.problems)} problem(s)'}")
+    return 0 if report.ok else 1
+
+
 def index_info(root: Path) -> dict:
     vdir = store.current_version_dir(root)
     manifest = store.Manifest.read(vdir / store.MANIFEST)
@@ -188,7 +203,7 @@ def cmd_info(args) -> int:
 
 
 COMMANDS = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "calibrate": cmd_calibrate,
-            "info": cmd_info}
+            "verify": cmd_verify, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from indexer import store, vectors
 from indexer.catalog import Catalog
 from indexer.encoder import Encoder, EncoderIdentity
 from indexer.projection import Projection
+from indexer.verify import checksum_problems
 
 
 @dataclass
@@ -33,6 +34,11 @@ def open_index(root: str | Path, *, readonly: bool = True, mmap: bool = False) -
         missing += [] if (vdir / manifest.projection).is_file() else [manifest.projection]
     if missing:
         raise store.IndexFormatError(f"{vdir} lacks {', '.join(missing)}: rebuild the index")
+    # Hashing costs ~1 s per GB; it keeps a torn or bit-rotted file from being served.
+    damaged = checksum_problems(vdir, manifest)
+    if damaged:
+        raise store.IndexFormatError(f"{vdir}: {'; '.join(damaged)}; restore the directory or "
+                                     "rebuild the index (`python -m indexer verify` explains)")
     try:
         index = vectors.load(vdir / store.INDEX_FILE, mmap=mmap)
     except RuntimeError as e:

@@ -19,6 +19,7 @@ from indexer.encoder import EncoderError, load_encoder
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
+from server.auth import TOKEN_ENV, BearerTokenInterceptor, TokenError, read_token
 from server.engine import DEFAULT_MAX_K, EngineConfig, InvalidRequest, SearchEngine
 from server.service import TrademarkSearchServicer
 
@@ -37,11 +38,16 @@ def add_health(server: grpc.Server) -> health.HealthServicer:
     return servicer
 
 
-def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: int = 16
-                  ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started-ready (not yet started) server bound to `address`; port 0 picks a free one."""
+def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: int = 16,
+                  token: str | None = None) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A server bound to `address`, not yet started; port 0 picks a free one.
+
+    With `token`, every RPC but the health checks needs `authorization: Bearer <token>`.
+    """
+    interceptors = [BearerTokenInterceptor(token)] if token else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=interceptors,
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     pb_grpc.add_TrademarkSearchServicer_to_server(servicer, server)
@@ -75,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream items encoded together (default: %(default)s)")
     g.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight RPCs get on SIGTERM (default: %(default)s)")
+    g = p.add_argument_group("access")
+    g.add_argument("--token-file", type=Path,
+                   help=f"require 'authorization: Bearer <token>' with the token in this file "
+                        f"(or in ${TOKEN_ENV}); health checks stay open")
     add_encoder_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -83,13 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     import torch
     t0 = time.perf_counter()
+    token = read_token(args.token_file)
     torch.set_num_threads(max(1, args.threads))
     engine = SearchEngine.open(args.index, load_encoder(args.encoder, args.device),
                                EngineConfig(args.threshold, args.max_k, args.mmap))
     servicer = TrademarkSearchServicer(engine, stream_batch=args.stream_batch)
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
-                                                  args.rpc_workers)
+                                                  args.rpc_workers, token)
+    if token is None:
+        log.warning("no token configured: any caller that reaches %s can search", args.host)
     server.start()
     log.info("ready in %.2f s", time.perf_counter() - t0)
     print(f"listening on {args.host}:{port}", flush=True)
@@ -117,6 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return serve(args)
-    except (IndexFormatError, EncoderError, InvalidRequest, OSError) as e:
+    except (IndexFormatError, EncoderError, InvalidRequest, TokenError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

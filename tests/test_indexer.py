@@ -181,3 +181,29 @@ def test_server_refuses_index_of_another_encoder(tmp_path, encoder):
 def test_not_an_index_says_how_to_build_one(tmp_path, capsys):
     assert run("info", "--index", str(tmp_path)) == 2
     assert "python -m indexer build" in capsys.readouterr().err
+
+
+def test_verify_passes_a_good_index_and_names_each_problem(index_copy, capsys):
+    assert run("verify", "--index", str(index_copy)) == 0
+    assert "verified" in capsys.readouterr().out
+    vdir = open_index(index_copy).path
+    # A truncated FAISS file: verify says which file, and the index is refused for serving.
+    data = (vdir / store.INDEX_FILE).read_bytes()
+    (vdir / store.INDEX_FILE).write_bytes(data[: len(data) // 2])
+    assert run("verify", "--index", str(index_copy)) == 1
+    assert "index.faiss does not match its recorded SHA-256" in capsys.readouterr().out
+    with pytest.raises(store.IndexFormatError, match="index.faiss does not match"):
+        open_index(index_copy)
+    (vdir / store.INDEX_FILE).write_bytes(data)
+    # A catalog row without a vector (checksums re-recorded, as a buggy writer would).
+    from indexer.catalog import Catalog, Mark
+    cat = Catalog(vdir / store.CATALOG_FILE)
+    cat.upsert([Mark("ORPHAN")])
+    cat.close()
+    manifest = store.Manifest.read(vdir / store.MANIFEST)
+    manifest.checksums[store.CATALOG_FILE] = store.sha256_file(vdir / store.CATALOG_FILE)
+    (vdir / store.MANIFEST).write_text(manifest.to_json())
+    assert run("verify", "--index", str(index_copy)) == 1
+    out = capsys.readouterr().out
+    assert "catalog holds 301 marks, manifest says 300" in out
+    assert "1 catalog rows have no vector" in out

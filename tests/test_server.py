@@ -179,3 +179,13 @@ def test_server_refuses_a_directory_that_is_no_index(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "server", "--index", str(tmp_path), "--port",
                            "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not an index directory" in proc.stderr
+
+
+def test_server_refuses_a_truncated_index(index_copy):
+    from indexer.index import open_index
+    faiss_file = open_index(index_copy).path / "index.faiss"
+    faiss_file.write_bytes(faiss_file.read_bytes()[:1000])
+    proc = subprocess.run([sys.executable, "-m", "server", "--index", str(index_copy), "--port",
+                           "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "index.faiss does not match its recorded SHA-256" in proc.stderr
