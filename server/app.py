@@ -38,18 +38,32 @@ def add_health(server: grpc.Server) -> health.HealthServicer:
     return servicer
 
 
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Find dead peers of long streams: ping after 60 s idle, drop after 20 s unanswered,
+    # and accept clients' own pings (every 30 s at most) even between calls.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+]
+
+
 def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: int = 16,
-                  token: str | None = None) -> tuple[grpc.Server, int, health.HealthServicer]:
+                  token: str | None = None, max_concurrent_rpcs: int | None = None
+                  ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server bound to `address`, not yet started; port 0 picks a free one.
 
     With `token`, every RPC but the health checks needs `authorization: Bearer <token>`.
+    Past `max_concurrent_rpcs` RPCs in flight, gRPC answers RESOURCE_EXHAUSTED at once
+    instead of queueing without bound.
     """
     interceptors = [BearerTokenInterceptor(token)] if token else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        interceptors=interceptors, options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=max_concurrent_rpcs)
     pb_grpc.add_TrademarkSearchServicer_to_server(servicer, server)
     health_servicer = add_health(server)
     reflection.enable_server_reflection(
@@ -76,7 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one "
                                                            "(default: %(default)s)")
     g.add_argument("--rpc-workers", type=int, default=16,
-                   help="concurrent RPCs handled (default: %(default)s)")
+                   help="RPCs handled at the same time (default: %(default)s)")
+    g.add_argument("--max-concurrent-rpcs", type=int, default=64,
+                   help="RPCs in flight, queued ones included, before RESOURCE_EXHAUSTED "
+                        "(default: %(default)s)")
+    g.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on HOST:PORT/metrics (0: a free port; "
+                        "default: off)")
     g.add_argument("--stream-batch", type=int, default=32,
                    help="stream items encoded together (default: %(default)s)")
     g.add_argument("--grace", type=float, default=5.0,
@@ -100,12 +120,18 @@ def serve(args: argparse.Namespace) -> int:
     servicer = TrademarkSearchServicer(engine, stream_batch=args.stream_batch)
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
-                                                  args.rpc_workers, token)
+                                                  args.rpc_workers, token,
+                                                  args.max_concurrent_rpcs)
+    metrics_port = None
+    if args.metrics_port is not None:
+        metrics_port = servicer.metrics.serve(args.host, args.metrics_port)
     if token is None:
         log.warning("no token configured: any caller that reaches %s can search", args.host)
     server.start()
     log.info("ready in %.2f s", time.perf_counter() - t0)
     print(f"listening on {args.host}:{port}", flush=True)
+    if metrics_port is not None:
+        print(f"metrics on http://{args.host}:{metrics_port}/metrics", flush=True)
 
     stopped = threading.Event()
 

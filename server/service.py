@@ -14,6 +14,7 @@ from indexer.preprocess import ImageDecodeError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.engine import Answer, InvalidRequest, SearchEngine
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,13 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
 
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
     def __init__(self, engine: SearchEngine | None, stream_batch: int = 32,
-                 decode_workers: int = 4):
+                 decode_workers: int = 4, metrics: Metrics | None = None):
         self.engine = engine
         self.stream_batch = stream_batch
+        self.metrics = metrics or Metrics()
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        if engine is not None:
+            self.metrics.set_index(engine.index.index.ntotal, engine.index.manifest.version)
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -72,12 +76,19 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         return item
 
     def Search(self, request, context):
-        engine = self._engine(context)
-        item = self._check(engine, request)
-        if item.error is not None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
-        hits = engine.search([item.array], item.k)[0]
-        return to_response(request.request_id, engine.decide(hits, item.threshold))
+        with self.metrics.observe("Search", context):
+            engine = self._engine(context)
+            item = self._check(engine, request)
+            if item.error is not None:
+                log.info("Search %r refused: %s", request.request_id, item.error.message)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                # The caller has given up: skip the encoder rather than answer nobody.
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while decoding")
+            self.metrics.batch_size.observe(1)
+            hits = engine.search([item.array], item.k)[0]
+            return to_response(request.request_id, engine.decide(hits, item.threshold))
 
     def SearchStream(self, request_iterator, context):
         engine = self._engine(context)
@@ -117,6 +128,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         items = list(self._decode_pool.map(lambda r: self._check(engine, r), requests))
         good = [it for it in items if it.error is None]
         if good:
+            self.metrics.batch_size.observe(len(good))
             hits = engine.search([it.array for it in good], max(it.k for it in good))
             for it, h in zip(good, hits):
                 it.array = None
@@ -124,14 +136,20 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         out = []
         for it in items:
             if it.error is not None:
-                log.info("request %r failed: %s", it.request.request_id, it.error.message)
+                log.info("SearchStream item %r failed: %s", it.request.request_id,
+                         it.error.message)
                 out.append(pb.SearchResponse(request_id=it.request.request_id, error=it.error))
             else:
                 out.append(to_response(it.request.request_id, it.answer))
+        self.metrics.count("SearchStream", grpc.StatusCode.OK, len(good))
+        self.metrics.count("SearchStream", grpc.StatusCode.INVALID_ARGUMENT, len(items) - len(good))
         return out
 
     def GetIndexInfo(self, request, context):
-        engine = self._engine(context)
+        with self.metrics.observe("GetIndexInfo", context):
+            return self._index_info(self._engine(context))
+
+    def _index_info(self, engine: SearchEngine) -> pb.IndexInfo:
         m = engine.index.manifest
         return pb.IndexInfo(
             count=engine.index.index.ntotal, dim=m.dim, metric=m.metric,
@@ -140,7 +158,10 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             max_k=engine.max_k, threshold_method=m.threshold_method)
 
     def GetThumbnails(self, request, context):
-        engine = self._engine(context)
+        with self.metrics.observe("GetThumbnails", context):
+            return self._thumbnails(self._engine(context), request, context)
+
+    def _thumbnails(self, engine: SearchEngine, request, context) -> pb.GetThumbnailsResponse:
         if len(request.serials) > engine.max_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"at most {engine.max_k} serials per call, got {len(request.serials)}")
