@@ -19,7 +19,8 @@ from indexer.encoder import EncoderError, load_encoder
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
-from server.auth import TOKEN_ENV, BearerTokenInterceptor, TokenError, read_token
+from server.auth import (ADMIN_TOKEN_ENV, TOKEN_ENV, BearerTokenInterceptor, TokenError,
+                         read_token)
 from server.engine import DEFAULT_MAX_K, EngineConfig, InvalidRequest, SearchEngine
 from server.service import TrademarkSearchServicer
 
@@ -51,15 +52,17 @@ SERVER_OPTIONS = [
 
 
 def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: int = 16,
-                  token: str | None = None, max_concurrent_rpcs: int | None = None
+                  token: str | None = None, max_concurrent_rpcs: int | None = None,
+                  admin_token: str | None = None
                   ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server bound to `address`, not yet started; port 0 picks a free one.
 
-    With `token`, every RPC but the health checks needs `authorization: Bearer <token>`.
+    With `token`, every RPC but the health checks needs `authorization: Bearer <token>`;
+    the admin RPC (Reload) needs `admin_token` and is refused without one.
     Past `max_concurrent_rpcs` RPCs in flight, gRPC answers RESOURCE_EXHAUSTED at once
     instead of queueing without bound.
     """
-    interceptors = [BearerTokenInterceptor(token)] if token else []
+    interceptors = [BearerTokenInterceptor(token, admin_token)]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors, options=SERVER_OPTIONS,
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--token-file", type=Path,
                    help=f"require 'authorization: Bearer <token>' with the token in this file "
                         f"(or in ${TOKEN_ENV}); health checks stay open")
+    g.add_argument("--admin-token-file", type=Path,
+                   help=f"token for the Reload RPC (or ${ADMIN_TOKEN_ENV}); without one, "
+                        "Reload is refused and only SIGHUP reloads")
     add_encoder_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -114,14 +120,17 @@ def serve(args: argparse.Namespace) -> int:
     import torch
     t0 = time.perf_counter()
     token = read_token(args.token_file)
+    admin_token = read_token(args.admin_token_file, ADMIN_TOKEN_ENV)
     torch.set_num_threads(max(1, args.threads))
-    engine = SearchEngine.open(args.index, load_encoder(args.encoder, args.device),
-                               EngineConfig(args.threshold, args.max_k, args.mmap))
-    servicer = TrademarkSearchServicer(engine, stream_batch=args.stream_batch)
+    encoder = load_encoder(args.encoder, args.device)
+    config = EngineConfig(args.threshold, args.max_k, args.mmap)
+    servicer = TrademarkSearchServicer(
+        SearchEngine.open(args.index, encoder, config), stream_batch=args.stream_batch,
+        loader=lambda: SearchEngine.open(args.index, encoder, config))
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
                                                   args.rpc_workers, token,
-                                                  args.max_concurrent_rpcs)
+                                                  args.max_concurrent_rpcs, admin_token)
     metrics_port = None
     if args.metrics_port is not None:
         metrics_port = servicer.metrics.serve(args.host, args.metrics_port)
@@ -141,12 +150,16 @@ def serve(args: argparse.Namespace) -> int:
         server.stop(args.grace).wait()
         stopped.set()
 
+    def on_hangup(_signum, _frame):
+        # Off the signal handler: loading an index can take a while.
+        threading.Thread(target=servicer.try_reload, name="reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     while not stopped.wait(1.0):
         pass
     servicer.close()
-    engine.close()
     return 0
 
 

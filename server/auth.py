@@ -16,8 +16,10 @@ import grpc
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "TRADEMARK_TOKEN"
+ADMIN_TOKEN_ENV = "TRADEMARK_ADMIN_TOKEN"
 # Load balancers and orchestrators probe health without credentials.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+ADMIN_METHODS = ("/trademark.v1.TrademarkSearch/Reload",)
 
 
 class TokenError(ValueError):
@@ -37,11 +39,11 @@ def read_token(token_file: Path | None, env: str = TOKEN_ENV) -> str | None:
     return os.environ.get(env, "").strip() or None
 
 
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
+          message: str) -> grpc.RpcMethodHandler:
     """A handler of the same streaming kind as `handler` that refuses the call."""
     def abort(_request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                      "missing or wrong token: send metadata 'authorization: Bearer <token>'")
+        context.abort(code, message)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
@@ -53,15 +55,31 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+    """Search RPCs need `token` (when set); admin RPCs need `admin_token`, and are refused
+    outright when no admin token is configured."""
+
+    def __init__(self, token: str | None, admin_token: str | None = None):
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._admin = f"Bearer {admin_token}".encode() if admin_token else None
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(sent).encode(), self._expected):
+        sent = str(dict(handler_call_details.invocation_metadata or ()).get(
+            "authorization", "")).encode()
+        if method in ADMIN_METHODS:
+            if self._admin is None:
+                return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
+                             "admin RPCs are off: start the server with --admin-token-file")
+            expected = self._admin
+        elif self._expected is None:
             return handler
-        log.info("refused %s: bad or missing token", handler_call_details.method)
-        return _deny(handler)
+        else:
+            expected = self._expected
+        if hmac.compare_digest(sent, expected):
+            return handler
+        log.info("refused %s: bad or missing token", method)
+        return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                     "missing or wrong token: send metadata 'authorization: Bearer <token>'")

@@ -6,11 +6,13 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 import numpy as np
 
 from indexer.preprocess import ImageDecodeError
+from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.engine import Answer, InvalidRequest, SearchEngine
@@ -47,16 +49,55 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
 
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
     def __init__(self, engine: SearchEngine | None, stream_batch: int = 32,
-                 decode_workers: int = 4, metrics: Metrics | None = None):
+                 decode_workers: int = 4, metrics: Metrics | None = None,
+                 loader: Callable[[], SearchEngine] | None = None):
         self.engine = engine
         self.stream_batch = stream_batch
         self.metrics = metrics or Metrics()
+        self._loader = loader
+        self._reload_lock = threading.Lock()
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         if engine is not None:
             self.metrics.set_index(engine.index.index.ntotal, engine.index.manifest.version)
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.close()
+
+    def reload(self) -> tuple[str, SearchEngine]:
+        """Load the live version and swap it in; IndexFormatError leaves the old one serving.
+
+        Requests read `self.engine` once, so those in flight finish on the engine they
+        started with; the old engine is left to the garbage collector rather than closed
+        under their feet.
+        """
+        if self._loader is None:
+            raise IndexFormatError("this server was not started from an index directory")
+        with self._reload_lock:
+            previous = self.engine.index.manifest.version if self.engine else ""
+            engine = self._loader()
+            self.engine = engine
+        self.metrics.set_index(engine.index.index.ntotal, engine.index.manifest.version)
+        log.info("reloaded: version %s -> %s, %d marks", previous or "none",
+                 engine.index.manifest.version, engine.index.index.ntotal)
+        return previous, engine
+
+    def try_reload(self) -> None:
+        try:
+            self.reload()
+        except IndexFormatError as e:
+            log.error("reload failed, still serving the previous version: %s", e)
+
+    def Reload(self, request, context):
+        with self.metrics.observe("Reload", context):
+            try:
+                previous, engine = self.reload()
+            except IndexFormatError as e:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"reload failed, still serving the previous version: {e}")
+            return pb.ReloadResponse(previous_version=previous, count=engine.index.index.ntotal,
+                                     index_version=engine.index.manifest.version)
 
     def _engine(self, context) -> SearchEngine:
         engine = self.engine  # read once: a reload may swap it meanwhile

@@ -23,4 +23,4 @@ def test_stubs_match_the_proto(tmp_path):
     assert fresh.file[0] == loaded, "stale stubs: run `make proto`"
     assert loaded.package == "trademark.v1"
     assert {m.name for m in loaded.service[0].method} == {
-        "Search", "SearchStream", "GetIndexInfo", "GetThumbnails"}
+        "Search", "SearchStream", "GetIndexInfo", "GetThumbnails", "Reload"}
