@@ -63,6 +63,10 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except ImageDecodeError:
         raise
     except Image.UnidentifiedImageError as e:
+        fmt = sniff_format(data)
+        if fmt:
+            raise ImageDecodeError(f"cannot decode image: a {fmt} file, damaged or truncated "
+                                   f"({len(data)} bytes)") from e
         raise ImageDecodeError(
             f"not an image in a known format ({len(data)} bytes, starting {data[:8]!r}); "
             "send JPEG, PNG, GIF, BMP, TIFF or WebP") from e
@@ -73,6 +77,17 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports unknown formats and truncated files as OSError/SyntaxError.
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {e}") from e
+
+
+_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format a file's first bytes claim, to tell a damaged image from a non-image."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
 
 
 def to_rgb(im: Image.Image, fill: tuple[int, int, int] = WHITE) -> Image.Image:
