@@ -36,11 +36,14 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
 
 
 class SearchClient:
-    def __init__(self, target: str, timeout: float = 30.0, token: str | None = None):
+    def __init__(self, target: str, timeout: float = 30.0, token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = grpc.insecure_channel(
-            target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.keepalive_time_ms", 60_000)]
+        self.channel = (grpc.secure_channel(target, credentials, options) if credentials
+                        else grpc.insecure_channel(target, options))
         self.stub = pb_grpc.TrademarkSearchStub(self.channel)
         self.timeout = timeout
 

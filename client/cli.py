@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from client.api import SearchClient, response_to_dict
 from server.auth import TokenError, read_token
+from server.tls import TLSError, channel_credentials
 from indexer.sources import ManifestError, iter_image_files, read_csv_rows
 from proto import trademark_search_pb2 as pb
 
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per unary call (default: %(default)s)")
     g.add_argument("--token-file", type=Path,
                    help="file holding the server's bearer token (default: $TRADEMARK_TOKEN)")
+    g.add_argument("--tls", action="store_true", help="use TLS (implied by the --tls-* flags)")
+    g.add_argument("--tls-ca", type=Path, help="PEM CA to trust (default: system roots)")
+    g.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    g.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search one image")
@@ -155,11 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        with SearchClient(args.server, args.timeout, read_token(args.token_file)) as client:
+        credentials = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        with SearchClient(args.server, args.timeout, read_token(args.token_file),
+                          credentials) as client:
             return COMMANDS[args.command](args, client)
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    except (OSError, ManifestError, TokenError) as e:
+    except (OSError, ManifestError, TokenError, TLSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

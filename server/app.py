@@ -23,6 +23,7 @@ from server.auth import (ADMIN_TOKEN_ENV, TOKEN_ENV, BearerTokenInterceptor, Tok
                          read_token)
 from server.engine import DEFAULT_MAX_K, EngineConfig, InvalidRequest, SearchEngine
 from server.service import TrademarkSearchServicer
+from server.tls import TLSError, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,14 @@ SERVER_OPTIONS = [
 
 def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: int = 16,
                   token: str | None = None, max_concurrent_rpcs: int | None = None,
-                  admin_token: str | None = None
+                  admin_token: str | None = None,
+                  credentials: grpc.ServerCredentials | None = None
                   ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server bound to `address`, not yet started; port 0 picks a free one.
 
     With `token`, every RPC but the health checks needs `authorization: Bearer <token>`;
     the admin RPC (Reload) needs `admin_token` and is refused without one.
+    With `credentials` (server.tls), it speaks TLS only.
     Past `max_concurrent_rpcs` RPCs in flight, gRPC answers RESOURCE_EXHAUSTED at once
     instead of queueing without bound.
     """
@@ -71,7 +74,8 @@ def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: 
     health_servicer = add_health(server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = (server.add_secure_port(address, credentials) if credentials
+            else server.add_insecure_port(address))
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer
@@ -108,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--token-file", type=Path,
                    help=f"require 'authorization: Bearer <token>' with the token in this file "
                         f"(or in ${TOKEN_ENV}); health checks stay open")
+    g.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS only")
+    g.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    g.add_argument("--tls-client-ca", type=Path,
+                   help="PEM CA: require client certificates it signed (mutual TLS)")
     g.add_argument("--admin-token-file", type=Path,
                    help=f"token for the Reload RPC (or ${ADMIN_TOKEN_ENV}); without one, "
                         "Reload is refused and only SIGHUP reloads")
@@ -119,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     import torch
     t0 = time.perf_counter()
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and
+                                                             not args.tls_cert):
+        raise TLSError("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+    credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+                   if args.tls_cert else None)
     token = read_token(args.token_file)
     admin_token = read_token(args.admin_token_file, ADMIN_TOKEN_ENV)
     torch.set_num_threads(max(1, args.threads))
@@ -130,7 +143,8 @@ def serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
                                                   args.rpc_workers, token,
-                                                  args.max_concurrent_rpcs, admin_token)
+                                                  args.max_concurrent_rpcs, admin_token,
+                                                  credentials)
     metrics_port = None
     if args.metrics_port is not None:
         metrics_port = servicer.metrics.serve(args.host, args.metrics_port)
@@ -138,7 +152,7 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("no token configured: any caller that reaches %s can search", args.host)
     server.start()
     log.info("ready in %.2f s", time.perf_counter() - t0)
-    print(f"listening on {args.host}:{port}", flush=True)
+    print(f"listening on {args.host}:{port}{' (TLS)' if credentials else ''}", flush=True)
     if metrics_port is not None:
         print(f"metrics on http://{args.host}:{metrics_port}/metrics", flush=True)
 
@@ -169,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return serve(args)
-    except (IndexFormatError, EncoderError, InvalidRequest, TokenError, OSError) as e:
+    except (IndexFormatError, EncoderError, InvalidRequest, TokenError, TLSError,
+            OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
