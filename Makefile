@@ -1,4 +1,4 @@
-# make install | demo | test | test-slow | eval | proto | clean
+# make install | demo | test | test-slow | eval | soak | proto | clean
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
-.PHONY: install proto demo test test-slow eval clean
+.PHONY: install proto demo test test-slow eval soak clean
 LOGOBENCH ?= ../shared/logobench
 
 install: $(STAMP) $(STUBS)
@@ -43,6 +43,10 @@ test-slow: install $(DEV_STAMP)
 
 eval: install $(DEV_STAMP)
 	$(PY) -m bench.eval --data $(LOGOBENCH) --out $(OUT)/eval
+
+soak: install
+	test -d $(OUT)/demo/index || $(MAKE) demo
+	$(PY) -m bench.soak --index $(OUT)/demo/index --seconds 180 --clients 8 --out $(OUT)/soak.json
 
 clean:
 	rm -rf $(VENV) $(OUT) $(STUBS) proto/trademark_search_pb2.pyi .pytest_cache

@@ -129,7 +129,10 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while decoding")
             self.metrics.batch_size.observe(1)
             hits = engine.search([item.array], item.k)[0]
-            return to_response(request.request_id, engine.decide(hits, item.threshold))
+            answer = engine.decide(hits, item.threshold)
+            log.debug("Search %r: exists=%s top=%s %.4f", request.request_id, answer.exists,
+                      hits[0].serial if hits else "-", answer.top_score)
+            return to_response(request.request_id, answer)
 
     def SearchStream(self, request_iterator, context):
         engine = self._engine(context)

@@ -83,3 +83,12 @@ def test_stream_of_10000_items_with_1_percent_corrupt(stub):
         errors += resp.HasField("error")
     assert len(seen) == n and errors == n // 100
     print(f"stream: {n} answers, {errors} errors, every request_id once")
+
+
+def test_soak_has_no_errors_and_flat_memory(sample_index, tmp_path):
+    from bench.soak import soak
+    images = sorted((SAMPLES / "queries").glob("*.png"))
+    result = soak(sample_index, images, seconds=60, clients=4, every=10)
+    print(f"soak: { {k: v for k, v in result.items() if k != 'samples'} }")
+    assert result["errors"] == 0 and result["requests"] > 100
+    assert result["rss_growth_mb"] < 50

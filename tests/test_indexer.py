@@ -111,6 +111,22 @@ def test_manifest_errors_write_nothing(tmp_path, capsys):
         assert not (tmp_path / "idx" / store.CURRENT).exists()
 
 
+def test_manifest_missing_file_is_skipped_and_binary_csv_refused(tmp_path, capsys):
+    marks = first_marks(tmp_path, 3)
+    files = sorted(p.name for p in marks.iterdir())
+    (tmp_path / "m.csv").write_text("serial,file,name\n" + "".join(
+        f"S{i},{f},Mark {i}\n" for i, f in enumerate(files)) + "GONE,missing.png,Lost\n")
+    assert run("build", "--images", str(marks), "--manifest", str(tmp_path / "m.csv"),
+               "--out", str(tmp_path / "idx"), "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "indexed 3 marks" in out and "missing.png" in out
+    (tmp_path / "bin.csv").write_bytes(b"serial,file\n\xff\xfe\x00garbage\n")
+    assert run("build", "--images", str(marks), "--manifest", str(tmp_path / "bin.csv"),
+               "--out", str(tmp_path / "idx2"), "--no-progress") == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert not (tmp_path / "idx2" / store.CURRENT).exists()
+
+
 def test_build_of_only_broken_files_fails_clearly(tmp_path, capsys):
     d = tmp_path / "bad"
     d.mkdir()
