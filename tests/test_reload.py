@@ -74,6 +74,8 @@ def test_reload_under_load_loses_no_request(reloadable, tmp_path):
         w.join()
     assert resp.previous_version == "v000001" and resp.index_version == "v000002"
     assert resp.count == 301
+    print(f"reload under load: {len(answers)} answers, {len(errors)} errors, "
+          f"{len(answers) - before} of them after the new version was written")
     assert errors == [] and len(answers) > before > 0
     assert set(answers) == {"86000000"}
     found = _search(stub, cat)
