@@ -146,8 +146,10 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
 
 def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],
                     opts: BuildOptions) -> calibrate.Calibration:
-    cal = calibrate.calibrate(index, encoder, calibrate.load_marks(sources), opts.target_fpr,
-                              opts.calibration_edits)
+    marks = calibrate.load_marks(sources)
+    clean = calibrate.stored_vectors(index, [mid for mid, _ in marks])
+    cal = calibrate.calibrate(index, encoder, marks, opts.target_fpr, opts.calibration_edits,
+                              clean=clean)
     cal.held_out_ids = [mid for mid, _ in sources]
     return cal
 

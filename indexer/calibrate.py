@@ -78,13 +78,34 @@ def copy_scores(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Ima
     return np.array(own), np.array(first), np.array(other)
 
 
+def nearest_other(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Each indexed vector's best score against a mark other than itself."""
+    scores, found = index.search(np.ascontiguousarray(vectors, dtype=np.float32), 2)
+    return np.where(found[:, 0] != ids, scores[:, 0], scores[:, 1])
+
+
+def stored_vectors(index: faiss.Index, ids: list[int]) -> np.ndarray | None:
+    """The indexed vectors of `ids`, or None where the index type cannot give them back."""
+    if not ids:
+        return None
+    try:
+        return np.stack([index.reconstruct(int(i)) for i in ids])
+    except RuntimeError:
+        return None
+
+
 def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
-              target_fpr: float = 0.01, edits: int = 2, seed: int = 0) -> Calibration:
+              target_fpr: float = 0.01, edits: int = 2, seed: int = 0,
+              clean: np.ndarray | None = None) -> Calibration:
+    """`clean`: the marks' indexed vectors when the caller has them (saves encoding them)."""
     if index.ntotal < MIN_MARKS or not marks:
         log.warning("only %d marks: using the fallback threshold %.2f", index.ntotal,
                     FALLBACK_THRESHOLD)
         return Calibration(FALLBACK_THRESHOLD, target_fpr, float("nan"), 0, 0, "fallback")
-    _, _, clean_other = copy_scores(index, encoder, marks, 0, seed)
+    if clean is None:
+        _, _, clean_other = copy_scores(index, encoder, marks, 0, seed)
+    else:
+        clean_other = nearest_other(index, np.array([mid for mid, _ in marks]), clean)
     own, first, other = copy_scores(index, encoder, marks, edits, seed)
     threshold = float(max(np.quantile(clean_other, 1.0 - target_fpr),
                           np.quantile(other, 1.0 - target_fpr)))

@@ -45,3 +45,14 @@ def test_tiny_registry_falls_back(tmp_path):
     cal = calibrate.calibrate(index, None, [], 0.01)
     assert cal.threshold == calibrate.FALLBACK_THRESHOLD and cal.method == "fallback"
     assert json.dumps(cal.to_dict())
+
+
+def test_stored_vectors_give_the_same_clean_scores_as_encoding(engine, sample_items):
+    sources = [(i, str(it.path)) for i, it in enumerate(sample_items, start=1)]
+    marks = calibrate.load_marks([sources[i] for i in calibrate.pick_held_out(300, 20, seed=5)])
+    index = engine.index.index
+    _, _, encoded = calibrate.copy_scores(index, engine.encoder, marks, 0)
+    stored = calibrate.stored_vectors(index, [mid for mid, _ in marks])
+    np.testing.assert_allclose(
+        calibrate.nearest_other(index, np.array([mid for mid, _ in marks]), stored), encoded,
+        atol=1e-4)
