@@ -21,6 +21,11 @@ def _rand_color(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randrange(256) for _ in range(3))
 
 
+def _mark_mask(mark: Image.Image) -> Image.Image:
+    """Where the mark is not (near-)white: pasting through it drops the white background."""
+    return ImageOps.invert(ImageOps.grayscale(mark)).point(lambda v: 255 if v > 12 else 0)
+
+
 def jpeg(im: Image.Image, rng: random.Random) -> Image.Image:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=rng.randint(8, 50))
@@ -69,7 +74,7 @@ def on_canvas(im: Image.Image, rng: random.Random) -> Image.Image:
     canvas = Image.new("RGB", (side, side), _rand_color(rng))
     mark = im.copy()
     x, y = rng.randint(0, side - mark.width), rng.randint(0, side - mark.height)
-    mask = ImageOps.invert(ImageOps.grayscale(mark)).point(lambda v: 255 if v > 12 else 0)
+    mask = _mark_mask(mark)
     canvas.paste(mark, (x, y), mask if rng.random() < 0.7 else None)
     return canvas
 
@@ -129,7 +134,7 @@ def photo(im: Image.Image, rng: random.Random) -> Image.Image:
     side = round(max(im.size) / rng.uniform(0.45, 0.8))
     bg = _texture((side, side), rng)
     mark = im.rotate(rng.uniform(-12, 12), Image.Resampling.BICUBIC, expand=True, fillcolor=WHITE)
-    mask = ImageOps.invert(ImageOps.grayscale(mark)).point(lambda v: 255 if v > 12 else 0)
+    mask = _mark_mask(mark)
     x, y = rng.randint(0, max(0, side - mark.width)), rng.randint(0, max(0, side - mark.height))
     bg.paste(mark, (x, y), mask if rng.random() < 0.6 else None)
     bg = ImageEnhance.Brightness(bg).enhance(rng.uniform(0.6, 1.3))

@@ -239,7 +239,7 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
             raise BuildError(f"none of the {len(items)} images could be read; index unchanged")
         vecs = encoder.with_projection(current.projection).project(
             enc.matrix(encoder.descriptor_dim))
-        index = vectors.load(current.path / store.INDEX_FILE)
+        index = current.index  # already read by open_index; the new version is built on it
         manifest = current.manifest
     finally:
         current.close()

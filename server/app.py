@@ -137,9 +137,10 @@ def serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     encoder = load_encoder(args.encoder, args.device)
     config = EngineConfig(args.threshold, args.max_k, args.mmap)
-    servicer = TrademarkSearchServicer(
-        SearchEngine.open(args.index, encoder, config), stream_batch=args.stream_batch,
-        loader=lambda: SearchEngine.open(args.index, encoder, config))
+    def loader() -> SearchEngine:
+        return SearchEngine.open(args.index, encoder, config)
+
+    servicer = TrademarkSearchServicer(loader(), stream_batch=args.stream_batch, loader=loader)
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
                                                   args.rpc_workers, token,
