@@ -21,6 +21,7 @@ from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.auth import (ADMIN_TOKEN_ENV, TOKEN_ENV, BearerTokenInterceptor, TokenError,
                          read_token)
+from server.batcher import BatchConfig
 from server.engine import DEFAULT_MAX_K, EngineConfig, InvalidRequest, SearchEngine
 from server.service import TrademarkSearchServicer
 from server.tls import TLSError, server_credentials
@@ -104,8 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on HOST:PORT/metrics (0: a free port; "
                         "default: off)")
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch", type=int, default=BatchConfig.max_batch,
+                   help="most images encoded together, across concurrent requests "
+                        "(default: %(default)s)")
+    g.add_argument("--max-wait-ms", type=float, default=BatchConfig.max_wait_ms,
+                   help="how long a busy server waits to fill a batch; a lone request never "
+                        "waits (default: %(default)s)")
     g.add_argument("--stream-batch", type=int, default=32,
-                   help="stream items encoded together (default: %(default)s)")
+                   help="stream items decoded and submitted together (default: %(default)s)")
+    g = p.add_argument_group("network")
     g.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight RPCs get on SIGTERM (default: %(default)s)")
     g = p.add_argument_group("access")
@@ -140,7 +149,8 @@ def serve(args: argparse.Namespace) -> int:
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)
 
-    servicer = TrademarkSearchServicer(loader(), stream_batch=args.stream_batch, loader=loader)
+    servicer = TrademarkSearchServicer(loader(), stream_batch=args.stream_batch, loader=loader,
+                                       batching=BatchConfig(args.max_batch, args.max_wait_ms))
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
                                                   args.rpc_workers, token,
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return serve(args)
-    except (IndexFormatError, EncoderError, InvalidRequest, TokenError, TLSError,
+    except (IndexFormatError, EncoderError, ValueError, TokenError, TLSError,
             OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

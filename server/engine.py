@@ -1,8 +1,8 @@
 """The search engine behind the RPCs, free of gRPC: images in, decisions and matches out.
 
 Encoding and FAISS search run under one lock. Both use all cores for a batch
-already, and FAISS GPU indexes are not thread-safe; callers that hold several
-images (the stream) pass them as one batch instead.
+already, and FAISS GPU indexes are not thread-safe; the server's MicroBatcher
+(server/batcher.py) gathers concurrent callers' images into one `search` call.
 """
 from __future__ import annotations
 

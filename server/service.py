@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +16,7 @@ from indexer.preprocess import ImageDecodeError
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
+from server.batcher import BatchConfig, DeadlinePassed, MicroBatcher
 from server.engine import Answer, InvalidRequest, SearchEngine
 from server.metrics import Metrics
 
@@ -50,18 +52,21 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
     def __init__(self, engine: SearchEngine | None, stream_batch: int = 32,
                  decode_workers: int = 4, metrics: Metrics | None = None,
-                 loader: Callable[[], SearchEngine] | None = None):
+                 loader: Callable[[], SearchEngine] | None = None,
+                 batching: BatchConfig = BatchConfig()):
         self.engine = engine
         self.stream_batch = stream_batch
         self.metrics = metrics or Metrics()
         self._loader = loader
         self._reload_lock = threading.Lock()
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self.batcher = MicroBatcher(batching, on_batch=self.metrics.batch_size.observe)
         if engine is not None:
             self.metrics.set_index(engine.index.index.ntotal, engine.index.manifest.version)
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.batcher.close()
         if self.engine is not None:
             self.engine.close()
 
@@ -124,21 +129,29 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
                 log.info("Search %r refused: %s", request.request_id, item.error.message)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
             remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                # The caller has given up: skip the encoder rather than answer nobody.
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while decoding")
-            self.metrics.batch_size.observe(1)
-            hits = engine.search([item.array], item.k)[0]
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise DeadlinePassed("deadline passed while decoding")
+                # Queued with other callers' images; skipped if the caller gives up first.
+                hits = self.batcher.search(engine, [item.array], item.k, remaining)[0]
+            except DeadlinePassed as e:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
             answer = engine.decide(hits, item.threshold)
             log.debug("Search %r: exists=%s top=%s %.4f", request.request_id, answer.exists,
                       hits[0].serial if hits else "-", answer.top_score)
             return to_response(request.request_id, answer)
 
     def SearchStream(self, request_iterator, context):
+        """Chunks of up to `stream_batch` items: decoded in the pool, encoded by the batcher.
+
+        While more requests wait, two chunks are in flight at once, so the next one
+        decodes while the previous one is encoded; answers leave in request order.
+        """
         engine = self._engine(context)
         pending: queue.Queue = queue.Queue(maxsize=4 * self.stream_batch)
         threading.Thread(target=self._read_stream, args=(request_iterator, pending, context),
                          daemon=True, name="stream-reader").start()
+        in_flight: deque[tuple[list[_Item], Future]] = deque()
         done = False
         while not done:
             batch = [pending.get()]
@@ -150,7 +163,12 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             done = batch[-1] is _END
             requests = [r for r in batch if r is not _END]
             if requests:
-                yield from self._answer_batch(engine, requests)
+                in_flight.append(self._submit_chunk(engine, requests))
+            # Answer a chunk as soon as nothing else is waiting to be decoded: a caller
+            # that sends one item at a time must not wait for its next item.
+            while in_flight and (done or len(in_flight) > 1 or pending.empty()
+                                 or in_flight[0][1].done()):
+                yield from self._answer_chunk(engine, *in_flight.popleft())
 
     @staticmethod
     def _read_stream(request_iterator, pending: queue.Queue, context) -> None:
@@ -168,15 +186,18 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         finally:
             pending.put(_END)
 
-    def _answer_batch(self, engine: SearchEngine, requests: list) -> list[pb.SearchResponse]:
+    def _submit_chunk(self, engine: SearchEngine, requests: list) -> tuple[list[_Item], Future]:
         items = list(self._decode_pool.map(lambda r: self._check(engine, r), requests))
         good = [it for it in items if it.error is None]
-        if good:
-            self.metrics.batch_size.observe(len(good))
-            hits = engine.search([it.array for it in good], max(it.k for it in good))
-            for it, h in zip(good, hits):
-                it.array = None
-                it.answer = engine.decide(h[:it.k], it.threshold)
+        k = max((it.k for it in good), default=1)
+        return items, self.batcher.submit(engine, [it.array for it in good], k)
+
+    def _answer_chunk(self, engine: SearchEngine, items: list[_Item],
+                      future: Future) -> list[pb.SearchResponse]:
+        good = [it for it in items if it.error is None]
+        for it, h in zip(good, future.result()):
+            it.array = None
+            it.answer = engine.decide(h[:it.k], it.threshold)
         out = []
         for it in items:
             if it.error is not None:

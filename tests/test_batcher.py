@@ -1,0 +1,127 @@
+"""Dynamic micro-batching: concurrent callers share encoder batches and get their own answers."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from proto import trademark_search_pb2 as pb
+from proto import trademark_search_pb2_grpc as pb_grpc
+from server.app import create_server
+from server.batcher import BatchConfig, DeadlinePassed, MicroBatcher
+from server.engine import SearchEngine
+from server.service import TrademarkSearchServicer
+from tests.conftest import SAMPLES
+
+
+def _marks(n: int) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((SAMPLES / "registry").glob("*.png"))[:n]]
+
+
+class Recorder:
+    def __init__(self):
+        self.sizes: list[int] = []
+
+    def __call__(self, n: int) -> None:
+        self.sizes.append(n)
+
+
+@pytest.fixture
+def arrays(engine):
+    return [engine.prepare(b) for b in _marks(24)]
+
+
+def test_concurrent_jobs_are_batched_and_each_gets_its_own_hits(engine, arrays):
+    oracle = engine.search(arrays, 5)  # one call, no batcher
+    rec = Recorder()
+    batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=50), on_batch=rec)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(lambda a: batcher.search(engine, [a], 5)[0], arrays))
+    finally:
+        batcher.close()
+    assert [[h.serial for h in hits] for hits in got] == [[h.serial for h in hits]
+                                                          for hits in oracle]
+    assert sum(rec.sizes) == len(arrays)
+    assert max(rec.sizes) > 1 and max(rec.sizes) <= 8  # shared, and never past max_batch
+
+
+def test_each_job_gets_its_own_k_from_a_shared_batch(engine, arrays):
+    batcher = MicroBatcher(BatchConfig(max_batch=32, max_wait_ms=20))
+    try:
+        futures = [batcher.submit(engine, [a], k) for a, k in zip(arrays[:6], [1, 3, 10, 2, 7, 5])]
+        assert [len(f.result()[0]) for f in futures] == [1, 3, 10, 2, 7, 5]
+    finally:
+        batcher.close()
+
+
+def test_a_job_larger_than_max_batch_is_never_split(engine, arrays):
+    rec = Recorder()
+    batcher = MicroBatcher(BatchConfig(max_batch=4, max_wait_ms=0), on_batch=rec)
+    try:
+        hits = batcher.search(engine, arrays[:10], 3)
+    finally:
+        batcher.close()
+    assert len(hits) == 10 and rec.sizes == [10]
+
+
+def test_a_lone_request_does_not_wait_for_company(engine, arrays):
+    # With a 5 s max wait, a lone request that waited would take 5 s.
+    batcher = MicroBatcher(BatchConfig(max_batch=32, max_wait_ms=5000))
+    try:
+        batcher.search(engine, [arrays[0]], 1)  # warm-up
+        t0 = time.perf_counter()
+        batcher.search(engine, [arrays[1]], 1)
+        assert time.perf_counter() - t0 < 2.5
+    finally:
+        batcher.close()
+
+
+def test_a_job_whose_deadline_passed_in_the_queue_is_skipped(engine, arrays):
+    batcher = MicroBatcher(BatchConfig(max_batch=1, max_wait_ms=0))
+    try:
+        busy = batcher.submit(engine, arrays[:8], 1)  # keeps the worker busy for a while
+        late = batcher.submit(engine, [arrays[8]], 1, timeout=0.001)
+        with pytest.raises(DeadlinePassed):
+            late.result()
+        assert len(busy.result()) == 8
+    finally:
+        batcher.close()
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch"):
+        MicroBatcher(BatchConfig(max_batch=0))
+
+
+def test_concurrent_clients_of_a_real_server_share_batches(sample_index, encoder):
+    engine = SearchEngine.open(sample_index, encoder)  # the servicer closes it
+    servicer = TrademarkSearchServicer(engine, batching=BatchConfig(max_batch=16, max_wait_ms=20))
+    server, port, _ = create_server("127.0.0.1:0", servicer)
+    server.start()
+    marks = _marks(32)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.TrademarkSearchStub(ch)
+            expected = [stub.Search(pb.SearchRequest(image=m, k=3), timeout=30).matched_serial
+                        for m in marks]
+            before = servicer.metrics.batch_size.collect()[0].samples
+            start = threading.Barrier(16)
+
+            def call(m):
+                start.wait() if marks.index(m) < 16 else None
+                return stub.Search(pb.SearchRequest(image=m, k=3), timeout=30).matched_serial
+
+            with ThreadPoolExecutor(16) as pool:
+                got = list(pool.map(call, marks))
+    finally:
+        server.stop(None)
+        servicer.close()
+    assert got == expected and all(expected)
+    count = {s.name: s.value for s in before}
+    after = {s.name: s.value for s in servicer.metrics.batch_size.collect()[0].samples}
+    batches = after["trademark_encode_batch_size_count"] - count["trademark_encode_batch_size_count"]
+    assert batches < len(marks)  # some requests were encoded together
