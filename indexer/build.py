@@ -208,16 +208,21 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
         catalog = Catalog(writer.path / store.CATALOG_FILE)
         ids, _ = catalog.upsert(enc.marks)
         catalog.close()
-        index = vectors.new_index(dim, opts.index_factory)
+        spec = vectors.resolve(opts.index_factory, len(vecs))
+        index = vectors.new_index(dim, spec.factory)
         vectors.train(index, vecs)
         vectors.add(index, ids, vecs)
+        # Approximate indexes: the cheapest nprobe/efSearch with recall@10 >= 0.97 on a
+        # sample; it stays set for the calibration below and is stored for the server.
+        params, recall = vectors.tune(index)
         vectors.save(index, writer.path / store.INDEX_FILE)
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
         cal = calibrate_index(index, encoder.with_projection(projection),
                               [(ids[i], enc.marks[i].source) for i in held], opts)
         manifest = store.Manifest(
-            encoder=encoder.identity.to_dict(), dim=dim, index_type=opts.index_factory,
+            encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
+            index_preset=spec.preset, search_params=params, sampled_recall=round(recall, 4),
             count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,
             calibration=cal.to_dict(), projection=store.PROJECTION_FILE if projection else None)
         result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from indexer import build as pipeline
-from indexer import store
+from indexer import store, vectors
 from indexer.encoder import DEFAULT_ENCODER, EncoderError, load_encoder
 from indexer.sources import ManifestError, read_manifest, scan_folder
 
@@ -62,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(b)
     b.add_argument("--out", required=True, type=Path, help="index directory to write")
     g = b.add_argument_group("index")
-    g.add_argument("--index-factory", default="Flat",
-                   help="FAISS factory string for the vectors, e.g. Flat, HNSW32, IVF1024,SQ8 "
-                        "(default: %(default)s)")
+    g.add_argument("--index-factory", default=vectors.DEFAULT_FACTORY, metavar="PRESET|FACTORY",
+                   help="how vectors are searched: a preset (" + "; ".join(
+                       f"{p.name}: {p.help}" for p in vectors.PRESETS.values()) +
+                   ") or a FAISS factory string such as IVF4096,SQ8 (default: %(default)s)")
     g.add_argument("--dim", type=int, default=pipeline.DEFAULT_DIM,
                    help="vector dimension after PCA (default: %(default)s)")
     g.add_argument("--whiten", type=float, default=0.5,
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("--index", required=True, type=Path, help="index directory")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--measure-recall", action="store_true",
+                   help="load the index and measure recall@10 against exact search on a "
+                        "sample of its marks (approximate indexes)")
     return p
 
 
@@ -174,23 +178,33 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
-def index_info(root: Path) -> dict:
+def index_info(root: Path, measure_recall: bool = False) -> dict:
     vdir = store.current_version_dir(root)
     manifest = store.Manifest.read(vdir / store.MANIFEST)
     info = json.loads(manifest.to_json())
     info["path"] = str(vdir)
     info["bytes_on_disk"] = sum(p.stat().st_size for p in vdir.iterdir())
+    info["index_memory_bytes"] = vectors.memory_bytes(vdir / store.INDEX_FILE)
+    if measure_recall:
+        index = vectors.load(vdir / store.INDEX_FILE)
+        info["measured_recall"] = round(vectors.sampled_recall(index, params=manifest.search_params), 4)
     return info
 
 
 def cmd_info(args) -> int:
-    info = index_info(args.index)
+    info = index_info(args.index, args.measure_recall)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     enc = info["encoder"]
+    recall = info.get("measured_recall", info.get("sampled_recall"))
     rows = [("path", info["path"]), ("version", info["version"]), ("marks", info["count"]),
-            ("dim", info["dim"]), ("metric", info["metric"]), ("index type", info["index_type"]),
+            ("dim", info["dim"]), ("metric", info["metric"]),
+            ("index type", f"{info['index_type']} ({info.get('index_preset') or 'factory'})"),
+            ("search params", info.get("search_params") or "exact"),
+            ("recall@10", f"{recall} ({'measured now' if 'measured_recall' in info else 'at build'}"
+                          ", sampled, vs exact)" if recall is not None else "-"),
+            ("memory", f"{info['index_memory_bytes'] / 1e6:.1f} MB for the vectors"),
             ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
             ("threshold", f"{info['threshold']} ({info['threshold_method']})"),
             ("est. TPR", f"{info['calibration'].get('estimated_tpr')} at FPR "

@@ -48,6 +48,7 @@ def open_index(root: str | Path, *, readonly: bool = True, mmap: bool = False) -
         raise store.IndexFormatError(
             f"{vdir}: FAISS index holds {index.ntotal} x {index.d}-d vectors, manifest says "
             f"{manifest.count} x {manifest.dim}-d: the index is damaged, rebuild it")
+    vectors.set_search_params(index, manifest.search_params)
     projection = Projection.load(vdir / manifest.projection) if manifest.projection else None
     return OpenIndex(vdir, manifest, index, Catalog(vdir / store.CATALOG_FILE, readonly),
                      projection)

@@ -58,6 +58,9 @@ class Manifest:
     updated: str = ""
     checksums: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    index_preset: str = ""  # the --index-factory preset it was built from, if any
+    search_params: dict = field(default_factory=dict)  # e.g. {"nprobe": 32}, set at open
+    sampled_recall: float | None = None  # recall@10 vs exact at search_params, at build
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

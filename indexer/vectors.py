@@ -1,13 +1,22 @@
-"""FAISS index creation, training, id-stable updates and (de)serialisation.
+"""FAISS index creation, training, id-stable updates, search parameters and (de)serialisation.
 
-Every index is an `IndexIDMap2` around a FAISS factory string, with the inner
-product metric over L2-normalised vectors (= cosine). IDMap2 keeps our catalog ids
-as the FAISS ids and supports `remove_ids` and `reconstruct`, so add and remove
-never renumber anything.
+Vectors are L2-normalised and compared by inner product (= cosine). Our catalog ids
+are the FAISS ids, so add and remove never renumber anything:
+- IVF indexes hold ids themselves (`add_with_ids`, `remove_ids`); a hash-table direct
+  map lets them `reconstruct` by id. They are NOT wrapped in IndexIDMap: its
+  `remove_ids` compacts the id map as if the inner index renumbered, which IVF does
+  not, and every later answer would name the wrong mark.
+- Everything else (Flat, HNSW) sits in an `IndexIDMap2`. HNSW cannot remove vectors.
+
+Presets (`--index-factory`) pick a structure by registry size; their search parameter
+(nprobe / efSearch) is tuned at build time on a sample and stored in the manifest, and
+the server sets it once at start.
 """
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -15,7 +24,56 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FACTORY = "Flat"
+DEFAULT_FACTORY = "flat"
+TRAIN_SAMPLE = 100_000  # vectors used to train IVF centroids / SQ ranges / PQ codebooks
+TARGET_RECALL = 0.97  # tuned parameters aim here so that recall@10 >= 0.95 holds with margin
+TUNE_QUERIES = 500
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named index structure; `factory(n)` gives the FAISS factory string for n vectors."""
+
+    name: str
+    help: str
+
+    def factory(self, n: int) -> str:
+        nlist = ivf_lists(n)
+        return {"flat": "Flat", "ivf-sq8": f"IVF{nlist},SQ8", "hnsw": "HNSW32,Flat",
+                "ivf-pq": f"IVF{nlist},PQ64"}[self.name]
+
+
+PRESETS = {p.name: p for p in (
+    Preset("flat", "exact search; best up to ~1-2 M marks (2 KB per mark)"),
+    Preset("ivf-sq8", "inverted lists + 8-bit scalar quantiser: 4x less memory than flat and "
+           "far faster at 1 M+ (nprobe tuned at build)"),
+    Preset("hnsw", "graph over full vectors: fast single queries, more memory than flat, slow "
+           "to build, cannot remove marks (efSearch tuned at build)"),
+    Preset("ivf-pq", "inverted lists + 64-byte product codes: 32x less memory than flat for "
+           "the largest registries; recall is capped by the compression (nprobe tuned)"),
+)}
+# The knob each structure is tuned by, and the values tried (cheapest first).
+KNOBS = {"nprobe": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+         "efSearch": (16, 32, 64, 128, 256, 512, 1024)}
+
+
+def ivf_lists(n: int) -> int:
+    """~4 sqrt(n) inverted lists (FAISS's guideline), a power of two, at least 39 points each."""
+    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(max(n, 1)))))
+    return int(max(1, min(nlist, 65536, n // 39 or 1)))
+
+
+@dataclass
+class IndexSpec:
+    factory: str
+    preset: str = ""
+    search_params: dict = field(default_factory=dict)
+
+
+def resolve(spec: str, n: int) -> IndexSpec:
+    """A preset name or a raw FAISS factory string -> what to build for n vectors."""
+    preset = PRESETS.get(spec.lower())
+    return IndexSpec(preset.factory(n), preset.name) if preset else IndexSpec(spec)
 
 
 def gpu_count() -> int:
@@ -23,55 +81,179 @@ def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def new_index(dim: int, factory: str = DEFAULT_FACTORY) -> faiss.IndexIDMap2:
+def _ivf(index: faiss.Index):
+    index = faiss.downcast_index(index)
+    return index if isinstance(index, faiss.IndexIVF) else None
+
+
+def new_index(dim: int, factory: str = "Flat") -> faiss.Index:
+    """An empty index for a FAISS factory string (see `resolve` for presets)."""
     try:
         inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"bad --index-factory {factory!r}: {e}") from e
+    ivf = _ivf(inner)
+    if ivf is None and "IVF" in factory.upper():
+        raise ValueError(f"--index-factory {factory!r}: put the IVF at the top (no transform "
+                         "before it), e.g. IVF1024,SQ8")
+    if ivf is not None:
+        inner.this.disown()  # the downcast wrapper owns the C++ index from here on
+        ivf.this.own(True)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return ivf
     return faiss.IndexIDMap2(inner)
 
 
-def train(index: faiss.IndexIDMap2, vectors: np.ndarray) -> None:
-    """Train the inner index (IVF centroids, PQ codebooks); a no-op for Flat.
+def _inner(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+
+
+def train(index: faiss.Index, vectors: np.ndarray, sample: int = TRAIN_SAMPLE,
+          seed: int = 0) -> None:
+    """Train the index (IVF centroids, SQ ranges, PQ codebooks) on a sample; no-op for Flat.
 
     Training is the expensive part of building an approximate index, so it runs on
     the GPU when there is one; the trained index is copied back to the CPU because
     only CPU indexes can be written to disk.
     """
-    inner = faiss.downcast_index(index.index)
+    inner = _inner(index)
     if inner.is_trained:
         return
     if len(vectors) == 0:
         raise ValueError("cannot train an approximate index on 0 vectors")
-    if gpu_count() > 0:
+    if len(vectors) > sample:
+        rows = np.random.default_rng(seed).choice(len(vectors), sample, replace=False)
+        vectors = vectors[np.sort(rows)]
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ivf = _ivf(inner)
+    if gpu_count() > 0 and ivf is not None:
+        # Only the k-means of the coarse quantiser moves to the GPU; the codes stay put.
         log.info("training %s on the GPU with %d vectors", type(inner).__name__, len(vectors))
-        res = faiss.StandardGpuResources()
-        gpu = faiss.index_cpu_to_gpu(res, 0, inner)
-        gpu.train(vectors)
-        index.index = faiss.index_gpu_to_cpu(gpu)
-        index.own_fields = True
-    else:
-        inner.train(vectors)
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+    inner.train(vectors)
+    if ivf is not None:
+        ivf.clustering_index = None
 
 
-def add(index: faiss.IndexIDMap2, ids: list[int] | np.ndarray, vectors: np.ndarray) -> None:
+def can_remove(index: faiss.Index) -> bool:
+    return not isinstance(_inner(index), faiss.IndexHNSW)
+
+
+def add(index: faiss.Index, ids: list[int] | np.ndarray, vectors: np.ndarray) -> None:
     """Add vectors under `ids`; ids already present are replaced."""
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) == 0:
         return
-    remove(index, ids)
+    if index.ntotal and np.isin(ids, stored_ids(index)).any():
+        remove(index, ids)
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
 
-def remove(index: faiss.IndexIDMap2, ids: list[int] | np.ndarray) -> int:
+def remove(index: faiss.Index, ids: list[int] | np.ndarray) -> int:
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) == 0:
         return 0
-    return int(index.remove_ids(faiss.IDSelectorBatch(ids)))
+    if not can_remove(index):
+        raise ValueError("an HNSW index cannot remove or replace marks: rebuild it without "
+                         "them, or build with --index-factory flat or ivf-sq8")
+    # An IVF's hash-table direct map only accepts the array selector.
+    sel = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if _ivf(index) is not None \
+        else faiss.IDSelectorBatch(ids)
+    return int(index.remove_ids(sel))
 
 
-def stored_ids(index: faiss.IndexIDMap2) -> np.ndarray:
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    invlists = _ivf(index).invlists
+    parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+             for i in range(invlists.nlist) if invlists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def set_search_params(index: faiss.Index, params: dict) -> None:
+    """nprobe / efSearch are fields of the index: set once, not per request."""
+    ps = faiss.ParameterSpace()
+    for name, value in params.items():
+        try:
+            ps.set_index_parameter(index, name, value)
+        except RuntimeError as e:
+            raise ValueError(f"{name}={value} does not apply to a {describe(index)} index "
+                             f"(nprobe is for IVF, efSearch for HNSW)") from e
+
+
+def sampled_recall(index: faiss.Index, k: int = 10, queries: int = TUNE_QUERIES,
+                   seed: int = 0, params: dict | None = None) -> float:
+    """recall@k of the index against exact search over its own stored vectors.
+
+    Queries are stored vectors (their own id left out of both lists), so this measures
+    what the search structure loses (lists not probed, graph edges not followed), not
+    the quantiser's rounding; bench/ measures both against the original floats.
+    """
+    if params:
+        set_search_params(index, params)
+    return _recall_fn(index, k, queries, seed)(None)
+
+
+def knob(index: faiss.Index) -> str | None:
+    """The search-time parameter of this structure: nprobe (IVF), efSearch (HNSW) or None."""
+    inner = _inner(index)
+    if _ivf(inner) is not None:
+        return "nprobe"
+    return "efSearch" if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def tune(index: faiss.Index, target: float = TARGET_RECALL, k: int = 10) -> tuple[dict, float]:
+    """The cheapest value of the index's knob that reaches `target` sampled recall@k, and
+    that recall; the largest value tried if none does (the recall says so). Exact
+    indexes: ({}, 1.0)."""
+    name = knob(index)
+    if name is None or index.ntotal <= k + 1:
+        return {}, 1.0
+    measure = _recall_fn(index, k, TUNE_QUERIES, 0)
+    best = ({}, 0.0)
+    for value in KNOBS[name]:
+        if name == "nprobe" and value > _ivf(index).nlist:
+            break
+        params = {name: value}
+        recall = measure(params)
+        best = (params, recall)
+        if recall >= target:
+            break
+    return best
+
+
+def _recall_fn(index: faiss.Index, k: int, queries: int, seed: int):
+    ids, all_vecs = all_vectors(index)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(ids), min(queries, len(ids)), replace=False))
+    exact = faiss.IndexFlatIP(index.d)
+    exact.add(all_vecs)
+    q = all_vecs[sample]
+    _, truth = exact.search(q, k + 1)
+    truth_ids = [set(ids[row].tolist()) - {ids[s]} for row, s in zip(truth, sample)]
+
+    def measure(params: dict | None) -> float:
+        if params:
+            set_search_params(index, params)
+        _, found = index.search(q, k + 1)
+        hits = [len(t & (set(f.tolist()) - {ids[s]})) / max(1, len(t))
+                for t, f, s in zip(truth_ids, found, sample)]
+        return float(np.mean(hits))
+    return measure
+
+
+def all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Every id and its stored vector (decoded, so approximate for SQ/PQ codes)."""
+    ids = stored_ids(index)
+    if isinstance(index, faiss.IndexIDMap2):  # storage order is id_map order
+        return ids, _inner(index).reconstruct_n(0, index.ntotal)
+    return ids, index.reconstruct_batch(ids)
+
+
+def memory_bytes(path: Path) -> int:
+    """RAM an index takes once loaded: its serialised size (codes, lists, graph)."""
+    return Path(path).stat().st_size
 
 
 def save(index: faiss.Index, path: Path) -> None:
@@ -79,10 +261,40 @@ def save(index: faiss.Index, path: Path) -> None:
 
 
 def load(path: Path, mmap: bool = False) -> faiss.Index:
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    """With mmap, flat codes and inverted lists stay in the page cache, shared and lazy."""
+    flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
     return faiss.read_index(str(path), flags)
 
 
 def describe(index: faiss.Index) -> str:
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    return type(inner).__name__
+    return type(_inner(index)).__name__
+
+
+class Searcher:
+    """Searches an index through its inner structure, on the GPU where FAISS has one.
+
+    IndexIDMap2 translates labels to ids after searching its inner index; doing the
+    same here (a numpy gather) lets the inner index alone move to the GPU, and the CPU
+    path runs the very same code. Not thread-safe: callers serialise searches.
+    """
+
+    def __init__(self, index: faiss.Index, params: dict | None = None, use_gpu: bool = False):
+        self.index = index
+        self.ntotal = index.ntotal
+        self._ids = stored_ids(index) if isinstance(index, faiss.IndexIDMap2) else None
+        inner = _inner(index)
+        set_search_params(inner, params or {})
+        self.on_gpu = use_gpu and gpu_count() > 0 and not isinstance(inner, faiss.IndexHNSW)
+        if self.on_gpu:
+            self._res = faiss.StandardGpuResources()
+            opts = faiss.GpuClonerOptions()
+            opts.useFloat16 = True  # halves GPU memory of flat codes; scores differ ~1e-3
+            inner = faiss.index_cpu_to_gpu(self._res, 0, inner, opts)
+            set_search_params(inner, params or {})
+        self._inner = inner
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, labels = self._inner.search(np.ascontiguousarray(x, dtype=np.float32), k)
+        if self._ids is None:
+            return scores, labels
+        return scores, np.where(labels >= 0, self._ids[np.maximum(labels, 0)], -1)

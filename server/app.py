@@ -92,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-k", type=int, default=DEFAULT_MAX_K,
                    help="largest k a request may ask for (default: %(default)s)")
     g.add_argument("--mmap", action="store_true",
-                   help="memory-map the index instead of reading it into memory")
+                   help="memory-map the index instead of reading it into memory (fast start, "
+                        "pages shared between processes)")
+    g.add_argument("--nprobe", type=int, default=None,
+                   help="IVF lists searched per query (default: the value tuned at build)")
+    g.add_argument("--ef-search", type=int, default=None,
+                   help="HNSW search breadth (default: the value tuned at build)")
     g = p.add_argument_group("network")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     g.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one "
@@ -145,7 +150,10 @@ def serve(args: argparse.Namespace) -> int:
     admin_token = read_token(args.admin_token_file, ADMIN_TOKEN_ENV)
     torch.set_num_threads(max(1, args.threads))
     encoder = load_encoder(args.encoder, args.device)
-    config = EngineConfig(args.threshold, args.max_k, args.mmap)
+    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search))
+              if v is not None}
+    config = EngineConfig(args.threshold, args.max_k, args.mmap, params,
+                          gpu_index=encoder.device.type == "cuda")
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import vectors
 from indexer.encoder import Encoder
 from indexer.index import OpenIndex, check_encoder, open_index
 from indexer.preprocess import prepare
@@ -49,6 +50,8 @@ class EngineConfig:
     threshold: float | None = None  # None: the index manifest's default
     max_k: int = DEFAULT_MAX_K
     mmap: bool = False
+    search_params: dict | None = None  # e.g. {"nprobe": 64}; None: the manifest's tuned ones
+    gpu_index: bool = False  # search a GPU copy of the index (where FAISS has a GPU)
 
 
 def check_threshold(value: float) -> float:
@@ -65,9 +68,12 @@ class SearchEngine:
         self.max_k = config.max_k
         self.threshold = check_threshold(
             index.manifest.threshold if config.threshold is None else config.threshold)
+        params = index.manifest.search_params | (config.search_params or {})
+        self.searcher = vectors.Searcher(index.index, params, use_gpu=config.gpu_index)
         self._lock = threading.Lock()
-        log.info("serving %s: %d marks, %s, threshold %.4f", index.path, index.index.ntotal,
-                 index.manifest.index_type, self.threshold)
+        log.info("serving %s: %d marks, %s %s%s, threshold %.4f", index.path,
+                 index.index.ntotal, index.manifest.index_type, params or "exact",
+                 " on the GPU" if self.searcher.on_gpu else "", self.threshold)
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: Encoder,
@@ -101,7 +107,7 @@ class SearchEngine:
             vecs = self.encoder.encode(arrays)
             if kk == 0:
                 return [[] for _ in arrays]
-            scores, ids = self.index.index.search(vecs, kk)
+            scores, ids = self.searcher.search(vecs, kk)
         refs = self.index.catalog.refs(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [[Hit(refs[i].serial, refs[i].name, float(s))
                  for s, i in zip(row_s, row_i) if i >= 0 and i in refs]

@@ -222,3 +222,26 @@ def test_verify_passes_a_good_index_and_names_each_problem(index_copy, capsys):
     out = capsys.readouterr().out
     assert "catalog holds 301 marks, manifest says 300" in out
     assert "1 catalog rows have no vector" in out
+
+
+def test_ivf_preset_build_tunes_nprobe_and_survives_remove(tmp_path, capsys, encoder):
+    idx = tmp_path / "idx"
+    assert run("build", "--images", str(first_marks(tmp_path, 80)), "--out", str(idx),
+               "--index-factory", "ivf-sq8", "--calibration-marks", "20", "--no-progress") == 0
+    manifest = store.read_manifest(idx)
+    assert manifest.index_type == "IVF2,SQ8" and manifest.index_preset == "ivf-sq8"
+    assert "nprobe" in manifest.search_params and manifest.sampled_recall >= 0.95
+    serials = sorted(p.stem for p in (tmp_path / "marks0").iterdir())
+    assert run("remove", "--index", str(idx), "--serials", *serials[:10]) == 0
+    capsys.readouterr()
+    assert run("info", "--index", str(idx), "--measure-recall", "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 70 and info["measured_recall"] >= 0.95
+    assert info["index_memory_bytes"] > 70 * 512  # one byte per dimension and mark at least
+    engine = SearchEngine.open(idx, encoder)
+    try:  # the marks left are still found under their own serials after the remove
+        for serial in serials[10:20]:
+            image = (tmp_path / "marks0" / f"{serial}.png").read_bytes()
+            assert engine.search([engine.prepare(image)], 1)[0][0].serial == serial
+    finally:
+        engine.close()

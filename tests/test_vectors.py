@@ -90,3 +90,67 @@ def test_unwhitened_full_pca_preserves_neighbours():
     y = p.apply(x)
     np.testing.assert_array_equal(np.argsort(-(c[:5] @ c.T), 1)[:, :5],
                                   np.argsort(-(y[:5] @ y.T), 1)[:, :5])
+
+
+def clustered(rng, n, d, centres=50, spread=0.4):
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + spread * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("preset", sorted(vectors.PRESETS))
+def test_presets_tune_to_the_recall_target_against_the_exact_oracle(preset):
+    rng = np.random.default_rng(6)
+    both = clustered(rng, 6050, 64)
+    db, q = both[:6000], both[6000:]  # queries from the same distribution, not indexed
+    ids = np.arange(6000, dtype=np.int64) * 7 + 3
+    spec = vectors.resolve(preset, len(db))
+    index = vectors.new_index(64, spec.factory.replace("PQ64", "PQ16"))  # 64-d test vectors
+    vectors.train(index, db)
+    vectors.add(index, ids, db)
+    params, recall = vectors.tune(index)
+    assert recall >= vectors.TARGET_RECALL and (params == {}) == (preset == "flat")
+    _, got = vectors.Searcher(index, params).search(q, 10)
+    # The oracle searches the vectors as stored: SQ/PQ codes round them, and what is
+    # tested here is what the search structure (lists probed, graph walked) loses.
+    stored_ids, stored = vectors.all_vectors(index)
+    _, want = oracle(stored, stored_ids, q, 10)
+    overlap = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)])
+    assert overlap >= 0.95
+
+
+def test_ivf_remove_keeps_every_other_id_right():
+    # IndexIDMap over IVF renumbers wrongly after remove_ids; IVF keeps its own ids.
+    rng = np.random.default_rng(7)
+    db = unit(rng, 2000, 32)
+    ids = np.arange(2000, dtype=np.int64) * 10 + 7
+    index = vectors.new_index(32, "IVF16,Flat")
+    vectors.train(index, db)
+    vectors.add(index, ids, db)
+    assert vectors.remove(index, ids[:500]) == 500
+    vectors.set_search_params(index, {"nprobe": 16})
+    _, got = index.search(db[500:], 1)
+    np.testing.assert_array_equal(got[:, 0], ids[500:])
+    np.testing.assert_allclose(index.reconstruct(int(ids[600])), db[600], atol=1e-6)
+    assert sorted(vectors.stored_ids(index)) == sorted(ids[500:])
+
+
+def test_hnsw_refuses_to_remove_and_wrong_knobs_are_explained():
+    rng = np.random.default_rng(8)
+    db = unit(rng, 300, 16)
+    index = vectors.new_index(16, "HNSW16,Flat")
+    vectors.add(index, np.arange(300), db)
+    with pytest.raises(ValueError, match="cannot remove"):
+        vectors.remove(index, [3])
+    with pytest.raises(ValueError, match="cannot remove"):
+        vectors.add(index, [3], db[:1])  # replacing is removing first
+    vectors.add(index, [1000], db[:1])  # a new id is fine
+    with pytest.raises(ValueError, match="nprobe"):
+        vectors.set_search_params(index, {"nprobe": 4})
+    with pytest.raises(ValueError, match="IVF at the top"):
+        vectors.new_index(16, "PCA8,IVF4,Flat")
+
+
+def test_ivf_lists_grow_with_the_registry():
+    assert vectors.ivf_lists(1_000_000) == 4096 and vectors.ivf_lists(10_000) == 256
+    assert vectors.ivf_lists(100) == 2  # never fewer than 39 points a list
