@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.serverproc import start_server, stop_server
 from client.api import SearchClient
 from indexer.cli import index_info
 
@@ -103,17 +104,6 @@ def _timed_build(data: Path, index: Path) -> dict:
     return {"build_wall_s": wall, "build_pipeline_s": report["seconds"],
             "indexed": report["indexed"], "build_images_per_s": report["images_per_s"],
             "index_bytes": info["bytes_on_disk"], "threshold": info["threshold"]}
-
-
-def _start_server(index: Path, log_path: Path) -> tuple[subprocess.Popen, str, float]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--index", str(index), "--port",
-                             "0"], stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True)
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on"):
-        proc.kill()
-        raise RuntimeError(f"server did not start; see {log_path}")
-    return proc, line.split()[-1], time.perf_counter() - t0
 
 
 def _latency(address: str, images: list[Path], rounds: int) -> dict:
@@ -201,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = _timed_build(args.data, args.out / "index")
-    proc, address, startup = _start_server(args.out / "index", args.out / "server.log")
+    proc, address, startup = start_server(args.out / "index", log_path=args.out / "server.log")
     try:
         metrics["server_startup_s"] = startup
         registry = sorted((args.data / "registry").glob("*.png"))[:args.latency_rounds]
@@ -209,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         results, wall = _batch(address, args.data / "queries.csv", args.out / "results.jsonl")
         metrics["batch_queries_per_s"] = len(results) / wall
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
     queries = load_queries(args.data / "queries.csv")
     methods = {"service": score(queries, results)}
     if not args.no_baselines:

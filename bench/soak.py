@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -20,21 +19,13 @@ from pathlib import Path
 
 import grpc
 
+from bench.serverproc import rss_mb, start_server, stop_server
 from client.api import SearchClient
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def soak(index: Path, images: list[Path], seconds: float, clients: int, every: float) -> dict:
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--index", str(index), "--port",
-                             "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc, address, _ = start_server(index)
     try:
-        address = proc.stdout.readline().split()[-1]
         done, errors, stop = [0] * clients, [0] * clients, threading.Event()
         payloads = [p.read_bytes() for p in images]
 
@@ -64,8 +55,7 @@ def soak(index: Path, images: list[Path], seconds: float, clients: int, every: f
             t.join()
         wall = time.perf_counter() - t0
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
     # The first sample is taken after warm-up (model and allocator caches filled).
     base, last = samples[0]["rss_mb"], samples[-1]["rss_mb"]
     return {"seconds": round(wall, 1), "clients": clients, "requests": sum(done),

@@ -187,7 +187,8 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
     info["index_memory_bytes"] = vectors.memory_bytes(vdir / store.INDEX_FILE)
     if measure_recall:
         index = vectors.load(vdir / store.INDEX_FILE)
-        info["measured_recall"] = round(vectors.sampled_recall(index, params=manifest.search_params), 4)
+        recall = vectors.sampled_recall(index, params=manifest.search_params)
+        info["measured_recall"] = round(recall, 4)
     return info
 
 

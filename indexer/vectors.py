@@ -25,7 +25,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "flat"
-TRAIN_SAMPLE = 100_000  # vectors used to train IVF centroids / SQ ranges / PQ codebooks
+TRAIN_SAMPLE = 200_000  # vectors used to train IVF centroids / SQ ranges / PQ codebooks
+KMEANS_ITERATIONS = 10  # FAISS's default 25 costs 2.5x the time for no measurable recall
 TARGET_RECALL = 0.97  # tuned parameters aim here so that recall@10 >= 0.95 holds with margin
 TUNE_QUERIES = 500
 
@@ -126,6 +127,8 @@ def train(index: faiss.Index, vectors: np.ndarray, sample: int = TRAIN_SAMPLE,
         vectors = vectors[np.sort(rows)]
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ivf = _ivf(inner)
+    if ivf is not None:
+        ivf.cp.niter = KMEANS_ITERATIONS
     if gpu_count() > 0 and ivf is not None:
         # Only the k-means of the coarse quantiser moves to the GPU; the codes stay put.
         log.info("training %s on the GPU with %d vectors", type(inner).__name__, len(vectors))

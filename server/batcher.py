@@ -1,10 +1,15 @@
 """Dynamic micro-batching: images from concurrent callers share one encoder + FAISS call.
 
-The encoder costs far more per call than per image at small batches (one image ~30 ms
-on 2 CPU cores, eight ~200 ms), and FAISS GPU indexes must not be searched from two
-threads. So one worker thread owns both: callers (unary RPCs, stream chunks) submit
-prepared images and wait on a Future; the worker takes whatever is queued, up to
-`max_batch`, and runs it as one batch.
+One worker thread owns the encoder and the FAISS index (GPU indexes must not be
+searched from two threads; batches use the hardware better). Callers (unary RPCs,
+stream chunks) submit image bytes and wait on a Future; the worker takes whatever is
+queued, up to `max_batch` images, decodes them in its thread pool, then encodes and
+searches them as one batch.
+
+Decoding and encoding take turns rather than overlap, on purpose: the encoder's
+OpenMP threads synchronise hundreds of times per image, and a decode thread that
+preempts one of them stalls the whole team. On 2 cores, decoding beside the encoder
+cut throughput from ~60 to ~30 images/s; in turns, both phases have the cores alone.
 
 A lone request does not wait for company: the worker waits `max_wait_ms` for more
 only when others are already queued behind the first, i.e. when the server is busy.
@@ -17,11 +22,13 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.preprocess import ImageDecodeError
 from server.engine import Hit, SearchEngine
 
 log = logging.getLogger(__name__)
@@ -33,14 +40,21 @@ class DeadlinePassed(TimeoutError):
 
 @dataclass(frozen=True)
 class BatchConfig:
-    max_batch: int = 32
+    # On 2 CPU cores the encoder is fastest per image at batches of 4-16 (32 is ~2x
+    # slower per image: activations leave the cache); raise it on a GPU.
+    max_batch: int = 16
     max_wait_ms: float = 2.0
+    decode_workers: int = 0  # 0: one per core
+
+
+# What a job gets back for each of its images: its top-k hits, or why it was unreadable.
+Result = list[Hit] | ImageDecodeError
 
 
 @dataclass
 class _Job:
     engine: SearchEngine
-    arrays: list[np.ndarray]
+    images: list[bytes]
     k: int
     deadline: float | None  # time.monotonic() after which nobody waits for the answer
     future: Future = field(default_factory=Future)
@@ -49,36 +63,43 @@ class _Job:
 class MicroBatcher:
     """One worker thread that encodes and searches the queued images together."""
 
-    def __init__(self, config: BatchConfig = BatchConfig(), on_batch=None):
+    def __init__(self, config: BatchConfig = BatchConfig(), on_batch=None, thread_init=None):
+        """`on_batch(n)` is told each batch's size; `thread_init()` runs first thing in
+        the worker thread (the server sets torch's thread count there, see server.app)."""
         if config.max_batch < 1 or config.max_wait_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {config}")
         self.config = config
         self._on_batch = on_batch or (lambda n: None)
+        self._thread_init = thread_init or (lambda: None)
+        self._decode_pool = ThreadPoolExecutor(config.decode_workers or os.cpu_count() or 1,
+                                               thread_name_prefix="decode")
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="encoder", daemon=True)
         self._worker.start()
 
-    def submit(self, engine: SearchEngine, arrays: list[np.ndarray], k: int,
+    def submit(self, engine: SearchEngine, images: list[bytes], k: int,
                timeout: float | None = None) -> Future:
-        """A Future of the top-k hits of each array (list[list[Hit]])."""
+        """A Future of one Result per image, in order."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        job = _Job(engine, arrays, k, deadline)
-        if not arrays:
+        job = _Job(engine, images, k, deadline)
+        if not images:
             job.future.set_result([])
         else:
             self._queue.put(job)
         return job.future
 
-    def search(self, engine: SearchEngine, arrays: list[np.ndarray], k: int,
-               timeout: float | None = None) -> list[list[Hit]]:
-        return self.submit(engine, arrays, k, timeout).result()
+    def search(self, engine: SearchEngine, images: list[bytes], k: int,
+               timeout: float | None = None) -> list[Result]:
+        return self.submit(engine, images, k, timeout).result()
 
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=10)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the worker -----------------------------------------------------------------
     def _run(self) -> None:
+        self._thread_init()
         carry: _Job | None = None
         while True:
             first = carry or self._queue.get()
@@ -91,7 +112,7 @@ class MicroBatcher:
     def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None]:
         """`first` plus queued jobs up to max_batch images; a job that does not fit is
         carried to the next batch (a job is never split)."""
-        jobs, size = [first], len(first.arrays)
+        jobs, size = [first], len(first.images)
         wait_until = None
         while size < self.config.max_batch:
             try:
@@ -108,10 +129,10 @@ class MicroBatcher:
             if job is None:
                 self._queue.put(None)  # stop after this batch
                 break
-            if size + len(job.arrays) > self.config.max_batch:
+            if size + len(job.images) > self.config.max_batch:
                 return jobs, job
             jobs.append(job)
-            size += len(job.arrays)
+            size += len(job.images)
         return jobs, None
 
     def _run_batch(self, jobs: list[_Job]) -> None:
@@ -130,20 +151,36 @@ class MicroBatcher:
             self._search_group(group)
 
     def _search_group(self, jobs: list[_Job]) -> None:
-        arrays = [a for job in jobs for a in job.arrays]
+        engine = jobs[0].engine
         try:
-            self._on_batch(len(arrays))
-            hits = jobs[0].engine.search(arrays, max(job.k for job in jobs))
+            results = self._decode_and_search(engine, [i for job in jobs for i in job.images],
+                                              max(job.k for job in jobs))
         except Exception as e:  # noqa: BLE001 - every waiter must hear of it
-            log.exception("batch of %d images failed", len(arrays))
+            log.exception("batch of %d images failed", sum(len(job.images) for job in jobs))
             for job in jobs:
                 job.future.set_exception(e)
             return
         start = 0
         for job in jobs:
-            n = len(job.arrays)
-            job.future.set_result([h[:job.k] for h in hits[start:start + n]])
+            n = len(job.images)
+            job.future.set_result([r[:job.k] if isinstance(r, list) else r
+                                   for r in results[start:start + n]])
             start += n
+
+    def _decode_and_search(self, engine: SearchEngine, images: list[bytes],
+                           k: int) -> list[Result]:
+        def prepare(data: bytes) -> np.ndarray | ImageDecodeError:
+            try:
+                return engine.prepare(data)
+            except ImageDecodeError as e:
+                return e
+        results: list = list(self._decode_pool.map(prepare, images))
+        good = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+        if good:
+            self._on_batch(len(good))
+            for i, hits in zip(good, engine.search([results[i] for i in good], k)):
+                results[i] = hits
+        return results
 
     def _fail_pending(self) -> None:
         while True:

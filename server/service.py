@@ -5,12 +5,11 @@ import logging
 import queue
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
 import grpc
-import numpy as np
 
 from indexer.preprocess import ImageDecodeError
 from indexer.store import IndexFormatError
@@ -32,7 +31,6 @@ class _Item:
     request: pb.SearchRequest
     k: int = 0
     threshold: float = 0.0
-    array: np.ndarray | None = None
     error: pb.Error | None = None
     answer: Answer | None = None
 
@@ -50,22 +48,21 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
 
 
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
-    def __init__(self, engine: SearchEngine | None, stream_batch: int = 32,
-                 decode_workers: int = 4, metrics: Metrics | None = None,
+    def __init__(self, engine: SearchEngine | None, stream_batch: int = 16,
+                 metrics: Metrics | None = None,
                  loader: Callable[[], SearchEngine] | None = None,
-                 batching: BatchConfig = BatchConfig()):
+                 batching: BatchConfig = BatchConfig(), encoder_thread_init=None):
         self.engine = engine
         self.stream_batch = stream_batch
         self.metrics = metrics or Metrics()
         self._loader = loader
         self._reload_lock = threading.Lock()
-        self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
-        self.batcher = MicroBatcher(batching, on_batch=self.metrics.batch_size.observe)
+        self.batcher = MicroBatcher(batching, on_batch=self.metrics.batch_size.observe,
+                                    thread_init=encoder_thread_init)
         if engine is not None:
             self.metrics.set_index(engine.index.index.ntotal, engine.index.manifest.version)
 
     def close(self) -> None:
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
         if self.engine is not None:
             self.engine.close()
@@ -111,13 +108,13 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         return engine
 
     def _check(self, engine: SearchEngine, request: pb.SearchRequest) -> _Item:
+        """k and threshold; the image itself is decoded by the batcher."""
         item = _Item(request)
         try:
             item.k = engine.check_k(request.k if request.HasField("k") else None)
             item.threshold = engine.resolve_threshold(
                 request.threshold if request.HasField("threshold") else None)
-            item.array = engine.prepare(request.image)
-        except (InvalidRequest, ImageDecodeError) as e:
+        except InvalidRequest as e:
             item.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return item
 
@@ -128,24 +125,25 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if item.error is not None:
                 log.info("Search %r refused: %s", request.request_id, item.error.message)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
-            remaining = context.time_remaining()
             try:
-                if remaining is not None and remaining <= 0:
-                    raise DeadlinePassed("deadline passed while decoding")
                 # Queued with other callers' images; skipped if the caller gives up first.
-                hits = self.batcher.search(engine, [item.array], item.k, remaining)[0]
+                hits = self.batcher.search(engine, [request.image], item.k,
+                                           context.time_remaining())[0]
             except DeadlinePassed as e:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+            if isinstance(hits, ImageDecodeError):
+                log.info("Search %r refused: %s", request.request_id, hits)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
             answer = engine.decide(hits, item.threshold)
             log.debug("Search %r: exists=%s top=%s %.4f", request.request_id, answer.exists,
                       hits[0].serial if hits else "-", answer.top_score)
             return to_response(request.request_id, answer)
 
     def SearchStream(self, request_iterator, context):
-        """Chunks of up to `stream_batch` items: decoded in the pool, encoded by the batcher.
+        """Chunks of up to `stream_batch` items go to the batcher (decoded and encoded there).
 
-        While more requests wait, two chunks are in flight at once, so the next one
-        decodes while the previous one is encoded; answers leave in request order.
+        While more requests wait, two chunks are queued at once, so the batcher goes on
+        to the next without waiting for this thread; answers leave in request order.
         """
         engine = self._engine(context)
         pending: queue.Queue = queue.Queue(maxsize=4 * self.stream_batch)
@@ -187,17 +185,19 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             pending.put(_END)
 
     def _submit_chunk(self, engine: SearchEngine, requests: list) -> tuple[list[_Item], Future]:
-        items = list(self._decode_pool.map(lambda r: self._check(engine, r), requests))
+        items = [self._check(engine, r) for r in requests]
         good = [it for it in items if it.error is None]
         k = max((it.k for it in good), default=1)
-        return items, self.batcher.submit(engine, [it.array for it in good], k)
+        return items, self.batcher.submit(engine, [it.request.image for it in good], k)
 
     def _answer_chunk(self, engine: SearchEngine, items: list[_Item],
                       future: Future) -> list[pb.SearchResponse]:
+        for it, hits in zip([it for it in items if it.error is None], future.result()):
+            if isinstance(hits, ImageDecodeError):
+                it.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
+            else:
+                it.answer = engine.decide(hits[:it.k], it.threshold)
         good = [it for it in items if it.error is None]
-        for it, h in zip(good, future.result()):
-            it.array = None
-            it.answer = engine.decide(h[:it.k], it.threshold)
         out = []
         for it in items:
             if it.error is not None:

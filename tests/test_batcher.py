@@ -11,6 +11,7 @@ import pytest
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.app import create_server
+from indexer.preprocess import ImageDecodeError
 from server.batcher import BatchConfig, DeadlinePassed, MicroBatcher
 from server.engine import SearchEngine
 from server.service import TrademarkSearchServicer
@@ -30,66 +31,77 @@ class Recorder:
 
 
 @pytest.fixture
-def arrays(engine):
-    return [engine.prepare(b) for b in _marks(24)]
+def images():
+    return _marks(24)
 
 
-def test_concurrent_jobs_are_batched_and_each_gets_its_own_hits(engine, arrays):
-    oracle = engine.search(arrays, 5)  # one call, no batcher
+def test_concurrent_jobs_are_batched_and_each_gets_its_own_hits(engine, images):
+    oracle = engine.search([engine.prepare(b) for b in images], 5)  # one call, no batcher
     rec = Recorder()
     batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=50), on_batch=rec)
     try:
         with ThreadPoolExecutor(12) as pool:
-            got = list(pool.map(lambda a: batcher.search(engine, [a], 5)[0], arrays))
+            got = list(pool.map(lambda a: batcher.search(engine, [a], 5)[0], images))
     finally:
         batcher.close()
     assert [[h.serial for h in hits] for hits in got] == [[h.serial for h in hits]
                                                           for hits in oracle]
-    assert sum(rec.sizes) == len(arrays)
+    assert sum(rec.sizes) == len(images)
     assert max(rec.sizes) > 1 and max(rec.sizes) <= 8  # shared, and never past max_batch
 
 
-def test_each_job_gets_its_own_k_from_a_shared_batch(engine, arrays):
+def test_each_job_gets_its_own_k_from_a_shared_batch(engine, images):
     batcher = MicroBatcher(BatchConfig(max_batch=32, max_wait_ms=20))
     try:
-        futures = [batcher.submit(engine, [a], k) for a, k in zip(arrays[:6], [1, 3, 10, 2, 7, 5])]
+        futures = [batcher.submit(engine, [a], k) for a, k in zip(images[:6], [1, 3, 10, 2, 7, 5])]
         assert [len(f.result()[0]) for f in futures] == [1, 3, 10, 2, 7, 5]
     finally:
         batcher.close()
 
 
-def test_a_job_larger_than_max_batch_is_never_split(engine, arrays):
+def test_a_job_larger_than_max_batch_is_never_split(engine, images):
     rec = Recorder()
     batcher = MicroBatcher(BatchConfig(max_batch=4, max_wait_ms=0), on_batch=rec)
     try:
-        hits = batcher.search(engine, arrays[:10], 3)
+        hits = batcher.search(engine, images[:10], 3)
     finally:
         batcher.close()
     assert len(hits) == 10 and rec.sizes == [10]
 
 
-def test_a_lone_request_does_not_wait_for_company(engine, arrays):
+def test_a_lone_request_does_not_wait_for_company(engine, images):
     # With a 5 s max wait, a lone request that waited would take 5 s.
     batcher = MicroBatcher(BatchConfig(max_batch=32, max_wait_ms=5000))
     try:
-        batcher.search(engine, [arrays[0]], 1)  # warm-up
+        batcher.search(engine, [images[0]], 1)  # warm-up
         t0 = time.perf_counter()
-        batcher.search(engine, [arrays[1]], 1)
+        batcher.search(engine, [images[1]], 1)
         assert time.perf_counter() - t0 < 2.5
     finally:
         batcher.close()
 
 
-def test_a_job_whose_deadline_passed_in_the_queue_is_skipped(engine, arrays):
+def test_a_job_whose_deadline_passed_in_the_queue_is_skipped(engine, images):
     batcher = MicroBatcher(BatchConfig(max_batch=1, max_wait_ms=0))
     try:
-        busy = batcher.submit(engine, arrays[:8], 1)  # keeps the worker busy for a while
-        late = batcher.submit(engine, [arrays[8]], 1, timeout=0.001)
+        busy = batcher.submit(engine, images[:8], 1)  # keeps the worker busy for a while
+        late = batcher.submit(engine, [images[8]], 1, timeout=0.001)
         with pytest.raises(DeadlinePassed):
             late.result()
         assert len(busy.result()) == 8
     finally:
         batcher.close()
+
+
+def test_an_unreadable_image_fails_alone_in_its_batch(engine, images):
+    batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=0))
+    try:
+        results = batcher.search(engine, [images[0], b"not an image", images[1]], 3)
+    finally:
+        batcher.close()
+    assert isinstance(results[1], ImageDecodeError)
+    assert [r[0].serial for r in (results[0], results[2])] == [
+        h[0].serial for h in engine.search([engine.prepare(b) for b in images[:2]], 1)]
 
 
 def test_bad_settings_are_refused():

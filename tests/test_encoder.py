@@ -99,3 +99,12 @@ def test_missing_head_says_how_to_fix(tmp_path):
     from indexer.encoder import _load_lite0, _with_head, pick_device
     with pytest.raises(EncoderError, match="python -m indexer.train"):
         _with_head(_load_lite0(pick_device("cpu")), tmp_path / "nope.pt")
+
+
+def test_encode_projects_like_the_index_build(engine):
+    # Queries are projected in torch, the registry in numpy at build: same vectors.
+    images = [engine.prepare(p.read_bytes())
+              for p in sorted((SAMPLES / "registry").glob("*.png"))[:4]]
+    enc = engine.encoder
+    np.testing.assert_allclose(enc.encode(images), enc.project(enc.descriptors(images)),
+                               atol=1e-5)

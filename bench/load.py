@@ -1,0 +1,95 @@
+"""The encoder's limit on this machine, and the real server measured against it.
+
+Model-only: preprocessed images (decoding excluded) through the encoder and projection,
+batch by batch, in this process: the most any server on this machine could do.
+Server: `python -m server` in its own process, driven over loopback gRPC by client
+threads of this process (each client with its own channel), one request in flight per
+client, for a fixed time.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from client.api import SearchClient
+from indexer.encoder import Encoder
+from proto import trademark_search_pb2 as pb
+
+
+def model_images_per_s(encoder: Encoder, arrays: list[np.ndarray], batch: int,
+                       min_images: int = 64, repeats: int = 3) -> float:
+    """Best of `repeats` timed runs of at least `min_images` images in batches of `batch`."""
+    encoder.encode(arrays[:batch])  # warm-up: allocator and kernel caches
+    runs = max(1, min_images // batch)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for r in range(runs):
+            start = (r * batch) % max(1, len(arrays) - batch + 1)
+            encoder.encode(arrays[start:start + batch])
+        best = max(best, runs * batch / (time.perf_counter() - t0))
+    return best
+
+
+def latency_ms(address: str, payloads: list[bytes], calls: int = 100) -> dict:
+    with SearchClient(address) as client:
+        for p in payloads[:3]:
+            client.search(p, k=10)  # warm-up
+        times = []
+        for i in range(calls):
+            t0 = time.perf_counter()
+            client.search(payloads[i % len(payloads)], k=10)
+            times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def throughput(address: str, payloads: list[bytes], clients: int, seconds: float,
+               warmup: float = 2.0) -> dict:
+    """Requests/s with `clients` concurrent callers, counted after `warmup` seconds."""
+    counts, errors = [0] * clients, [0] * clients
+    counting, stop = threading.Event(), threading.Event()
+
+    def worker(i: int) -> None:
+        with SearchClient(address, timeout=120) as client:
+            n = i
+            while not stop.is_set():
+                try:
+                    client.search(payloads[n % len(payloads)], k=10)
+                    counts[i] += counting.is_set()
+                except grpc.RpcError:
+                    errors[i] += 1
+                n += clients
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(warmup)
+    counting.set()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    done, elapsed = sum(counts), time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    return {"clients": clients, "requests_per_s": done / elapsed, "errors": sum(errors)}
+
+
+def stream_rate(address: str, payloads: list[bytes], items: int) -> dict:
+    requests = (pb.SearchRequest(request_id=str(i), image=payloads[i % len(payloads)], k=10)
+                for i in range(items))
+    with SearchClient(address, timeout=600) as client:
+        t0 = time.perf_counter()
+        answers = sum(1 for _ in client.search_stream(requests))
+        elapsed = time.perf_counter() - t0
+    return {"items": answers, "items_per_s": answers / elapsed}
+
+
+def read_payloads(folders: list[Path], limit: int = 200) -> list[bytes]:
+    files = sorted(p for f in folders for p in f.glob("*") if p.suffix.lower() in
+                   {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
+    return [p.read_bytes() for p in files[:limit]]

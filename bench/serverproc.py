@@ -1,0 +1,37 @@
+"""Start `python -m server` as a child process, the way an operator would, and time it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def start_server(index: Path, *extra: str, log_path: Path | None = None
+                 ) -> tuple[subprocess.Popen, str, float]:
+    """(process, "host:port", seconds from spawn to "listening on"), on a free port."""
+    t0 = time.perf_counter()
+    err = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--index", str(index), "--port",
+                             "0", *extra], stdout=subprocess.PIPE, stderr=err, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on"):
+        proc.kill()
+        raise RuntimeError(f"server did not start{f'; see {log_path}' if log_path else ''}")
+    return proc, line.split()[-1].removesuffix("(TLS)"), time.perf_counter() - t0
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -1,0 +1,218 @@
+"""`make bench`: the service against the limit of its parts and against peers, one run.
+
+    python -m bench.speed --out out/bench [--sizes 10000,100000,1000000] [--seconds 10]
+
+1. encoder limit: model-only images/s at batch 1, 8, 16, 32 (bench.load);
+2. indexing: `python -m indexer build` of the sample registry vs the model at its batch;
+3. the real server: one client's Search latency (vs one image through the model),
+   throughput with 1/4/16/64 clients and one SearchStream (vs the model at that batch);
+4. vector search at each N: presets, naive numpy/torch, Milvus Lite (bench.vector_search);
+5. server start-up with an index of the largest N, read and memory-mapped (bench.startup).
+Writes report.md, bench.json and bench.png in --out; prints the report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import load, startup, vector_search
+from bench.serverproc import start_server, stop_server
+from indexer.cli import index_info
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+MODEL_BATCHES = (1, 8, 16, 32)
+CLIENTS = (1, 4, 16, 64)
+BUILD_BATCH = 32  # indexer build's default --batch-size
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} x {cpu}, {gpu}, Python {platform.python_version()}"
+
+
+def encoder_limit(threads: int) -> tuple[dict, object]:
+    import torch
+
+    from indexer.encoder import load_encoder
+    from indexer.preprocess import prepare
+    torch.set_num_threads(threads)
+    encoder = load_encoder()
+    arrays = [prepare(p, encoder.preprocess)
+              for p in load.read_payloads([SAMPLES / "registry"], limit=64)]
+    limit = {b: load.model_images_per_s(encoder, arrays, b) for b in MODEL_BATCHES}
+    log.info("model-only images/s: %s", {b: round(v, 1) for b, v in limit.items()})
+    return limit, encoder
+
+
+def indexing(work: Path) -> dict:
+    index = work / "index"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "indexer", "build", "--images",
+                    str(SAMPLES / "registry"), "--manifest", str(SAMPLES / "registry.csv"),
+                    "--out", str(index), "--no-progress"], check=True,
+                   stdout=subprocess.DEVNULL)
+    info = index_info(index)
+    report = json.loads((Path(info["path"]) / "report.json").read_text())
+    # The build also fits the PCA and calibrates (encodes 2 edited copies of its held-out
+    # marks); images/s counts the registry images only, so it is a lower bound.
+    return {"index": str(index), "images": report["indexed"], "wall_s": time.perf_counter() - t0,
+            "images_per_s": report["images_per_s"]}
+
+
+def service(index: Path, seconds: float) -> dict:
+    payloads = load.read_payloads([SAMPLES / "registry", SAMPLES / "queries"])
+    proc, address, startup_s = start_server(index)
+    try:
+        out = {"startup_s": startup_s, "latency": load.latency_ms(address, payloads)}
+        out["clients"] = [load.throughput(address, payloads, c, seconds) for c in CLIENTS]
+        out["stream"] = load.stream_rate(address, payloads, 400)
+    finally:
+        stop_server(proc)
+    return out
+
+
+def ratios(limit: dict, single_ms: float, build: dict, svc: dict, max_batch: int) -> dict:
+    def at(batch: int) -> float:
+        usable = [b for b in MODEL_BATCHES if b <= batch]
+        return limit[max(usable)]
+    r = {"lone_request_latency_vs_model": svc["latency"]["p50_ms"] / single_ms,
+         "indexing_vs_model": build["images_per_s"] / at(BUILD_BATCH),
+         "stream_vs_model": svc["stream"]["items_per_s"] / at(32)}
+    for row in svc["clients"]:
+        c = row["clients"]
+        r[f"clients_{c}_vs_model"] = row["requests_per_s"] / at(min(c, max_batch))
+    return r
+
+
+def markdown(res: dict) -> str:
+    lim, svc, rat = res["model_images_per_s"], res["service"], res["ratios"]
+    lines = [f"Machine: {res['machine']}", "",
+             "| encoder, model only (no decoding) | images/s |", "|---|---|"]
+    lines += [f"| batch {b} | {v:.1f} |" for b, v in lim.items()]
+    lines += [f"| one image, ms | {res['model_single_ms']:.1f} |", "",
+              "| service | measured | vs model limit |", "|---|---|---|",
+              f"| one client Search p50 / p99, ms | {svc['latency']['p50_ms']:.1f} / "
+              f"{svc['latency']['p99_ms']:.1f} | {rat['lone_request_latency_vs_model']:.2f}x "
+              "one image's model time |"]
+    for row in svc["clients"]:
+        c = row["clients"]
+        lines.append(f"| {c} client{'s' * (c > 1)}, requests/s | {row['requests_per_s']:.1f} "
+                     f"({row['errors']} errors) | {rat[f'clients_{c}_vs_model']:.2f} |")
+    lines += [f"| one SearchStream, items/s | {svc['stream']['items_per_s']:.1f} | "
+              f"{rat['stream_vs_model']:.2f} |",
+              f"| indexer build, images/s ({res['indexing']['images']} marks) | "
+              f"{res['indexing']['images_per_s']:.1f} | {rat['indexing_vs_model']:.2f} |",
+              f"| server start-up, sample index, s | {svc['startup_s']:.2f} | |", "",
+              "Vector search (synthetic vectors, bench/synthetic.py; recall@10 vs exact "
+              "search over the original floats):", "",
+              "| N | method | build s | memory MB | QPS b1 | QPS b64 | recall@10 | params |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in res["vector_search"]:
+        if r["note"]:
+            lines.append(f"| {r['n']:,} | {r['method']} | {r['note']} | | | | | |")
+            continue
+        lines.append(f"| {r['n']:,} | {r['method']} | {r['build_s']:.1f} | {r['memory_mb']:.0f} "
+                     f"| {r['qps_b1']:.1f} | {r['qps_b64']:.1f} | {r['recall10']:.3f} | "
+                     f"{json.dumps(r['params']) if r['params'] else ''} |")
+    lines += ["", "| server start-up with the largest index | s | RSS MB |", "|---|---|---|"]
+    for s in res["startup"]["runs"]:
+        lines.append(f"| {res['startup']['n']:,} vectors, {res['startup']['preset']}, "
+                     f"{'mmap' if s['mmap'] else 'read'} | {s['startup_s']:.2f} | "
+                     f"{s['rss_mb']:.0f} |")
+    lines.append(f"\nmake bench ran in {res['wall_s'] / 60:.1f} min.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    clients = [r["clients"] for r in res["service"]["clients"]]
+    a.plot(clients, [r["requests_per_s"] for r in res["service"]["clients"]], "o-",
+           label="server, Search requests/s")
+    for batch, v in res["model_images_per_s"].items():
+        a.axhline(v, ls=":", color="gray")
+        a.text(clients[-1], v, f" model b{batch}", va="center", fontsize=8)
+    a.set(xscale="log", xlabel="concurrent clients", ylabel="images/s",
+          title="Service vs encoder limit", ylim=(0, None))
+    a.legend(loc="lower center")
+    n = max(r["n"] for r in res["vector_search"])
+    for r in res["vector_search"]:
+        if r["n"] == n and not r["note"]:
+            b.scatter(r["recall10"], r["qps_b1"], label=r["method"])
+    b.set(yscale="log", xlabel="recall@10", ylabel="queries/s, batch 1",
+          title=f"Vector search at N = {n:,}")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.speed",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("out/bench"))
+    p.add_argument("--sizes", default="10000,100000,1000000",
+                   help="vector counts, comma-separated (default: %(default)s; add 10000000 "
+                        "where memory allows: ~25 GB)")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="measuring time per client count (default: %(default)s)")
+    p.add_argument("--hnsw-max-n", type=int, default=1_000_000)
+    p.add_argument("--milvus-max-n", type=int, default=100_000)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res: dict = {"machine": machine()}
+    limit, encoder = encoder_limit(args.threads)
+    res["model_images_per_s"] = limit
+    res["model_single_ms"] = 1e3 / limit[1]
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        res["indexing"] = indexing(Path(tmp))
+        res["service"] = service(Path(res["indexing"]["index"]), args.seconds)
+    from server.batcher import BatchConfig
+    res["ratios"] = ratios(limit, res["model_single_ms"], res["indexing"], res["service"],
+                           BatchConfig.max_batch)
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    config = vector_search.ScaleConfig(sizes=sizes, hnsw_max_n=args.hnsw_max_n,
+                                       milvus_max_n=args.milvus_max_n)
+    rows = vector_search.run(config, on_row=lambda r: log.info("%s", r))
+    res["vector_search"] = [r.to_dict() for r in rows]
+    res["startup"] = largest_startup(max(sizes), encoder)
+    res["wall_s"] = time.perf_counter() - t0
+    (args.out / "bench.json").write_text(json.dumps(res, indent=2))
+    report = markdown(res)
+    (args.out / "report.md").write_text(report)
+    plot(res, args.out / "bench.png")
+    print(report)
+    return 0
+
+
+def largest_startup(n: int, encoder) -> dict:
+    from bench import synthetic
+    db = synthetic.vectors(n, seed=n)
+    with tempfile.TemporaryDirectory(prefix="bench-big-") as tmp:
+        written = startup.write_synthetic_index(Path(tmp) / "index", encoder, db)
+        del db
+        runs = [startup.time_startup(Path(tmp) / "index", mmap) for mmap in (False, True)]
+    return {"n": n, "preset": "flat", **written, "runs": runs}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Server start-up with a large index: a real index directory holding synthetic vectors.
+
+The directory is written through the same store (catalog, FAISS file, manifest with
+checksums) as `indexer build` writes, with the shipped encoder's identity, so the
+server opens it exactly as it would open a registry of that size; only the vectors
+are synthetic (bench.synthetic) and the catalog rows have no thumbnails.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.serverproc import rss_mb, start_server, stop_server
+from indexer import store, vectors
+from indexer.catalog import Catalog, Mark
+from indexer.encoder import Encoder
+
+
+def write_synthetic_index(root: Path, encoder: Encoder, db: np.ndarray,
+                          preset: str = "flat") -> dict:
+    t0 = time.perf_counter()
+    with store.write_version(root, new=True) as writer:
+        catalog = Catalog(writer.path / store.CATALOG_FILE)
+        ids, _ = catalog.upsert([Mark(f"SYN{i:08d}", f"synthetic {i}") for i in range(len(db))])
+        catalog.close()
+        spec = vectors.resolve(preset, len(db))
+        index = vectors.new_index(db.shape[1], spec.factory)
+        vectors.train(index, db)
+        vectors.add(index, ids, db)
+        params, recall = vectors.tune(index)
+        vectors.save(index, writer.path / store.INDEX_FILE)
+        writer.commit(store.Manifest(
+            encoder=encoder.identity.to_dict(), dim=db.shape[1], index_type=spec.factory,
+            count=len(db), threshold=0.7, threshold_method="fixed (synthetic benchmark)",
+            index_preset=spec.preset, search_params=params, sampled_recall=recall))
+    return {"write_s": time.perf_counter() - t0,
+            "index_mb": vectors.memory_bytes(store.current_version_dir(root) /
+                                             store.INDEX_FILE) / 1e6}
+
+
+def time_startup(index: Path, mmap: bool) -> dict:
+    proc, _, seconds = start_server(index, *(["--mmap"] if mmap else []))
+    try:
+        return {"mmap": mmap, "startup_s": seconds, "rss_mb": rss_mb(proc.pid)}
+    finally:
+        stop_server(proc)
