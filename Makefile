@@ -1,4 +1,4 @@
-# make install | demo | test | test-slow | eval | soak | proto | clean
+# make install | demo | test | test-slow | eval | bench | soak | proto | clean
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
-.PHONY: install proto demo test test-slow eval soak clean
+.PHONY: install proto demo test test-slow eval bench soak clean
 LOGOBENCH ?= ../shared/logobench
 
 install: $(STAMP) $(STUBS)
@@ -43,6 +43,11 @@ test-slow: install $(DEV_STAMP)
 
 eval: install $(DEV_STAMP)
 	$(PY) -m bench.eval --data $(LOGOBENCH) --out $(OUT)/eval
+
+# Speed against the encoder's limit and against peers; BENCH_SIZES=10000,100000 for a quick run.
+BENCH_SIZES ?= 10000,100000,1000000
+bench: install $(DEV_STAMP)
+	$(PY) -m bench.speed --out $(OUT)/bench --sizes $(BENCH_SIZES)
 
 soak: install
 	test -d $(OUT)/demo/index || $(MAKE) demo

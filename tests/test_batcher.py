@@ -93,8 +93,9 @@ def test_a_job_whose_deadline_passed_in_the_queue_is_skipped(engine, images):
         batcher.close()
 
 
-def test_an_unreadable_image_fails_alone_in_its_batch(engine, images):
-    batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=0))
+@pytest.mark.parametrize("decode_workers", [0, 2])  # in the encoder thread, in a pool
+def test_an_unreadable_image_fails_alone_in_its_batch(engine, images, decode_workers):
+    batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=0, decode_workers=decode_workers))
     try:
         results = batcher.search(engine, [images[0], b"not an image", images[1]], 3)
     finally:
@@ -107,6 +108,8 @@ def test_an_unreadable_image_fails_alone_in_its_batch(engine, images):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(BatchConfig(max_batch=0))
+    with pytest.raises(ValueError, match="decode_workers"):
+        MicroBatcher(BatchConfig(decode_workers=-1))
 
 
 def test_concurrent_clients_of_a_real_server_share_batches(sample_index, encoder):

@@ -30,3 +30,22 @@ def test_tpr_at_fpr_puts_the_threshold_above_the_negatives():
     correct = np.array([True, True, False, False])
     known = np.array([True, True, False, False])
     assert tpr_at_fpr(top, correct, known, 0.0) == 0.5  # only 0.9 is above the 0.8 negative
+
+
+def test_vector_search_rows_on_a_small_registry():
+    from bench import vector_search
+    config = vector_search.ScaleConfig(sizes=(3000,), queries=40, presets=("flat", "ivf-sq8"),
+                                       milvus_max_n=0)
+    rows = {r.method: r for r in vector_search.run(config)}
+    assert set(rows) == {"faiss flat", "faiss ivf-sq8", "numpy matmul + argsort",
+                         "torch matmul + topk"}
+    assert rows["faiss flat"].recall10 == 1.0 and rows["numpy matmul + argsort"].recall10 == 1.0
+    assert rows["faiss ivf-sq8"].recall10 >= 0.9 and "nprobe" in rows["faiss ivf-sq8"].params
+    assert all(r.qps_b1 > 0 and r.qps_b64 > 0 for r in rows.values())
+
+
+def test_synthetic_vectors_are_normalised_and_deterministic():
+    from bench import synthetic
+    a, b = synthetic.vectors(500, seed=1), synthetic.vectors(500, seed=1)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,43 @@
+"""GPU paths against their CPU twins; skipped where CUDA or faiss-gpu is missing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from indexer import vectors
+from indexer.encoder import load_encoder
+from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.gpu
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+needs_faiss_gpu = pytest.mark.skipif(vectors.gpu_count() == 0, reason="faiss has no GPU")
+
+
+@needs_cuda
+def test_fp16_gpu_encoder_matches_the_cpu_one(engine):
+    images = [engine.prepare(p.read_bytes())
+              for p in sorted((SAMPLES / "registry").glob("*.png"))[:16]]
+    cpu = engine.encoder.encode(images)
+    gpu = load_encoder(device="cuda").with_projection(engine.encoder.projection).encode(images)
+    assert (np.sum(cpu * gpu, axis=1) > 0.995).all()
+
+
+@needs_faiss_gpu
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,SQ8"])
+def test_gpu_search_matches_the_cpu_search(factory):
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((4000, 64)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    index = vectors.new_index(64, factory)
+    vectors.train(index, db)
+    vectors.add(index, np.arange(4000) * 5 + 1, db)
+    params = {"nprobe": 16} if "IVF" in factory else {}
+    cpu = vectors.Searcher(index, params)
+    gpu = vectors.Searcher(index, params, use_gpu=True)
+    assert gpu.on_gpu and not cpu.on_gpu
+    _, want = cpu.search(db[:50], 5)
+    _, got = gpu.search(db[:50], 5)
+    assert (got[:, 0] == want[:, 0]).all()  # fp16 GPU codes may reorder near-ties below
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, want)]) > 0.9
