@@ -25,16 +25,13 @@ def write_synthetic_index(root: Path, encoder: Encoder, db: np.ndarray,
         catalog = Catalog(writer.path / store.CATALOG_FILE)
         ids, _ = catalog.upsert([Mark(f"SYN{i:08d}", f"synthetic {i}") for i in range(len(db))])
         catalog.close()
-        spec = vectors.resolve(preset, len(db))
-        index = vectors.new_index(db.shape[1], spec.factory)
-        vectors.train(index, db)
-        vectors.add(index, ids, db)
-        params, recall = vectors.tune(index)
+        index, spec = vectors.build(preset, ids, db)
         vectors.save(index, writer.path / store.INDEX_FILE)
         writer.commit(store.Manifest(
             encoder=encoder.identity.to_dict(), dim=db.shape[1], index_type=spec.factory,
             count=len(db), threshold=0.7, threshold_method="fixed (synthetic benchmark)",
-            index_preset=spec.preset, search_params=params, sampled_recall=recall))
+            index_preset=spec.preset, search_params=spec.search_params,
+            sampled_recall=spec.sampled_recall))
     return {"write_s": time.perf_counter() - t0,
             "index_mb": vectors.memory_bytes(store.current_version_dir(root) /
                                              store.INDEX_FILE) / 1e6}

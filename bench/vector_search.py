@@ -69,15 +69,12 @@ def exact(db: np.ndarray, queries: np.ndarray) -> tuple[faiss.Index, np.ndarray,
 def faiss_preset(preset: str, db: np.ndarray, queries: np.ndarray, truth: np.ndarray,
                  gpu: bool = False) -> Row:
     t0 = time.perf_counter()
-    spec = vectors.resolve(preset, len(db))
-    index = vectors.new_index(db.shape[1], spec.factory)
-    vectors.train(index, db)
-    vectors.add(index, np.arange(len(db)), db)
-    params, _ = vectors.tune(index)
+    index, spec = vectors.build(preset, np.arange(len(db)), db)
     build = time.perf_counter() - t0
-    searcher = vectors.Searcher(index, params, use_gpu=gpu)
+    searcher = vectors.Searcher(index, spec.search_params, use_gpu=gpu)
     row = Row(f"faiss {preset}{' (GPU)' if searcher.on_gpu else ''}", len(db), build,
-              faiss.serialize_index(index).nbytes / 1e6, params=params | {"factory": spec.factory})
+              faiss.serialize_index(index).nbytes / 1e6,
+              params=spec.search_params | {"factory": spec.factory})
     row.recall10 = recall(searcher.search(queries, K)[1], truth)
     row.qps_b1 = qps(lambda q: searcher.search(q, K), queries, 1)
     row.qps_b64 = qps(lambda q: searcher.search(q, K), queries, 64)

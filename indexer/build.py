@@ -208,13 +208,9 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
         catalog = Catalog(writer.path / store.CATALOG_FILE)
         ids, _ = catalog.upsert(enc.marks)
         catalog.close()
-        spec = vectors.resolve(opts.index_factory, len(vecs))
-        index = vectors.new_index(dim, spec.factory)
-        vectors.train(index, vecs)
-        vectors.add(index, ids, vecs)
-        # Approximate indexes: the cheapest nprobe/efSearch with recall@10 >= 0.97 on a
-        # sample; it stays set for the calibration below and is stored for the server.
-        params, recall = vectors.tune(index)
+        # Approximate indexes come back with their tuned nprobe/efSearch set: it serves
+        # the calibration below and is stored for the server.
+        index, spec = vectors.build(opts.index_factory, ids, vecs)
         vectors.save(index, writer.path / store.INDEX_FILE)
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
@@ -222,7 +218,8 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
                               [(ids[i], enc.marks[i].source) for i in held], opts)
         manifest = store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
-            index_preset=spec.preset, search_params=params, sampled_recall=round(recall, 4),
+            index_preset=spec.preset, search_params=spec.search_params,
+            sampled_recall=round(spec.sampled_recall, 4),
             count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,
             calibration=cal.to_dict(), projection=store.PROJECTION_FILE if projection else None)
         result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),

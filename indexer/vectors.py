@@ -68,7 +68,8 @@ def ivf_lists(n: int) -> int:
 class IndexSpec:
     factory: str
     preset: str = ""
-    search_params: dict = field(default_factory=dict)
+    search_params: dict = field(default_factory=dict)  # tuned by `build`
+    sampled_recall: float = 1.0
 
 
 def resolve(spec: str, n: int) -> IndexSpec:
@@ -141,6 +142,18 @@ def train(index: faiss.Index, vectors: np.ndarray, sample: int = TRAIN_SAMPLE,
     inner.train(vectors)
     if ivf is not None:
         ivf.clustering_index = None
+
+
+def build(spec: str, ids: np.ndarray | list[int], vectors: np.ndarray
+          ) -> tuple[faiss.Index, IndexSpec]:
+    """A preset or factory string -> a trained, filled index, its search parameter tuned
+    (the cheapest nprobe/efSearch with sampled recall@10 >= TARGET_RECALL) and left set."""
+    resolved = resolve(spec, len(vectors))
+    index = new_index(vectors.shape[1], resolved.factory)
+    train(index, vectors)
+    add(index, ids, vectors)
+    resolved.search_params, resolved.sampled_recall = tune(index)
+    return index, resolved
 
 
 def can_remove(index: faiss.Index) -> bool:

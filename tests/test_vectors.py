@@ -104,11 +104,12 @@ def test_presets_tune_to_the_recall_target_against_the_exact_oracle(preset):
     both = clustered(rng, 6050, 64)
     db, q = both[:6000], both[6000:]  # queries from the same distribution, not indexed
     ids = np.arange(6000, dtype=np.int64) * 7 + 3
-    spec = vectors.resolve(preset, len(db))
-    index = vectors.new_index(64, spec.factory.replace("PQ64", "PQ16"))  # 64-d test vectors
-    vectors.train(index, db)
-    vectors.add(index, ids, db)
-    params, recall = vectors.tune(index)
+    if preset == "ivf-pq":  # 64-d test vectors: PQ16, built by hand the same way
+        index, spec = vectors.build(vectors.resolve(preset, len(db)).factory.replace(
+            "PQ64", "PQ16"), ids, db)
+    else:
+        index, spec = vectors.build(preset, ids, db)
+    params, recall = spec.search_params, spec.sampled_recall
     assert recall >= vectors.TARGET_RECALL and (params == {}) == (preset == "flat")
     _, got = vectors.Searcher(index, params).search(q, 10)
     # The oracle searches the vectors as stored: SQ/PQ codes round them, and what is
