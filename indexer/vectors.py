@@ -61,7 +61,8 @@ KNOBS = {"nprobe": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 def ivf_lists(n: int) -> int:
     """~4 sqrt(n) inverted lists (FAISS's guideline), a power of two, at least 39 points each."""
     nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(max(n, 1)))))
-    return int(max(1, min(nlist, 65536, n // 39 or 1)))
+    most = 2 ** int(math.log2(max(1, n // 39)))  # FAISS warns below 39 training points a list
+    return int(min(nlist, 65536, most))
 
 
 @dataclass

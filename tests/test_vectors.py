@@ -155,3 +155,4 @@ def test_hnsw_refuses_to_remove_and_wrong_knobs_are_explained():
 def test_ivf_lists_grow_with_the_registry():
     assert vectors.ivf_lists(1_000_000) == 4096 and vectors.ivf_lists(10_000) == 256
     assert vectors.ivf_lists(100) == 2  # never fewer than 39 points a list
+    assert vectors.ivf_lists(3000) == 64  # and always a power of two
