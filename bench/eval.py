@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serverproc import start_server, stop_server
-from client.api import SearchClient
-from indexer.cli import index_info
+from bench.load import latency_ms
+from bench.procs import run_build, start_server, stop_server
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +93,10 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
 
 
 def _timed_build(data: Path, index: Path) -> dict:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "indexer", "build", "--images", str(data),
-                    "--manifest", str(data / "registry.csv"), "--out", str(index),
-                    "--no-progress"], check=True)
-    wall = time.perf_counter() - t0
-    info = index_info(index)
-    report = json.loads((Path(info["path"]) / "report.json").read_text())
+    wall, info, report = run_build(data, data / "registry.csv", index)
     return {"build_wall_s": wall, "build_pipeline_s": report["seconds"],
             "indexed": report["indexed"], "build_images_per_s": report["images_per_s"],
             "index_bytes": info["bytes_on_disk"], "threshold": info["threshold"]}
-
-
-def _latency(address: str, images: list[Path], rounds: int) -> dict:
-    with SearchClient(address) as client:
-        client.search(images[0].read_bytes(), k=10)  # warm-up
-        times = []
-        for i in range(rounds):
-            data = images[i % len(images)].read_bytes()
-            t0 = time.perf_counter()
-            client.search(data, k=10)
-            times.append(time.perf_counter() - t0)
-    ms = np.array(times) * 1e3
-    return {"search_p50_ms": float(np.percentile(ms, 50)),
-            "search_p99_ms": float(np.percentile(ms, 99))}
 
 
 def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], float]:
@@ -195,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics["server_startup_s"] = startup
         registry = sorted((args.data / "registry").glob("*.png"))[:args.latency_rounds]
-        metrics |= _latency(address, registry, args.latency_rounds)
+        lat = latency_ms(address, [p.read_bytes() for p in registry], args.latency_rounds)
+        metrics |= {"search_p50_ms": lat["p50_ms"], "search_p99_ms": lat["p99_ms"]}
         results, wall = _batch(address, args.data / "queries.csv", args.out / "results.jsonl")
         metrics["batch_queries_per_s"] = len(results) / wall
     finally:

@@ -17,6 +17,7 @@ import numpy as np
 
 from client.api import SearchClient
 from indexer.encoder import Encoder
+from indexer.sources import iter_image_files
 from proto import trademark_search_pb2 as pb
 
 
@@ -90,6 +91,5 @@ def stream_rate(address: str, payloads: list[bytes], items: int) -> dict:
 
 
 def read_payloads(folders: list[Path], limit: int = 200) -> list[bytes]:
-    files = sorted(p for f in folders for p in f.glob("*") if p.suffix.lower() in
-                   {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
+    files = [p for f in folders for p in iter_image_files(f)]
     return [p.read_bytes() for p in files[:limit]]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.serverproc import rss_mb, start_server, stop_server
+from bench.procs import rss_mb, start_server, stop_server
 from client.api import SearchClient
 
 

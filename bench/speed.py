@@ -17,15 +17,14 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench import load, startup, vector_search
-from bench.serverproc import start_server, stop_server
-from indexer.cli import index_info
+from bench.procs import run_build, start_server, stop_server
+from server.batcher import BatchConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +61,11 @@ def encoder_limit(threads: int) -> tuple[dict, object]:
 
 def indexing(work: Path) -> dict:
     index = work / "index"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "indexer", "build", "--images",
-                    str(SAMPLES / "registry"), "--manifest", str(SAMPLES / "registry.csv"),
-                    "--out", str(index), "--no-progress"], check=True,
-                   stdout=subprocess.DEVNULL)
-    info = index_info(index)
-    report = json.loads((Path(info["path"]) / "report.json").read_text())
+    wall, _, report = run_build(SAMPLES / "registry", SAMPLES / "registry.csv", index,
+                                quiet=True)
     # The build also fits the PCA and calibrates (encodes 2 edited copies of its held-out
     # marks); images/s counts the registry images only, so it is a lower bound.
-    return {"index": str(index), "images": report["indexed"], "wall_s": time.perf_counter() - t0,
+    return {"index": str(index), "images": report["indexed"], "wall_s": wall,
             "images_per_s": report["images_per_s"]}
 
 
@@ -197,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         res["indexing"] = indexing(Path(tmp))
         res["service"] = service(Path(res["indexing"]["index"]), args.seconds)
-    from server.batcher import BatchConfig
     res["ratios"] = ratios(limit, res["model_single_ms"], res["indexing"], res["service"],
                            BatchConfig.max_batch, STREAM_BATCH)
     sizes = tuple(int(s) for s in args.sizes.split(","))

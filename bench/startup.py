@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serverproc import rss_mb, start_server, stop_server
+from bench.procs import rss_mb, start_server, stop_server
 from indexer import store, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder

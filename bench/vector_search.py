@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -138,7 +139,6 @@ def milvus_lite(db: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> Row:
 
 
 def _dir_mb(path: str) -> float:
-    from pathlib import Path
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
 
 

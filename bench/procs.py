@@ -1,10 +1,25 @@
-"""Start `python -m server` as a child process, the way an operator would, and time it."""
+"""The project's CLIs as child processes, run the way an operator would, and timed."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from indexer.cli import index_info
+
+
+def run_build(images: Path, manifest: Path, out: Path, quiet: bool = False
+              ) -> tuple[float, dict, dict]:
+    """`python -m indexer build`: (wall seconds, `indexer info` of the result, its report)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "indexer", "build", "--images", str(images),
+                    "--manifest", str(manifest), "--out", str(out), "--no-progress"],
+                   check=True, stdout=subprocess.DEVNULL if quiet else None)
+    wall = time.perf_counter() - t0
+    info = index_info(out)
+    return wall, info, json.loads((Path(info["path"]) / "report.json").read_text())
 
 
 def start_server(index: Path, *extra: str, log_path: Path | None = None
