@@ -70,22 +70,26 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
         serials = [m["serial"] for m in r["matches"]]
         rows.append({"transform": q["transform"], "known": q["kind"] == "known",
                      "expected": q["expected_serial"], "serials": serials,
-                     "exists": r["exists"], "top": r["top_score"], "error": r["error"]})
+                     "exists": r["exists"], "error": r["error"],
+                     # the decision score (the baselines have only their top score)
+                     "top": r.get("confidence", r["top_score"])})
     known = np.array([x["known"] for x in rows])
     r1 = np.array([bool(x["serials"]) and x["serials"][0] == x["expected"] for x in rows])
     r10 = np.array([x["expected"] in x["serials"][:10] for x in rows])
     exists = np.array([x["exists"] for x in rows])
     top = np.array([x["top"] for x in rows])
-    per = defaultdict(list)
-    for x, hit in zip(rows, r1):
+    per, per_tpr = defaultdict(list), defaultdict(list)
+    for x, hit, said in zip(rows, r1, exists):
         if x["known"]:
             per[x["transform"]].append(hit)
+            per_tpr[x["transform"]].append(hit and said)
     return {
         "queries": len(rows), "known": int(known.sum()), "unknown": int((~known).sum()),
         "errors": sum(x["error"] is not None for x in rows),
         "recall@1": float(r1[known].mean()), "recall@10": float(r10[known].mean()),
         "recall@1_by_transform": {t: float(np.mean(v)) for t, v in sorted(per.items())},
         "tpr": float((exists & r1)[known].mean()), "fpr": float(exists[~known].mean()),
+        "tpr_by_transform": {t: float(np.mean(v)) for t, v in sorted(per_tpr.items())},
         "tpr@fpr1%": tpr_at_fpr(top, r1, known, 0.01),
         "auc": auc(top, known),
         "_roc": roc(top, r1, known),
@@ -128,10 +132,12 @@ def report_markdown(service: dict, methods: dict[str, dict]) -> str:
                  for n in names]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     transforms = sorted(methods[names[0]]["recall@1_by_transform"])
-    lines += ["", "| recall@1 by edit | " + " | ".join(names) + " |",
-              "|---" * (len(names) + 1) + "|"]
+    tpr = methods[names[0]]["tpr_by_transform"]
+    lines += ["", "| recall@1 by edit | " + " | ".join(names) + f" | {names[0]} TPR |",
+              "|---" * (len(names) + 2) + "|"]
     lines += [f"| {t} | " + " | ".join(f"{methods[n]['recall@1_by_transform'][t]:.3f}"
-                                        for n in names) + " |" for t in transforms]
+                                        for n in names) + f" | {tpr[t]:.3f} |"
+              for t in transforms]
     return "\n".join(lines) + "\n"
 
 

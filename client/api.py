@@ -28,6 +28,7 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
         "exists": resp.exists,
         "matched_serial": resp.matched_serial or None,
         "top_score": round(resp.top_score, 6),
+        "confidence": round(resp.confidence, 6),
         "threshold": round(resp.threshold, 6),
         "matches": [{"serial": m.serial, "score": round(m.score, 6), "name": m.name}
                     for m in resp.matches],

@@ -65,7 +65,8 @@ def _print_answer(result: dict) -> None:
     else:
         print("Trade Mark Not Existed!")
     print(f"Serial Numbers of similar images: {[m['serial'] for m in result['matches']]}")
-    print(f"top score {result['top_score']:.4f}, threshold {result['threshold']:.4f}")
+    print(f"top score {result['top_score']:.4f}, confidence {result['confidence']:.4f} "
+          f"(threshold {result['threshold']:.4f})")
     for rank, m in enumerate(result["matches"], start=1):
         print(f"{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}")
 
@@ -95,7 +96,8 @@ def batch_inputs(path: Path) -> list[Path]:
 
 def _error_line(file: Path, request_id: str, code: str, message: str) -> dict:
     return {"file": str(file), "request_id": request_id, "exists": False,
-            "matched_serial": None, "top_score": 0.0, "threshold": 0.0, "matches": [],
+            "matched_serial": None, "top_score": 0.0, "confidence": 0.0, "threshold": 0.0,
+            "matches": [],
             "error": {"code": code, "message": message}}
 
 

@@ -53,8 +53,9 @@ def draw_results(query: bytes, result: dict, thumbnails: dict[str, tuple[str, by
         head, color = f"Trade Mark Existed! - serial number: {result['matched_serial']}", GREEN
     else:
         head, color = "Trade Mark Not Existed!", RED
-    d.text((PAD, PAD), f"{head}   (top score {result['top_score']:.3f}, threshold "
-                       f"{result['threshold']:.3f})", fill=color, font=big)
+    d.text((PAD, PAD), f"{head}   (top score {result['top_score']:.3f}, confidence "
+                       f"{result['confidence']:.3f}, threshold {result['threshold']:.3f})",
+           fill=color, font=big)
     top = PAD + 40
     img.paste(_tile(query, qsize), (PAD, top))
     d.rectangle((PAD, top, PAD + qsize, top + qsize), outline=GREY)

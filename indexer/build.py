@@ -176,6 +176,7 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
     with store.write_version(index_dir) as writer:
         writer.copy_from_base(store.INDEX_FILE, store.CATALOG_FILE, store.PROJECTION_FILE)
         manifest.threshold, manifest.threshold_method = cal.threshold, cal.method
+        manifest.decision = cal.decision
         manifest.calibration = cal.to_dict()
         writer.commit(manifest)
     return cal
@@ -221,7 +222,8 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             index_preset=spec.preset, search_params=spec.search_params,
             sampled_recall=round(spec.sampled_recall, 4),
             count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,
-            calibration=cal.to_dict(), projection=store.PROJECTION_FILE if projection else None)
+            decision=cal.decision, calibration=cal.to_dict(),
+            projection=store.PROJECTION_FILE if projection else None)
         result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),
                              time.perf_counter() - t0)
         _write_report(writer, result)

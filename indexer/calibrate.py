@@ -31,13 +31,15 @@ import faiss
 import numpy as np
 from PIL import Image
 
+from indexer import decision
 from indexer.augment import random_edit
 from indexer.encoder import Encoder
 from indexer.preprocess import ImageDecodeError, open_image, to_input
 
 log = logging.getLogger(__name__)
 
-FALLBACK_THRESHOLD = 0.8  # when the registry is too small to say anything
+# When the registry is too small to say anything: a copy must stand this far out.
+FALLBACK_THRESHOLD = {decision.TOP: 0.8, decision.MARGIN: 0.3}
 MIN_MARKS = 10
 METHOD = "edited copies of registered marks, leave-one-out negatives"
 
@@ -50,38 +52,58 @@ class Calibration:
     positives: int
     negatives: int
     method: str = METHOD
+    decision: str = decision.MARGIN
     held_out_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _split(scores: np.ndarray, ids: np.ndarray, mid: int, kind: str):
+    """One search row -> (own decision score or -1, own ranked first, stranger's score).
+
+    The stranger's score is what the row would give if `mid` were not in the index:
+    the decision score of the row without it.
+    """
+    mine = ids == mid
+    valid = ids >= 0
+    others = scores[valid & ~mine]
+    stranger = float(decision.decision_scores(kind, others[None])[0]) if len(others) else 0.0
+    if not mine.any():
+        return -1.0, False, stranger
+    row = np.concatenate([scores[mine][:1], others])
+    return float(decision.decision_scores(kind, row[None])[0]), bool(ids[0] == mid), stranger
+
+
+def _search_depth(kind: str) -> int:
+    return decision.neighbours_needed(kind) + 1  # one more: the mark itself may be among them
+
+
 def copy_scores(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
-                edits: int, seed: int = 0, batch_size: int = 32):
-    """(own score, own ranked first, best other score) per copy.
+                edits: int, seed: int = 0, batch_size: int = 32, kind: str = decision.MARGIN):
+    """(own decision score, own ranked first, stranger's decision score) per copy.
 
     `edits=0` searches each mark as it is; otherwise `edits` edited copies of each.
     """
     rng = random.Random(seed)
-    own, first, other = [], [], []
+    rows = []
     jobs = [(mid, im) for mid, im in marks for _ in range(max(edits, 1))]
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         arrays = [to_input(random_edit(im, rng) if edits else im, encoder.preprocess)
                   for _, im in chunk]
-        scores, ids = index.search(encoder.encode(arrays), 2)
-        for (mid, _), s, i in zip(chunk, scores, ids):
-            mine = i == mid
-            own.append(float(s[mine][0]) if mine.any() else -1.0)
-            first.append(bool(i[0] == mid))
-            other.append(float(s[~mine][0]))
-    return np.array(own), np.array(first), np.array(other)
+        scores, ids = index.search(encoder.encode(arrays), _search_depth(kind))
+        rows += [_split(s, i, mid, kind) for (mid, _), s, i in zip(chunk, scores, ids)]
+    own, first, other = zip(*rows) if rows else ((), (), ())
+    return np.array(own), np.array(first, dtype=bool), np.array(other)
 
 
-def nearest_other(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Each indexed vector's best score against a mark other than itself."""
-    scores, found = index.search(np.ascontiguousarray(vectors, dtype=np.float32), 2)
-    return np.where(found[:, 0] != ids, scores[:, 0], scores[:, 1])
+def nearest_other(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray,
+                  kind: str = decision.MARGIN) -> np.ndarray:
+    """Each indexed vector's decision score with itself left out of the index."""
+    scores, found = index.search(np.ascontiguousarray(vectors, dtype=np.float32),
+                                 _search_depth(kind))
+    return np.array([_split(s, f, mid, kind)[2] for s, f, mid in zip(scores, found, ids)])
 
 
 def stored_vectors(index: faiss.Index, ids: list[int]) -> np.ndarray | None:
@@ -96,24 +118,29 @@ def stored_vectors(index: faiss.Index, ids: list[int]) -> np.ndarray | None:
 
 def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
               target_fpr: float = 0.01, edits: int = 2, seed: int = 0,
-              clean: np.ndarray | None = None) -> Calibration:
-    """`clean`: the marks' indexed vectors when the caller has them (saves encoding them)."""
+              clean: np.ndarray | None = None, kind: str = decision.MARGIN) -> Calibration:
+    """`clean`: the marks' indexed vectors when the caller has them (saves encoding them).
+
+    `kind`: the decision score the threshold applies to (indexer.decision).
+    """
     if index.ntotal < MIN_MARKS or not marks:
         log.warning("only %d marks: using the fallback threshold %.2f", index.ntotal,
-                    FALLBACK_THRESHOLD)
-        return Calibration(FALLBACK_THRESHOLD, target_fpr, float("nan"), 0, 0, "fallback")
+                    FALLBACK_THRESHOLD[kind])
+        return Calibration(FALLBACK_THRESHOLD[kind], target_fpr, float("nan"), 0, 0, "fallback",
+                           decision=kind)
     if clean is None:
-        _, _, clean_other = copy_scores(index, encoder, marks, 0, seed)
+        _, _, clean_other = copy_scores(index, encoder, marks, 0, seed, kind=kind)
     else:
-        clean_other = nearest_other(index, np.array([mid for mid, _ in marks]), clean)
-    own, first, other = copy_scores(index, encoder, marks, edits, seed)
+        clean_other = nearest_other(index, np.array([mid for mid, _ in marks]), clean, kind)
+    own, first, other = copy_scores(index, encoder, marks, edits, seed, kind=kind)
     threshold = float(max(np.quantile(clean_other, 1.0 - target_fpr),
                           np.quantile(other, 1.0 - target_fpr)))
     tpr = float((first & (own >= threshold)).mean())
-    log.info("calibrated on %d marks and %d edited copies: threshold %.4f, estimated TPR %.3f "
-             "at FPR %.3f", len(clean_other), len(own), threshold, tpr, target_fpr)
+    log.info("calibrated on %d marks and %d edited copies: threshold %.4f on the %s, estimated "
+             "TPR %.3f at FPR %.3f", len(clean_other), len(own), threshold,
+             decision.describe(kind), tpr, target_fpr)
     return Calibration(round(threshold, 4), target_fpr, round(tpr, 4), len(own),
-                       len(other) + len(clean_other))
+                       len(other) + len(clean_other), decision=kind)
 
 
 def pick_held_out(n: int, count: int, seed: int = 0) -> list[int]:

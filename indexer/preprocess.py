@@ -112,30 +112,74 @@ def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
 
 def trim_background(im: Image.Image, tol: int = 32, margin: float = 0.04,
                     probe: int = 128) -> Image.Image:
-    """Crop a plain background (the colour of the border) down to the mark's bounding box.
+    """Crop the background around the mark down to the mark's bounding box.
 
-    A mark arrives small in a corner of a large canvas, or with wide margins; the
-    registry's marks fill their frame. Cropping both to the mark puts them at the same
-    scale. The box is found on a small median-filtered copy, so noise and JPEG speckle
-    do not count as mark. A border that is not one colour (a photo, a texture) is left
-    alone.
+    A mark arrives small in a corner of a large canvas, with wide margins, or printed on
+    a textured surface; the registry's marks fill their frame. Cropping both to the mark
+    puts them at the same scale. The box is found on a small copy of the image, where
+    the background is the colour of the border: plain (`_plain_box`) or, when the border
+    is not one colour, a texture (`_textured_box`).
     """
     w, h = im.size
     scale = min(1.0, probe / max(w, h))
     small = im.resize((max(1, round(w * scale)), max(1, round(h * scale))),
                       Image.Resampling.BILINEAR) if scale < 1 else im
+    box = _plain_box(small, tol)
+    if box is _NOT_PLAIN:
+        box, margin = _textured_box(small, tol), TEXTURE_MARGIN
+    if box is None:
+        return im
+    x0, y0, x1, y1 = (v / scale for v in box)
+    m = margin * max(x1 - x0, y1 - y0)
+    return im.crop((max(0, int(x0 - m)), max(0, int(y0 - m)),
+                    min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m)))))
+
+
+_NOT_PLAIN = "not plain"
+# A box found on a texture is rough (thin strokes blur into the surface): a wider margin
+# keeps the whole mark in it.
+TEXTURE_MARGIN = 0.12
+
+
+def _plain_box(small: Image.Image, tol: int):
+    """(x0, y0, x1, y1) of what differs from a one-colour border; `_NOT_PLAIN` if the
+    border is not one colour; None if nothing stands out.
+
+    Median-filtered, so noise and JPEG speckle do not count as mark.
+    """
     a = np.asarray(small.filter(ImageFilter.MedianFilter(3)), dtype=np.int16)
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     bg = np.median(border, axis=0)
     if (np.abs(border - bg).max(axis=1) > tol).mean() > 0.1:
-        return im
+        return _NOT_PLAIN
     ys, xs = np.nonzero(np.abs(a - bg).max(axis=2) > tol)
     if len(ys) < 4:
-        return im  # blank, or nothing that stands out
-    x0, x1, y0, y1 = xs.min() / scale, (xs.max() + 1) / scale, ys.min() / scale, (ys.max() + 1) / scale
-    m = margin * max(x1 - x0, y1 - y0)
-    return im.crop((max(0, int(x0 - m)), max(0, int(y0 - m)),
-                    min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m)))))
+        return None  # blank, or nothing that stands out
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def _textured_box(small: Image.Image, tol: int, blur: float = 3.0, spread_factor: float = 2.5):
+    """Box of a mark on a textured surface (a photo of a print, a mark on fabric or brick).
+
+    Blurring averages a fine texture to its mean colour, while the solid areas a mark is
+    made of keep theirs. The border, after blurring, shows how far the surface itself
+    strays from its median colour; pixels several times further away are the mark. None
+    when nothing, or nearly everything, stands out (a photo, not a mark on a surface).
+    """
+    a = np.asarray(small.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float32)
+    b = 3
+    border = np.concatenate([a[:b].reshape(-1, 3), a[-b:].reshape(-1, 3),
+                             a[:, :b].reshape(-1, 3), a[:, -b:].reshape(-1, 3)])
+    bg = np.median(border, axis=0)
+    spread = np.quantile(np.abs(border - bg).max(axis=1), 0.95)
+    fg = np.abs(a - bg).max(axis=2) > max(tol, spread_factor * spread)
+    if not 0.002 < fg.mean() < 0.6:
+        return None
+    ys, xs = np.nonzero(fg)
+    # Quantiles, not min/max: a stray bright leaf or a brick's shadow must not widen the box.
+    x0, x1 = np.quantile(xs, [0.005, 0.995])
+    y0, y1 = np.quantile(ys, [0.005, 0.995])
+    return x0, y0, x1 + 1, y1 + 1
 
 
 def letterbox(im: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) -> Image.Image:

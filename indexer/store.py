@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from indexer import decision
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -50,6 +52,9 @@ class Manifest:
     count: int
     threshold: float
     threshold_method: str = ""
+    # What the threshold is compared with (indexer.decision); manifests written before
+    # the margin score existed mean the top similarity.
+    decision: str = decision.TOP
     metric: str = "inner_product"
     projection: str | None = None
     version: str = ""
@@ -75,6 +80,10 @@ class Manifest:
             raise IndexFormatError(
                 f"{path} has format version {data.get('format_version')!r}; this program reads "
                 f"version {FORMAT_VERSION}: rebuild the index with `python -m indexer build`")
+        if data.get("decision", "top") not in decision.KINDS:
+            raise IndexFormatError(
+                f"{path} has decision score {data['decision']!r}, which this program does not "
+                f"know ({', '.join(decision.KINDS)}): upgrade the server or rebuild the index")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

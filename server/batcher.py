@@ -168,7 +168,7 @@ class MicroBatcher:
         start = 0
         for job in jobs:
             n = len(job.images)
-            job.future.set_result([r[:job.k] if isinstance(r, list) else r
+            job.future.set_result([r[:engine.hits_needed(job.k)] if isinstance(r, list) else r
                                    for r in results[start:start + n]])
             start += n
 

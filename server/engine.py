@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import vectors
+from indexer import decision, vectors
 from indexer.encoder import Encoder
 from indexer.index import OpenIndex, check_encoder, open_index
 from indexer.preprocess import prepare
@@ -41,6 +41,7 @@ class Answer:
     exists: bool
     matched_serial: str
     top_score: float
+    confidence: float  # the decision score (indexer.decision) compared with the threshold
     threshold: float
     hits: list[Hit]
 
@@ -66,14 +67,19 @@ class SearchEngine:
         self.encoder = encoder.with_projection(index.projection)
         self.index = index
         self.max_k = config.max_k
+        self.decision = index.manifest.decision
+        # Searches return at least this many hits, so the decision score is exact
+        # whatever k the caller asked for.
+        self._depth = decision.neighbours_needed(self.decision)
         self.threshold = check_threshold(
             index.manifest.threshold if config.threshold is None else config.threshold)
         params = index.manifest.search_params | (config.search_params or {})
         self.searcher = vectors.Searcher(index.index, params, use_gpu=config.gpu_index)
         self._lock = threading.Lock()
-        log.info("serving %s: %d marks, %s %s%s, threshold %.4f", index.path,
+        log.info("serving %s: %d marks, %s %s%s, threshold %.4f on the %s", index.path,
                  index.index.ntotal, index.manifest.index_type, params or "exact",
-                 " on the GPU" if self.searcher.on_gpu else "", self.threshold)
+                 " on the GPU" if self.searcher.on_gpu else "", self.threshold,
+                 decision.describe(self.decision))
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: Encoder,
@@ -98,11 +104,16 @@ class SearchEngine:
         """Decode and letterbox; raises ImageDecodeError for bad bytes."""
         return prepare(image, self.encoder.preprocess)
 
+    def hits_needed(self, k: int) -> int:
+        """Hits `decide` needs to answer with k of them: the decision looks further."""
+        return max(k, self._depth)
+
     def search(self, arrays: list[np.ndarray], k: int) -> list[list[Hit]]:
-        """Top-k hits for each prepared image, one encoder batch and one FAISS call."""
+        """Top `hits_needed(k)` hits for each prepared image, one encoder batch and one
+        FAISS call; `decide` cuts them to k."""
         if not arrays:
             return []
-        kk = min(k, self.index.index.ntotal)
+        kk = min(self.hits_needed(k), self.index.index.ntotal)
         with self._lock:
             vecs = self.encoder.encode(arrays)
             if kk == 0:
@@ -113,10 +124,15 @@ class SearchEngine:
                  for s, i in zip(row_s, row_i) if i >= 0 and i in refs]
                 for row_s, row_i in zip(scores, ids.tolist())]
 
-    def decide(self, hits: list[Hit], threshold: float) -> Answer:
-        top = hits[0].score if hits else 0.0
-        exists = bool(hits) and top >= threshold
-        return Answer(exists, hits[0].serial if exists else "", top, threshold, hits)
+    def decide(self, hits: list[Hit], threshold: float, k: int) -> Answer:
+        """The yes/no from all of `hits` (as `search` gave them), and the first k of them."""
+        if not hits:
+            return Answer(False, "", 0.0, 0.0, threshold, [])
+        scores = np.array([[h.score for h in hits]], dtype=np.float32)
+        confidence = float(decision.decision_scores(self.decision, scores)[0])
+        exists = confidence >= threshold
+        return Answer(exists, hits[0].serial if exists else "", hits[0].score, confidence,
+                      threshold, hits[:k])
 
     def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
         found = self.index.catalog.thumbnails(serials)

@@ -42,7 +42,7 @@ def _error(code: grpc.StatusCode, message: str) -> pb.Error:
 def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
     return pb.SearchResponse(
         request_id=request_id, exists=answer.exists, matched_serial=answer.matched_serial,
-        top_score=answer.top_score, threshold=answer.threshold,
+        top_score=answer.top_score, confidence=answer.confidence, threshold=answer.threshold,
         matches=[pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name)
                  for r, h in enumerate(answer.hits, start=1)])
 
@@ -134,7 +134,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if isinstance(hits, ImageDecodeError):
                 log.info("Search %r refused: %s", request.request_id, hits)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
-            answer = engine.decide(hits, item.threshold)
+            answer = engine.decide(hits, item.threshold, item.k)
             log.debug("Search %r: exists=%s top=%s %.4f", request.request_id, answer.exists,
                       hits[0].serial if hits else "-", answer.top_score)
             return to_response(request.request_id, answer)
@@ -196,7 +196,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if isinstance(hits, ImageDecodeError):
                 it.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
             else:
-                it.answer = engine.decide(hits[:it.k], it.threshold)
+                it.answer = engine.decide(hits, it.threshold, it.k)
         good = [it for it in items if it.error is None]
         out = []
         for it in items:
@@ -220,7 +220,8 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             count=engine.index.index.ntotal, dim=m.dim, metric=m.metric,
             encoder=engine.encoder.identity.short(), index_type=m.index_type,
             threshold=engine.threshold, index_version=m.version, created=m.created,
-            max_k=engine.max_k, threshold_method=m.threshold_method)
+            max_k=engine.max_k, threshold_method=m.threshold_method,
+            decision=engine.decision)
 
     def GetThumbnails(self, request, context):
         with self.metrics.observe("GetThumbnails", context):

@@ -43,7 +43,7 @@ def test_tiny_registry_falls_back(tmp_path):
     import faiss
     index = faiss.IndexFlatIP(4)
     cal = calibrate.calibrate(index, None, [], 0.01)
-    assert cal.threshold == calibrate.FALLBACK_THRESHOLD and cal.method == "fallback"
+    assert cal.threshold == calibrate.FALLBACK_THRESHOLD[cal.decision] and cal.method == "fallback"
     assert json.dumps(cal.to_dict())
 
 

@@ -50,8 +50,8 @@ def test_batch_writes_one_line_per_input(server_address, tmp_path, capsys):
     assert by_name["q00169.png"]["exists"] and by_name["q00169.png"]["matched_serial"] == "86030192"
     assert by_name["q01121.jpg"]["exists"] is False
     assert by_name["zz-corrupt.png"]["error"]["code"] == "INVALID_ARGUMENT"
-    keys = {"file", "request_id", "exists", "matched_serial", "top_score", "threshold",
-            "matches", "error"}
+    keys = {"file", "request_id", "exists", "matched_serial", "top_score", "confidence",
+            "threshold", "matches", "error"}
     assert all(set(l) == keys for l in lines)
     assert "4 images: 2 exist, 1 not, 1 failed" in capsys.readouterr().out
 

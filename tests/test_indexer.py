@@ -63,6 +63,28 @@ def test_manifest_keeps_names_and_metadata(tmp_path, index_copy):
     assert thumb.startswith(b"\x89PNG")
 
 
+def test_manifest_from_before_the_margin_score_decides_on_the_top_score(index_copy, encoder):
+    path = store.current_version_dir(index_copy) / store.MANIFEST
+    data = json.loads(path.read_text())
+    assert data["decision"] == "margin"
+    del data["decision"]
+    data["threshold"] = 0.9
+    path.write_text(json.dumps(data))
+    engine = SearchEngine.open(index_copy, encoder)
+    try:
+        image = (SAMPLES / "registry" / "86000000.png").read_bytes()
+        hits = engine.search([engine.prepare(image)], 3)[0]
+        answer = engine.decide(hits, engine.threshold, 3)
+        assert engine.decision == "top" and answer.confidence == answer.top_score
+        assert answer.exists and len(answer.hits) == 3
+    finally:
+        engine.close()
+    data["decision"] = "median"
+    path.write_text(json.dumps(data))
+    with pytest.raises(store.IndexFormatError, match="decision score 'median'"):
+        open_index(index_copy)
+
+
 def test_add_replace_and_remove_keep_ids_stable(tmp_path, capsys):
     idx = tmp_path / "idx"
     assert run("build", "--images", str(first_marks(tmp_path, 10)), "--out", str(idx),

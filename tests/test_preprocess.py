@@ -146,6 +146,20 @@ def test_trim_survives_noise_and_leaves_textures_alone():
     assert trim_background(blank).size == (50, 50)
 
 
+def test_trim_finds_a_mark_on_a_textured_surface():
+    # Brick-like stripes plus grain, the kind of surface a mark is photographed on.
+    rng = np.random.default_rng(2)
+    xs = np.arange(400)[None, :, None]
+    surface = 130 + 40 * np.sin(xs / 3.0) + rng.normal(0, 20, (400, 400, 3))
+    im = Image.fromarray(np.clip(surface, 0, 255).astype(np.uint8))
+    im.paste((20, 20, 160), (220, 60, 320, 140))  # the mark: 100 x 80 at (220, 60)
+    out = trim_background(im)
+    # The mark's box, widened by the blur that finds it and a 12% margin, not the surface.
+    assert 100 <= out.width <= 150 and 80 <= out.height <= 130
+    arr = np.asarray(out)
+    assert tuple(arr[out.height // 2, out.width // 2]) == (20, 20, 160)
+
+
 def test_trim_can_be_switched_off():
     data = encode(_mark_on((255, 255, 255)))
     trimmed = prepare(data, CFG)

@@ -40,6 +40,16 @@ def test_registered_mark_is_found_first(stub):
     assert resp.top_score == pytest.approx(1.0, abs=1e-3) and resp.request_id == "r"
     scores = [m.score for m in resp.matches]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert 0 < resp.confidence < resp.top_score
+
+
+def test_decision_score_does_not_depend_on_k(stub):
+    answers = [search(stub, registered("86000296"), k=k) for k in (1, 3, 50)]
+    assert len({round(a.confidence, 5) for a in answers}) == 1
+    assert [len(a.matches) for a in answers] == [1, 3, 50]
+    full = answers[-1].matches
+    expected = full[0].score - sum(m.score for m in full[1:6]) / 5
+    assert answers[0].confidence == pytest.approx(expected, abs=1e-5)
 
 
 MILD_EDITS = {"identity", "jpeg", "crop", "rotate", "flip", "text", "blur", "combo"}
