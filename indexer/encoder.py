@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 DEFAULT_ENCODER = "efficientnet-lite0"
 # The backbone alone: 1280-d descriptors, projected by a PCA learned at build time.
 PCA_ENCODER = "efficientnet-lite0-pca"
-HEAD_FILE = Path(__file__).resolve().parent / "weights" / "lite0_head.pt"
+# The similarity network's trained part (indexer.train): the last backbone stages and
+# the head, over the ImageNet weights of everything before them.
+WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "lite0_similarity.pt"
 # A TorchScript encoder may carry its preprocessing in this extra file (JSON with the
 # fields of PreprocessConfig); without it ImageNet defaults in [0, 255] units apply.
 TORCHSCRIPT_PREPROCESS_FILE = "preprocess.json"
@@ -203,7 +205,7 @@ def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Enco
     """`efficientnet-lite0`, or the path of a TorchScript file."""
     dev = pick_device(device)
     if spec == DEFAULT_ENCODER:
-        return _with_head(_load_lite0(dev), HEAD_FILE)
+        return _with_tuning(_load_lite0(dev), WEIGHTS_FILE)
     if spec == PCA_ENCODER:
         return _load_lite0(dev)
     if os.path.isfile(spec):
@@ -233,16 +235,36 @@ def _load_lite0(device: torch.device) -> Encoder:
     return Encoder(net, cfg, ident, device)
 
 
-def _with_head(base: Encoder, path: Path) -> Encoder:
+def tuned_state(backbone: nn.Module, tune_from: int, head: Head) -> dict[str, torch.Tensor]:
+    """What indexer.train saves: backbone blocks from `tune_from` on, the head conv, the head."""
+    kept = (f"_blocks.{i}." for i in range(tune_from, len(backbone._blocks)))
+    prefixes = (*kept, "_conv_head.", "_bn1.")
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items() if k.startswith(prefixes)}
+    state |= {f"head.{k}": v for k, v in head.state_dict().items()}
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _with_tuning(base: Encoder, path: Path) -> Encoder:
     if not path.is_file():
-        raise EncoderError(f"the trained head {path} is missing: restore it from the repository "
-                           f"or train one with `python -m indexer.train`")
+        raise EncoderError(f"the trained weights {path} are missing: restore them from the "
+                           f"repository or train them with `python -m indexer.train`")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    out_dim, in_dim = state["proj.weight"].shape
+    head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    tuned = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if "proj.weight" not in head_state:
+        raise EncoderError(f"{path} holds no similarity head (head.proj.weight); retrain it "
+                           "with `python -m indexer.train`")
+    backbone = base.net.backbone
+    unknown = set(tuned) - set(backbone.state_dict())
+    if unknown:
+        raise EncoderError(f"{path} does not fit EfficientNet-Lite0: unknown tensors "
+                           f"{sorted(unknown)[:3]}")
+    backbone.load_state_dict(tuned, strict=False)
+    out_dim, in_dim = head_state["proj.weight"].shape
     head = Head(in_dim, out_dim)
-    head.load_state_dict(state)
+    head.load_state_dict(head_state)
     combined = hashlib.sha256((base.identity.weights_sha256 + file_sha256(path)).encode())
-    ident = EncoderIdentity(f"{DEFAULT_ENCODER}-gem3-head{out_dim}", combined.hexdigest(),
+    ident = EncoderIdentity(f"{DEFAULT_ENCODER}-gem3-tuned{out_dim}", combined.hexdigest(),
                             base.identity.preprocess, out_dim)
     return Encoder(HeadedDescriptor(base.net, head), base.preprocess, ident, base.device)
 

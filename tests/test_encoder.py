@@ -54,7 +54,7 @@ def test_descriptors_are_normalised_and_batch_independent(encoder):
 
 def test_identity_names_weights_and_preprocessing(encoder):
     ident = encoder.identity
-    assert ident.name == "efficientnet-lite0-gem3-head512"
+    assert ident.name == "efficientnet-lite0-gem3-tuned512"
     assert len(ident.weights_sha256) == 64
     assert ident.preprocess == {"size": 224, "mean": 127.0, "std": 128.0, "fill": [255, 255, 255],
                                 "trim": True}
@@ -95,10 +95,33 @@ def test_pca_encoder_is_the_backbone_alone_and_differs_in_identity(encoder):
     assert pca.identity.mismatch(encoder.identity) is not None
 
 
-def test_missing_head_says_how_to_fix(tmp_path):
-    from indexer.encoder import _load_lite0, _with_head, pick_device
+def test_missing_or_foreign_weights_say_how_to_fix(tmp_path):
+    from indexer.encoder import _load_lite0, _with_tuning, pick_device
     with pytest.raises(EncoderError, match="python -m indexer.train"):
-        _with_head(_load_lite0(pick_device("cpu")), tmp_path / "nope.pt")
+        _with_tuning(_load_lite0(pick_device("cpu")), tmp_path / "nope.pt")
+    torch.save({"proj.weight": torch.zeros(4, 1280)}, tmp_path / "old.pt")
+    with pytest.raises(EncoderError, match="no similarity head"):
+        _with_tuning(_load_lite0(pick_device("cpu")), tmp_path / "old.pt")
+    torch.save({"head.proj.weight": torch.zeros(4, 1280), "head.proj.bias": torch.zeros(4),
+                "backbone._blocks.99.x": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(EncoderError, match="does not fit"):
+        _with_tuning(_load_lite0(pick_device("cpu")), tmp_path / "foreign.pt")
+
+
+def test_tuned_weights_replace_the_imagenet_blocks_they_name(tmp_path):
+    from indexer.encoder import Head, _load_lite0, _with_tuning, pick_device, tuned_state
+    base = _load_lite0(pick_device("cpu"))
+    imagenet = base.net.backbone._blocks[15]._project_conv.weight.clone()
+    state = tuned_state(base.net.backbone, 15, Head(1280, 8))
+    kinds = {k.split(".")[1] for k in state if k.startswith("backbone.")}
+    assert kinds == {"_blocks", "_conv_head", "_bn1"}
+    assert not any(k.startswith("backbone._blocks.14.") for k in state)
+    state["backbone._blocks.15._project_conv.weight"] = imagenet * 2
+    torch.save(state, tmp_path / "w.pt")
+    enc = _with_tuning(_load_lite0(pick_device("cpu")), tmp_path / "w.pt")
+    got = enc.net.backbone._blocks[15]._project_conv.weight
+    torch.testing.assert_close(got, imagenet * 2)
+    assert enc.dim == 8 and "tuned8" in enc.identity.name
 
 
 def test_encode_projects_like_the_index_build(engine):

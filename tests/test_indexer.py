@@ -50,7 +50,7 @@ def test_build_info_and_skip_report(tmp_path, capsys):
     assert run("info", "--index", str(tmp_path / "idx"), "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 13 and info["metric"] == "inner_product"
-    assert info["encoder"]["name"] == "efficientnet-lite0-gem3-head512"
+    assert info["encoder"]["name"] == "efficientnet-lite0-gem3-tuned512"
     assert 0 < info["threshold"] < 1 and info["bytes_on_disk"] > 0
 
 

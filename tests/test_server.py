@@ -133,7 +133,7 @@ def test_concurrent_searches_get_their_own_answers(stub):
 def test_index_info_and_thumbnails(stub, engine):
     info = stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=10)
     assert info.count == 300 and info.dim == 512 and info.metric == "inner_product"
-    assert info.encoder.startswith("efficientnet-lite0-gem3-head512@") and info.index_type == "Flat"
+    assert info.encoder.startswith("efficientnet-lite0-gem3-tuned512@") and info.index_type == "Flat"
     assert info.threshold == pytest.approx(engine.threshold) and info.index_version == "v000001"
     thumbs = stub.GetThumbnails(pb.GetThumbnailsRequest(serials=["86000000", "nope"]),
                                 timeout=10).thumbnails

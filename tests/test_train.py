@@ -1,4 +1,4 @@
-"""`python -m indexer.train` on a few real marks: a loadable head and an honest record."""
+"""`python -m indexer.train` on a few real marks: loadable weights and an honest record."""
 from __future__ import annotations
 
 import json
@@ -6,26 +6,36 @@ import shutil
 
 import torch
 
-from indexer.encoder import Head
+from indexer.encoder import _load_lite0, _with_tuning, pick_device
 from indexer.train import main
 from tests.conftest import SAMPLES
 
 
-def test_train_writes_head_and_record(tmp_path):
+def test_train_writes_weights_and_record(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     for p in sorted((SAMPLES / "registry").glob("*.png"))[:24]:
         shutil.copy(p, marks / p.name)
-    out = tmp_path / "head.pt"
-    assert main(["--images", str(marks), "--out", str(out), "--cache", str(tmp_path / "c"),
-                 "--views", "2", "--epochs", "3", "--batch-size", "8", "--dim", "16"]) == 0
+    out = tmp_path / "w.pt"
+    args = ["--images", str(marks), "--out", str(out), "--cache", str(tmp_path / "c"),
+            "--views", "2", "--head-epochs", "2", "--epochs", "2", "--batch-size", "8",
+            "--dim", "16", "--tune-from", "14"]
+    assert main(args) == 0
     state = torch.load(out, weights_only=True)
-    head = Head(1280, 16)
-    head.load_state_dict(state)
+    # Blocks 14 and 15 were trained and saved; earlier ones are ImageNet's, not saved.
+    assert "backbone._blocks.14._project_conv.weight" in state
+    assert not any(k.startswith("backbone._blocks.13.") for k in state)
+    imagenet = _load_lite0(pick_device("cpu")).net.backbone.state_dict()
+    assert not torch.equal(state["backbone._blocks.15._project_conv.weight"],
+                           imagenet["_blocks.15._project_conv.weight"])
+    enc = _with_tuning(_load_lite0(pick_device("cpu")), out)
+    assert enc.dim == 16
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["data"]["marks"] == 24 and record["data"]["views_per_mark"] == 2
-    assert [h["epoch"] for h in record["history"]] == [0, 1, 2, 3]
+    phases = [(h["phase"], h["epoch"]) for h in record["history"]]
+    assert phases == [("head", 0), ("head", 1), ("head", 2), ("fine-tune", 1), ("fine-tune", 2)]
     assert all(h["loss"] > 0 for h in record["history"][1:])
     assert 0.0 <= record["history"][-1]["val_recall@1"] <= 1.0
-    # The cache is reused on a second run with the same marks and views.
-    assert len(list((tmp_path / "c").glob("features-*.npy"))) == 1
+    # The frozen stages' outputs are cached and reused on a second run.
+    assert main(args) == 0
+    assert len(list((tmp_path / "c").glob("activations-*.npy"))) == 1
