@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from indexer import build as pipeline
-from indexer import store, vectors
+from indexer import decision, store, vectors
 from indexer.encoder import DEFAULT_ENCODER, EncoderError, load_encoder
 from indexer.sources import ManifestError, read_manifest, scan_folder
 
@@ -207,7 +207,8 @@ def cmd_info(args) -> int:
                           ", sampled, vs exact)" if recall is not None else "-"),
             ("memory", f"{info['index_memory_bytes'] / 1e6:.1f} MB for the vectors"),
             ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
-            ("threshold", f"{info['threshold']} ({info['threshold_method']})"),
+            ("threshold", f"{info['threshold']} on the {decision.describe(info['decision'])} "
+                          f"({info['threshold_method']})"),
             ("est. TPR", f"{info['calibration'].get('estimated_tpr')} at FPR "
                          f"{info['calibration'].get('target_fpr')}"),
             ("size on disk", f"{info['bytes_on_disk'] / 1e6:.1f} MB"),
