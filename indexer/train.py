@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     views: int = 4
     head_epochs: int = 30
-    epochs: int = 6
-    batch_size: int = 96
+    epochs: int = 10
+    batch_size: int = 128
     lr: float = 5e-4  # the head's; the backbone blocks get a fifth of it
     temperature: float = 0.05
     koleo: float = 0.05
