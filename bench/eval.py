@@ -9,7 +9,8 @@
 5. the two baselines (bench.baselines) on the same queries, in-process;
 6. scores: recall@1/@10 of `known` queries overall and per edit, and the existence
    decision at the service's threshold (TPR: exists and right serial first; FPR:
-   said exists for an `unknown` query), TPR at FPR = 1%.
+   said exists for an `unknown` query), TPR at FPR = 1% and AUC of the decision score
+   (the service's `confidence`; a baseline's top score).
 Writes metrics.json, report.md and roc.png in --out and prints the table.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def load_queries(path: Path) -> dict[str, dict]:
 
 
 def auc(top: np.ndarray, known: np.ndarray) -> float:
-    """P(a known query's top score > an unknown one's), ties counted half (Mann-Whitney)."""
+    """P(a known query's decision score > an unknown one's), ties counted half (Mann-Whitney)."""
     pos, neg = top[known], top[~known]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
