@@ -105,8 +105,18 @@ class EfficientNetLite(nn.Module):
         self.num_features = head_channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_from(self.stem_to(x, len(self._blocks)), len(self._blocks))
+
+    # The two halves of `features`, split before block `n`: training (indexer.train)
+    # caches the frozen first half and runs only the second.
+    def stem_to(self, x: torch.Tensor, n: int) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for block in self._blocks[:n]:
+            x = block(x)
+        return x
+
+    def head_from(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for block in self._blocks[n:]:
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
 

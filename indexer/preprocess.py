@@ -141,6 +141,12 @@ _NOT_PLAIN = "not plain"
 TEXTURE_MARGIN = 0.12
 
 
+def _border(a: np.ndarray, width: int) -> np.ndarray:
+    """(n, 3) pixels of the outer `width` rows and columns of an (h, w, 3) array."""
+    return np.concatenate([a[:width].reshape(-1, 3), a[-width:].reshape(-1, 3),
+                           a[:, :width].reshape(-1, 3), a[:, -width:].reshape(-1, 3)])
+
+
 def _plain_box(small: Image.Image, tol: int):
     """(x0, y0, x1, y1) of what differs from a one-colour border; `_NOT_PLAIN` if the
     border is not one colour; None if nothing stands out.
@@ -148,7 +154,7 @@ def _plain_box(small: Image.Image, tol: int):
     Median-filtered, so noise and JPEG speckle do not count as mark.
     """
     a = np.asarray(small.filter(ImageFilter.MedianFilter(3)), dtype=np.int16)
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    border = _border(a, 1)
     bg = np.median(border, axis=0)
     if (np.abs(border - bg).max(axis=1) > tol).mean() > 0.1:
         return _NOT_PLAIN
@@ -167,9 +173,7 @@ def _textured_box(small: Image.Image, tol: int, blur: float = 3.0, spread_factor
     when nothing, or nearly everything, stands out (a photo, not a mark on a surface).
     """
     a = np.asarray(small.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float32)
-    b = 3
-    border = np.concatenate([a[:b].reshape(-1, 3), a[-b:].reshape(-1, 3),
-                             a[:, :b].reshape(-1, 3), a[:, -b:].reshape(-1, 3)])
+    border = _border(a, 3)
     bg = np.median(border, axis=0)
     spread = np.quantile(np.abs(border - bg).max(axis=1), 0.95)
     fg = np.abs(a - bg).max(axis=2) > max(tol, spread_factor * spread)

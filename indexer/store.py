@@ -80,7 +80,7 @@ class Manifest:
             raise IndexFormatError(
                 f"{path} has format version {data.get('format_version')!r}; this program reads "
                 f"version {FORMAT_VERSION}: rebuild the index with `python -m indexer build`")
-        if data.get("decision", "top") not in decision.KINDS:
+        if data.get("decision", decision.TOP) not in decision.KINDS:
             raise IndexFormatError(
                 f"{path} has decision score {data['decision']!r}, which this program does not "
                 f"know ({', '.join(decision.KINDS)}): upgrade the server or rebuild the index")

@@ -73,10 +73,7 @@ class Tail(nn.Module):
         self.pool, self.head = GeM(3.0), head
 
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.backbone._blocks[self.tune_from:]:
-            x = block(x)
-        x = F.relu6(self.backbone._bn1(self.backbone._conv_head(x)))
-        return F.normalize(self.pool(x), dim=1)
+        return F.normalize(self.pool(self.backbone.head_from(x, self.tune_from)), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.descriptors(x))
@@ -92,14 +89,6 @@ class Tail(nn.Module):
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
         return self
-
-
-def prefix(backbone: nn.Module, x: torch.Tensor, tune_from: int) -> torch.Tensor:
-    """The frozen part of the backbone: stem and blocks before `tune_from`."""
-    x = F.relu6(backbone._bn0(backbone._conv_stem(x)))
-    for block in backbone._blocks[:tune_from]:
-        x = block(x)
-    return x
 
 
 # -- cached activations ----------------------------------------------------------------
@@ -131,7 +120,7 @@ def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch
                 continue
             x = torch.from_numpy(np.stack([a for arrs in chunk for a in arrs]))
             x = (x.permute(0, 3, 1, 2).float() - pre.mean) / pre.std
-            h = prefix(backbone, x, cfg.tune_from)
+            h = backbone.stem_to(x, cfg.tune_from)  # the frozen part
             h = h.reshape(len(chunk), 1 + cfg.views, *h.shape[1:]).numpy().astype(np.float16)
             if out is None:
                 out = np.zeros((len(files), *h.shape[1:]), np.float16)
