@@ -36,17 +36,46 @@ def model_images_per_s(encoder: Encoder, arrays: list[np.ndarray], batch: int,
     return best
 
 
-def latency_ms(address: str, payloads: list[bytes], calls: int = 100) -> dict:
+class ModelReference:
+    """Model-only figures taken between the server's measurements.
+
+    A shared 2-core machine drifts by 20% within minutes, so a ratio of two figures
+    measured minutes apart says more about the drift than about the server. Each server
+    figure is divided by model figures taken right beside it (paired), not by the table
+    measured at the start.
+    """
+
+    def __init__(self, encoder: Encoder, arrays: list[np.ndarray]):
+        self.encoder, self.arrays = encoder, arrays
+
+    def one_image_s(self, i: int) -> float:
+        t0 = time.perf_counter()
+        self.encoder.encode(self.arrays[i % len(self.arrays)][None])
+        return time.perf_counter() - t0
+
+    def images_per_s(self, batch: int) -> float:
+        return model_images_per_s(self.encoder, self.arrays, batch, repeats=1)
+
+
+def latency_ms(address: str, payloads: list[bytes], calls: int = 100,
+               model: ModelReference | None = None) -> dict:
+    """One client's Search latency p50/p99; with `model`, each call is followed by one
+    image through the model alone, and `model_p50_ms` is their median."""
     with SearchClient(address) as client:
         for p in payloads[:3]:
             client.search(p, k=10)  # warm-up
-        times = []
+        times, model_times = [], []
         for i in range(calls):
             t0 = time.perf_counter()
             client.search(payloads[i % len(payloads)], k=10)
             times.append(time.perf_counter() - t0)
+            if model is not None:
+                model_times.append(model.one_image_s(i))
     ms = np.array(times) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    out = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    if model_times:
+        out["model_p50_ms"] = float(np.median(model_times) * 1e3)
+    return out
 
 
 def throughput(address: str, payloads: list[bytes], clients: int, seconds: float,
