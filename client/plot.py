@@ -66,7 +66,8 @@ def draw_results(query: bytes, result: dict, thumbnails: dict[str, tuple[str, by
         y = top + (i // cols) * (TILE + CAPTION + PAD)
         img.paste(_tile(thumbnails.get(m["serial"], ("", None))[1], TILE), (x, y))
         hit = result["exists"] and i == 0
-        d.rectangle((x, y, x + TILE, y + TILE), outline=color if hit else GREY, width=3 if hit else 1)
+        d.rectangle((x, y, x + TILE, y + TILE), outline=color if hit else GREY,
+                    width=3 if hit else 1)
         d.text((x, y + TILE + 4), f"#{i + 1} {m['serial']}  {m['score']:.3f}", fill=INK, font=small)
         d.text((x, y + TILE + 22), m.get("name", "")[:22], fill=INK, font=small)
     return img

@@ -139,5 +139,6 @@ def test_concurrent_clients_of_a_real_server_share_batches(sample_index, encoder
     assert got == expected and all(expected)
     count = {s.name: s.value for s in before}
     after = {s.name: s.value for s in servicer.metrics.batch_size.collect()[0].samples}
-    batches = after["trademark_encode_batch_size_count"] - count["trademark_encode_batch_size_count"]
+    name = "trademark_encode_batch_size_count"
+    batches = after[name] - count[name]
     assert batches < len(marks)  # some requests were encoded together

@@ -101,7 +101,8 @@ def test_server_prints_metrics_address_after_listening(sample_index):
         assert proc.stdout.readline().startswith("listening on 127.0.0.1:")
         url = proc.stdout.readline().split()[-1]
         assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
-        assert "trademark_index_marks 300.0" in urllib.request.urlopen(url, timeout=5).read().decode()
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert "trademark_index_marks 300.0" in page
     finally:
         proc.terminate()
         proc.wait(timeout=15)

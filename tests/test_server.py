@@ -113,7 +113,8 @@ def test_stream_answers_every_item_and_isolates_a_corrupt_one(stub):
     assert [r.request_id for r in resps] == [r.request_id for r in reqs]
     by_id = {r.request_id: r for r in resps}
     assert by_id["bad"].error.code == INVALID.value[0] and by_id["bad"].error.message
-    assert by_id["bad-k"].error.code == INVALID.value[0] and "k must be" in by_id["bad-k"].error.message
+    bad_k = by_id["bad-k"].error
+    assert bad_k.code == INVALID.value[0] and "k must be" in bad_k.message
     for i, s in enumerate(serials):
         r = by_id[f"id-{i}"]
         assert not r.HasField("error") and r.exists and r.matched_serial == s
@@ -133,7 +134,8 @@ def test_concurrent_searches_get_their_own_answers(stub):
 def test_index_info_and_thumbnails(stub, engine):
     info = stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=10)
     assert info.count == 300 and info.dim == 512 and info.metric == "inner_product"
-    assert info.encoder.startswith("efficientnet-lite0-gem3-tuned512@") and info.index_type == "Flat"
+    assert info.encoder.startswith("efficientnet-lite0-gem3-tuned512@")
+    assert info.index_type == "Flat"
     assert info.threshold == pytest.approx(engine.threshold) and info.index_version == "v000001"
     thumbs = stub.GetThumbnails(pb.GetThumbnailsRequest(serials=["86000000", "nope"]),
                                 timeout=10).thumbnails
