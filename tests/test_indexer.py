@@ -47,6 +47,9 @@ def test_build_info_and_skip_report(tmp_path, capsys):
     assert opened.catalog.ids_for(["X1"])  # recursed into nested/
     report = json.loads((opened.path / store.REPORT_FILE).read_text())
     assert [Path(s["file"]).name for s in report["skipped"]] == ["broken.png"]
+    # Encoding is part of the build, so its rate is the higher one.
+    assert 0 < report["encode_seconds"] < report["seconds"]
+    assert report["encode_images_per_s"] > report["images_per_s"] > 0
     assert run("info", "--index", str(tmp_path / "idx"), "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 13 and info["metric"] == "inner_product"
