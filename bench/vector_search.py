@@ -73,9 +73,13 @@ def faiss_preset(preset: str, db: np.ndarray, queries: np.ndarray, truth: np.nda
     index, spec = vectors.build(preset, np.arange(len(db)), db)
     build = time.perf_counter() - t0
     searcher = vectors.Searcher(index, spec.search_params, use_gpu=gpu)
+    size = faiss.serialize_index(index).nbytes
+    params = spec.search_params | {"factory": spec.factory}
+    mapped = vectors.mapped_memory_bytes_of(spec.factory, size, len(db), db.shape[1])
+    if mapped is not None:  # ivf-pq: the full vectors it re-ranks stay on disk
+        params["MB in RAM with --mmap"] = round(mapped / 1e6)
     row = Row(f"faiss {preset}{' (GPU)' if searcher.on_gpu else ''}", len(db), build,
-              faiss.serialize_index(index).nbytes / 1e6,
-              params=spec.search_params | {"factory": spec.factory})
+              size / 1e6, params=params)
     row.recall10 = recall(searcher.search(queries, K)[1], truth)
     row.qps_b1 = qps(lambda q: searcher.search(q, K), queries, 1)
     row.qps_b64 = qps(lambda q: searcher.search(q, K), queries, 64)

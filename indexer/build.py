@@ -23,7 +23,7 @@ from tqdm import tqdm
 from indexer import calibrate, store, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder
-from indexer.index import check_encoder, open_index
+from indexer.index import OpenIndex, check_encoder, open_index
 from indexer.preprocess import ImageDecodeError, open_image, to_input
 from indexer.projection import fit_pca
 from indexer.sources import ImageItem
@@ -248,6 +248,7 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
     current = open_index(index_dir)
     try:
         check_encoder(current.manifest, encoder)
+        _refuse_replacing(current, items)
         t_start = time.perf_counter()
         enc = encode_items(items, encoder, opts)
         t_encode = time.perf_counter() - t_start
@@ -274,6 +275,18 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
         _write_report(writer, result)
         result.version = writer.commit(manifest)
     return result
+
+
+def _refuse_replacing(current: OpenIndex, items: list[ImageItem]) -> None:
+    """Before any image is encoded: an index that cannot remove marks cannot replace them."""
+    if vectors.can_remove(current.index):
+        return
+    present = current.catalog.ids_for([item.serial for item in items])
+    if present:
+        raise BuildError(
+            f"{len(present)} of these serials are already indexed (e.g. {next(iter(present))}) "
+            f"and a {current.manifest.index_preset or current.manifest.index_type} index cannot "
+            "replace marks: leave them out, or rebuild the index")
 
 
 @dataclass

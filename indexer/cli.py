@@ -185,6 +185,10 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
     info["path"] = str(vdir)
     info["bytes_on_disk"] = sum(p.stat().st_size for p in vdir.iterdir())
     info["index_memory_bytes"] = vectors.memory_bytes(vdir / store.INDEX_FILE)
+    mapped = vectors.mapped_memory_bytes(vdir / store.INDEX_FILE, manifest.index_type,
+                                         manifest.count, manifest.dim)
+    if mapped is not None:
+        info["index_memory_bytes_mmap"] = mapped
     if measure_recall:
         index = vectors.load(vdir / store.INDEX_FILE)
         recall = vectors.sampled_recall(index, params=manifest.search_params)
@@ -205,7 +209,9 @@ def cmd_info(args) -> int:
             ("search params", info.get("search_params") or "exact"),
             ("recall@10", f"{recall} ({'measured now' if 'measured_recall' in info else 'at build'}"
                           ", sampled, vs exact)" if recall is not None else "-"),
-            ("memory", f"{info['index_memory_bytes'] / 1e6:.1f} MB for the vectors"),
+            ("memory", f"{info['index_memory_bytes'] / 1e6:.1f} MB for the vectors" + (
+                f" ({info['index_memory_bytes_mmap'] / 1e6:.1f} MB with the server's --mmap)"
+                if "index_memory_bytes_mmap" in info else "")),
             ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
             ("threshold", f"{info['threshold']} on the {decision.describe(info['decision'])} "
                           f"({info['threshold_method']})"),

@@ -6,7 +6,8 @@ are the FAISS ids, so add and remove never renumber anything:
   map lets them `reconstruct` by id. They are NOT wrapped in IndexIDMap: its
   `remove_ids` compacts the id map as if the inner index renumbered, which IVF does
   not, and every later answer would name the wrong mark.
-- Everything else (Flat, HNSW) sits in an `IndexIDMap2`. HNSW cannot remove vectors.
+- Everything else (Flat, HNSW, an IVF-PQ whose candidates a flat copy re-ranks) sits in
+  an `IndexIDMap2`. HNSW and re-ranked indexes cannot remove vectors.
 
 Presets (`--index-factory`) pick a structure by registry size; their search parameter
 (nprobe / efSearch) is tuned at build time on a sample and stored in the manifest, and
@@ -45,7 +46,7 @@ class Preset:
     def factory(self, n: int) -> str:
         nlist = ivf_lists(n)
         return {"flat": "Flat", "ivf-sq8": f"IVF{nlist},SQ8", "hnsw": "HNSW32,Flat",
-                "ivf-pq": f"IVF{nlist},PQ64"}[self.name]
+                "ivf-pq": f"IVF{nlist},PQ64,RFlat"}[self.name]
 
 
 PRESETS = {p.name: p for p in (
@@ -54,9 +55,15 @@ PRESETS = {p.name: p for p in (
            "far faster at 1 M+ (nprobe tuned at build)"),
     Preset("hnsw", "graph over full vectors: fast single queries, more memory than flat, slow "
            "to build, cannot remove marks (efSearch tuned at build)"),
-    Preset("ivf-pq", "inverted lists + 64-byte product codes: 32x less memory than flat for "
-           "the largest registries; recall is capped by the compression (nprobe tuned)"),
+    Preset("ivf-pq", "inverted lists + 64-byte product codes, the best candidates re-ranked "
+           "exactly from the full vectors; with the server's --mmap only the codes (32x less "
+           "than flat) stay in RAM: for the largest registries. Cannot remove marks "
+           "(nprobe tuned)"),
 )}
+# Candidates the product codes pick, per result wanted, for exact re-ranking ("RFlat"):
+# 64-byte codes alone found 0.66 of the true top 10 at 1 M; 4x as many re-ranked, 0.99.
+# Tuning tries the larger factors only if every nprobe falls short with the smaller.
+REFINE_K_FACTORS = (4, 8, 16)
 # The knob each structure is tuned by, and the values tried (cheapest first).
 KNOBS = {"nprobe": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
          "efSearch": (16, 32, 64, 128, 256, 512, 1024)}
@@ -93,6 +100,12 @@ def _ivf(index: faiss.Index):
     return index if isinstance(index, faiss.IndexIVF) else None
 
 
+def _searched_ivf(inner: faiss.Index):
+    """The IVF that nprobe applies to: the index itself or the one a refine wraps."""
+    inner = faiss.downcast_index(inner)
+    return _ivf(inner.base_index) if isinstance(inner, faiss.IndexRefine) else _ivf(inner)
+
+
 def new_index(dim: int, factory: str = "Flat") -> faiss.Index:
     """An empty index for a FAISS factory string (see `resolve` for presets)."""
     try:
@@ -100,7 +113,7 @@ def new_index(dim: int, factory: str = "Flat") -> faiss.Index:
     except RuntimeError as e:
         raise ValueError(f"bad --index-factory {factory!r}: {e}") from e
     ivf = _ivf(inner)
-    if ivf is None and "IVF" in factory.upper():
+    if ivf is None and _searched_ivf(inner) is None and "IVF" in factory.upper():
         raise ValueError(f"--index-factory {factory!r}: put the IVF at the top (no transform "
                          "before it), e.g. IVF1024,SQ8")
     if ivf is not None:
@@ -110,6 +123,8 @@ def new_index(dim: int, factory: str = "Flat") -> faiss.Index:
         return ivf
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    if isinstance(inner, faiss.IndexRefine):
+        inner.k_factor = REFINE_K_FACTORS[0]
     return faiss.IndexIDMap2(inner)
 
 
@@ -134,7 +149,7 @@ def train(index: faiss.Index, vectors: np.ndarray, sample: int = TRAIN_SAMPLE,
         rows = np.random.default_rng(seed).choice(len(vectors), sample, replace=False)
         vectors = vectors[np.sort(rows)]
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    ivf = _ivf(inner)
+    ivf = _searched_ivf(inner)
     if ivf is not None:
         ivf.cp.niter = KMEANS_ITERATIONS
     if isinstance(ivf, faiss.IndexIVFPQ):
@@ -164,7 +179,7 @@ def build(spec: str, ids: np.ndarray | list[int], vectors: np.ndarray
 
 
 def can_remove(index: faiss.Index) -> bool:
-    return not isinstance(_inner(index), faiss.IndexHNSW)
+    return not isinstance(_inner(index), (faiss.IndexHNSW, faiss.IndexRefine))
 
 
 def add(index: faiss.Index, ids: list[int] | np.ndarray, vectors: np.ndarray) -> None:
@@ -182,8 +197,9 @@ def remove(index: faiss.Index, ids: list[int] | np.ndarray) -> int:
     if len(ids) == 0:
         return 0
     if not can_remove(index):
-        raise ValueError("an HNSW index cannot remove or replace marks: rebuild it without "
-                         "them, or build with --index-factory flat or ivf-sq8")
+        raise ValueError(f"a {describe(index)} index (preset hnsw or ivf-pq) cannot remove or "
+                         "replace marks: rebuild it without them, or build with "
+                         "--index-factory flat or ivf-sq8")
     # An IVF's hash-table direct map only accepts the array selector.
     sel = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if _ivf(index) is not None \
         else faiss.IDSelectorBatch(ids)
@@ -226,7 +242,7 @@ def sampled_recall(index: faiss.Index, k: int = 10, queries: int = TUNE_QUERIES,
 def knob(index: faiss.Index) -> str | None:
     """The search-time parameter of this structure: nprobe (IVF), efSearch (HNSW) or None."""
     inner = _inner(index)
-    if _ivf(inner) is not None:
+    if _searched_ivf(inner) is not None:
         return "nprobe"
     return "efSearch" if isinstance(inner, faiss.IndexHNSW) else None
 
@@ -240,14 +256,18 @@ def tune(index: faiss.Index, target: float = TARGET_RECALL, k: int = 10) -> tupl
         return {}, 1.0
     measure = _recall_fn(index, k, TUNE_QUERIES, 0)
     best = ({}, 0.0)
-    for value in KNOBS[name]:
-        if name == "nprobe" and value > _ivf(index).nlist:
-            break
-        params = {name: value}
-        recall = measure(params)
-        best = (params, recall)
-        if recall >= target:
-            break
+    # A re-ranked index keeps its k_factor beside the knob (the server sets both); more
+    # candidates are re-ranked only when probing every list is not enough.
+    refined = isinstance(_inner(index), faiss.IndexRefine)
+    for fixed in ([{"k_factor_rf": f} for f in REFINE_K_FACTORS] if refined else [{}]):
+        for value in KNOBS[name]:
+            if name == "nprobe" and value > _searched_ivf(_inner(index)).nlist:
+                break
+            params = {name: value} | fixed
+            recall = measure(params)
+            best = (params, recall)
+            if recall >= target:
+                return best
     return best
 
 
@@ -284,14 +304,33 @@ def memory_bytes(path: Path) -> int:
     return Path(path).stat().st_size
 
 
+def mapped_memory_bytes(path: Path, factory: str, count: int, dim: int) -> int | None:
+    """RAM a re-ranked index (ivf-pq) holds when memory-mapped: all but its full vectors,
+    of which each search reads only the few it re-ranks. None for other structures:
+    their searches sweep whole lists or the whole matrix, so all of it ends up resident."""
+    return mapped_memory_bytes_of(factory, memory_bytes(path), count, dim)
+
+
+def mapped_memory_bytes_of(factory: str, size: int, count: int, dim: int) -> int | None:
+    """`mapped_memory_bytes` for an index of `size` serialised bytes."""
+    return size - count * dim * 4 if factory.upper().endswith(",RFLAT") else None
+
+
 def save(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
 def load(path: Path, mmap: bool = False) -> faiss.Index:
     """With mmap, flat codes and inverted lists stay in the page cache, shared and lazy."""
-    flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
-    return faiss.read_index(str(path), flags)
+    if not mmap:
+        return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC
+                                | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        # FAISS maps inverted lists only at the top level; under a refine (ivf-pq) the
+        # lists are read and only the full vectors, the bulk of the file, are mapped.
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
 
 
 def describe(index: faiss.Index) -> str:
@@ -312,7 +351,9 @@ class Searcher:
         self._ids = stored_ids(index) if isinstance(index, faiss.IndexIDMap2) else None
         inner = _inner(index)
         set_search_params(inner, params or {})
-        self.on_gpu = use_gpu and gpu_count() > 0 and not isinstance(inner, faiss.IndexHNSW)
+        # FAISS has no GPU HNSW, and no GPU copy of a re-ranked index.
+        self.on_gpu = use_gpu and gpu_count() > 0 and not isinstance(
+            inner, (faiss.IndexHNSW, faiss.IndexRefine))
         if self.on_gpu:
             self._res = faiss.StandardGpuResources()
             opts = faiss.GpuClonerOptions()

@@ -15,7 +15,7 @@ import torch
 from indexer import store, vectors
 from indexer.cli import main
 from indexer.index import open_index
-from server.engine import SearchEngine
+from server.engine import EngineConfig, SearchEngine
 from tests.conftest import ROOT, SAMPLES
 
 
@@ -249,6 +249,29 @@ def test_verify_passes_a_good_index_and_names_each_problem(index_copy, capsys):
     assert "1 catalog rows have no vector" in out
 
 
+def test_ivf_pq_preset_serves_memory_mapped_and_refuses_to_replace(tmp_path, capsys, encoder):
+    # The ivf-pq preset's structure with 4-bit codes: 8-bit ones train 256 centroids per
+    # sub-vector, more than 80 marks (and the 15 s to encode 300 more) can give.
+    idx, marks = tmp_path / "idx", first_marks(tmp_path, 80)
+    factory = vectors.resolve("ivf-pq", 80).factory.replace("PQ64", "PQ16x4")
+    assert run("build", "--images", str(marks), "--out", str(idx), "--index-factory", factory,
+               "--dim", "64", "--calibration-marks", "20", "--no-progress") == 0
+    capsys.readouterr()
+    assert run("info", "--index", str(idx), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["index_type"].endswith(",RFlat") and "k_factor_rf" in info["search_params"]
+    # In RAM when mapped: the codes, not the 80 x 64 floats re-ranked from the page cache.
+    assert info["index_memory_bytes_mmap"] == info["index_memory_bytes"] - 80 * 64 * 4
+    engine = SearchEngine.open(idx, encoder, EngineConfig(mmap=True))
+    try:
+        for path in sorted(marks.iterdir())[:10]:
+            assert engine.search([engine.prepare(path.read_bytes())], 1)[0][0].serial == path.stem
+    finally:
+        engine.close()
+    assert run("add", "--images", str(marks), "--index", str(idx), "--no-progress") == 2
+    assert "cannot replace marks" in capsys.readouterr().err
+
+
 def test_ivf_preset_build_tunes_nprobe_and_survives_remove(tmp_path, capsys, encoder):
     idx = tmp_path / "idx"
     assert run("build", "--images", str(first_marks(tmp_path, 80)), "--out", str(idx),
@@ -263,6 +286,7 @@ def test_ivf_preset_build_tunes_nprobe_and_survives_remove(tmp_path, capsys, enc
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 70 and info["measured_recall"] >= 0.95
     assert info["index_memory_bytes"] > 70 * 512  # one byte per dimension and mark at least
+    assert "index_memory_bytes_mmap" not in info  # an IVF's lists are all read in the end
     engine = SearchEngine.open(idx, encoder)
     try:  # the marks left are still found under their own serials after the remove
         for serial in serials[10:20]:

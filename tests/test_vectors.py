@@ -120,6 +120,27 @@ def test_presets_tune_to_the_recall_target_against_the_exact_oracle(preset):
     assert overlap >= 0.95
 
 
+def test_ivf_pq_reranks_to_the_exact_answer_also_when_memory_mapped(tmp_path):
+    # Product codes alone round 64-d vectors to 16 bytes; the exact re-ranking of their
+    # best candidates must bring back the true neighbours of the original floats.
+    rng = np.random.default_rng(9)
+    both = clustered(rng, 6050, 64)
+    db, q = both[:6000], both[6000:]
+    ids = np.arange(6000, dtype=np.int64) * 5 + 1
+    factory = vectors.resolve("ivf-pq", len(db)).factory.replace("PQ64", "PQ16")
+    index, spec = vectors.build(factory, ids, db)
+    assert spec.search_params["k_factor_rf"] in vectors.REFINE_K_FACTORS
+    _, want = oracle(db, ids, q, 10)
+    _, got = vectors.Searcher(index, spec.search_params).search(q, 10)
+    assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)]) >= 0.95
+    vectors.save(index, tmp_path / "index.faiss")
+    mapped = vectors.load(tmp_path / "index.faiss", mmap=True)
+    np.testing.assert_array_equal(vectors.Searcher(mapped, spec.search_params).search(q, 10)[1],
+                                  got)
+    with pytest.raises(ValueError, match="cannot remove"):
+        vectors.remove(index, [1])
+
+
 def test_ivf_remove_keeps_every_other_id_right():
     # IndexIDMap over IVF renumbers wrongly after remove_ids; IVF keeps its own ids.
     rng = np.random.default_rng(7)
