@@ -77,7 +77,7 @@ def faiss_preset(preset: str, db: np.ndarray, queries: np.ndarray, truth: np.nda
     params = spec.search_params | {"factory": spec.factory}
     mapped = vectors.mapped_memory_bytes_of(spec.factory, size, len(db), db.shape[1])
     if mapped is not None:  # ivf-pq: the full vectors it re-ranks stay on disk
-        params["MB in RAM with --mmap"] = round(mapped / 1e6)
+        params["MB with --mmap, + page cache"] = round(mapped / 1e6)
     row = Row(f"faiss {preset}{' (GPU)' if searcher.on_gpu else ''}", len(db), build,
               size / 1e6, params=params)
     row.recall10 = recall(searcher.search(queries, K)[1], truth)

@@ -210,7 +210,8 @@ def cmd_info(args) -> int:
             ("recall@10", f"{recall} ({'measured now' if 'measured_recall' in info else 'at build'}"
                           ", sampled, vs exact)" if recall is not None else "-"),
             ("memory", f"{info['index_memory_bytes'] / 1e6:.1f} MB for the vectors" + (
-                f" ({info['index_memory_bytes_mmap'] / 1e6:.1f} MB with the server's --mmap)"
+                f" ({info['index_memory_bytes_mmap'] / 1e6:.1f} MB with the server's --mmap, "
+                "the full vectors then being page cache)"
                 if "index_memory_bytes_mmap" in info else "")),
             ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
             ("threshold", f"{info['threshold']} on the {decision.describe(info['decision'])} "

@@ -305,9 +305,11 @@ def memory_bytes(path: Path) -> int:
 
 
 def mapped_memory_bytes(path: Path, factory: str, count: int, dim: int) -> int | None:
-    """RAM a re-ranked index (ivf-pq) holds when memory-mapped: all but its full vectors,
-    of which each search reads only the few it re-ranks. None for other structures:
-    their searches sweep whole lists or the whole matrix, so all of it ends up resident."""
+    """RAM a re-ranked index (ivf-pq) must hold when memory-mapped: all but its full
+    vectors, which stay file-backed pages that the kernel reads in as searches re-rank
+    them and may drop again under memory pressure (readahead pulls in more than the few
+    vectors a search needs: 100 searches cached the whole 410 MB file of 200k vectors).
+    None for other structures: their searches sweep whole lists or the whole matrix."""
     return mapped_memory_bytes_of(factory, memory_bytes(path), count, dim)
 
 
