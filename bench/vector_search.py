@@ -76,7 +76,7 @@ def faiss_preset(preset: str, db: np.ndarray, queries: np.ndarray, truth: np.nda
     size = faiss.serialize_index(index).nbytes
     params = spec.search_params | {"factory": spec.factory}
     mapped = vectors.mapped_memory_bytes_of(spec.factory, size, len(db), db.shape[1])
-    if mapped is not None:  # ivf-pq: the full vectors it re-ranks stay on disk
+    if mapped is not None:  # ivf-pq: mapped, its full vectors are page cache, not its own RAM
         params["MB with --mmap, + page cache"] = round(mapped / 1e6)
     row = Row(f"faiss {preset}{' (GPU)' if searcher.on_gpu else ''}", len(db), build,
               size / 1e6, params=params)
