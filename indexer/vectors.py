@@ -197,7 +197,7 @@ def remove(index: faiss.Index, ids: list[int] | np.ndarray) -> int:
     if len(ids) == 0:
         return 0
     if not can_remove(index):
-        raise ValueError(f"a {describe(index)} index (preset hnsw or ivf-pq) cannot remove or "
+        raise ValueError(f"this {describe(index)} index (preset hnsw or ivf-pq) cannot remove or "
                          "replace marks: rebuild it without them, or build with "
                          "--index-factory flat or ivf-sq8")
     # An IVF's hash-table direct map only accepts the array selector.
