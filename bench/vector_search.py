@@ -75,7 +75,7 @@ def faiss_preset(preset: str, db: np.ndarray, queries: np.ndarray, truth: np.nda
     searcher = vectors.Searcher(index, spec.search_params, use_gpu=gpu)
     size = faiss.serialize_index(index).nbytes
     params = spec.search_params | {"factory": spec.factory}
-    mapped = vectors.mapped_memory_bytes_of(spec.factory, size, len(db), db.shape[1])
+    mapped = vectors.mapped_memory_bytes(spec.factory, size, len(db), db.shape[1])
     if mapped is not None:  # ivf-pq: mapped, its full vectors are page cache, not its own RAM
         params["MB with --mmap, + page cache"] = round(mapped / 1e6)
     row = Row(f"faiss {preset}{' (GPU)' if searcher.on_gpu else ''}", len(db), build,

@@ -185,7 +185,7 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
     info["path"] = str(vdir)
     info["bytes_on_disk"] = sum(p.stat().st_size for p in vdir.iterdir())
     info["index_memory_bytes"] = vectors.memory_bytes(vdir / store.INDEX_FILE)
-    mapped = vectors.mapped_memory_bytes(vdir / store.INDEX_FILE, manifest.index_type,
+    mapped = vectors.mapped_memory_bytes(manifest.index_type, info["index_memory_bytes"],
                                          manifest.count, manifest.dim)
     if mapped is not None:
         info["index_memory_bytes_mmap"] = mapped

@@ -113,7 +113,7 @@ def new_index(dim: int, factory: str = "Flat") -> faiss.Index:
     except RuntimeError as e:
         raise ValueError(f"bad --index-factory {factory!r}: {e}") from e
     ivf = _ivf(inner)
-    if ivf is None and _searched_ivf(inner) is None and "IVF" in factory.upper():
+    if _searched_ivf(inner) is None and "IVF" in factory.upper():
         raise ValueError(f"--index-factory {factory!r}: put the IVF at the top (no transform "
                          "before it), e.g. IVF1024,SQ8")
     if ivf is not None:
@@ -256,12 +256,14 @@ def tune(index: faiss.Index, target: float = TARGET_RECALL, k: int = 10) -> tupl
         return {}, 1.0
     measure = _recall_fn(index, k, TUNE_QUERIES, 0)
     best = ({}, 0.0)
+    inner = _inner(index)
+    lists = _searched_ivf(inner).nlist if name == "nprobe" else None
     # A re-ranked index keeps its k_factor beside the knob (the server sets both); more
     # candidates are re-ranked only when probing every list is not enough.
-    refined = isinstance(_inner(index), faiss.IndexRefine)
+    refined = isinstance(inner, faiss.IndexRefine)
     for fixed in ([{"k_factor_rf": f} for f in REFINE_K_FACTORS] if refined else [{}]):
         for value in KNOBS[name]:
-            if name == "nprobe" and value > _searched_ivf(_inner(index)).nlist:
+            if lists is not None and value > lists:
                 break
             params = {name: value} | fixed
             recall = measure(params)
@@ -304,17 +306,13 @@ def memory_bytes(path: Path) -> int:
     return Path(path).stat().st_size
 
 
-def mapped_memory_bytes(path: Path, factory: str, count: int, dim: int) -> int | None:
-    """RAM a re-ranked index (ivf-pq) must hold when memory-mapped: all but its full
-    vectors, which stay file-backed pages that the kernel reads in as searches re-rank
-    them and may drop again under memory pressure (readahead pulls in more than the few
-    vectors a search needs: 100 searches cached the whole 410 MB file of 200k vectors).
-    None for other structures: their searches sweep whole lists or the whole matrix."""
-    return mapped_memory_bytes_of(factory, memory_bytes(path), count, dim)
-
-
-def mapped_memory_bytes_of(factory: str, size: int, count: int, dim: int) -> int | None:
-    """`mapped_memory_bytes` for an index of `size` serialised bytes."""
+def mapped_memory_bytes(factory: str, size: int, count: int, dim: int) -> int | None:
+    """RAM a re-ranked index (ivf-pq) of `size` serialised bytes must hold when
+    memory-mapped: all but its full vectors, which stay file-backed pages that the kernel
+    reads in as searches re-rank them and may drop again under memory pressure (readahead
+    pulls in more than the few vectors a search needs: 100 searches cached the whole 410 MB
+    file of 200k vectors). None for other structures: their searches sweep whole lists or
+    the whole matrix."""
     return size - count * dim * 4 if factory.upper().endswith(",RFLAT") else None
 
 
