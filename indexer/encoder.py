@@ -171,10 +171,14 @@ class Encoder:
                                f"encoder gives {self.descriptor_dim}-d")
         return Encoder(self.net, self.preprocess, self.identity, self.device, projection)
 
-    def _forward(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    def input_batch(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """(N, S, S, 3) uint8 -> the network's (N, 3, S, S) input on the encoder's device."""
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(images)))
         x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        x = (x - self.preprocess.mean) / self.preprocess.std
+        return (x - self.preprocess.mean) / self.preprocess.std
+
+    def _forward(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        x = self.input_batch(images)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                 out = self.net(x)

@@ -118,10 +118,10 @@ def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch
             chunk.append(arrays)
             if len(chunk) < per_batch and done + len(chunk) < len(files):
                 continue
-            x = torch.from_numpy(np.stack([a for arrs in chunk for a in arrs]))
-            x = (x.permute(0, 3, 1, 2).float() - pre.mean) / pre.std
+            x = encoder.input_batch([a for arrs in chunk for a in arrs])
             h = backbone.stem_to(x, cfg.tune_from)  # the frozen part
-            h = h.reshape(len(chunk), 1 + cfg.views, *h.shape[1:]).numpy().astype(np.float16)
+            h = h.reshape(len(chunk), 1 + cfg.views, *h.shape[1:]).cpu().numpy().astype(
+                np.float16)
             if out is None:
                 out = np.zeros((len(files), *h.shape[1:]), np.float16)
             out[done:done + len(chunk)] = h
