@@ -42,8 +42,8 @@ def raw_pooled(data: Path, query_files: list[Path], batch_size: int = 64) -> lis
     def embed(files: list[Path]) -> np.ndarray:
         out = []
         for i in range(0, len(files), batch_size):
-            x = np.stack([prepare(f.read_bytes(), cfg) for f in files[i:i + batch_size]])
-            t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() - cfg.mean) / cfg.std
+            t = encoder.input_batch([prepare(f.read_bytes(), cfg)
+                                     for f in files[i:i + batch_size]])
             out.append(torch.nn.functional.normalize(
                 encoder.net.backbone.features(t).mean(dim=(2, 3)), dim=1).numpy())
         return np.concatenate(out)

@@ -11,6 +11,7 @@ For each N, on the same synthetic vectors (bench.synthetic) and held-out queries
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -125,6 +126,7 @@ def milvus_lite(db: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> Row:
             client.insert("marks", [{"id": i, "vector": v} for i, v in
                                     enumerate(db[s:s + 10_000].tolist(), start=s)])
         client.flush("marks")
+        _wait_for_milvus_lite_index(f"{tmp}/bench.db", "marks")
         build = time.perf_counter() - t0
 
         def search(q):
@@ -139,7 +141,24 @@ def milvus_lite(db: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> Row:
         client.close()
         return row
     finally:
+        _release_milvus_lite(f"{tmp}/bench.db")
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Milvus Lite (2.6, in-process) builds a flushed segment's index on a background thread
+# and at once describes it as finished. Searched before that thread is done, it scans the
+# raw vectors, and the build keeps running into the next measurements (it took 70 s at
+# 100k on 2 cores). Its public API has no wait, so these two reach into its server table.
+def _wait_for_milvus_lite_index(path: str, collection: str) -> None:
+    from milvus_lite.server_manager import server_manager_instance as lite
+    _, db, _ = lite._servers[os.path.abspath(path)]
+    db.get_collection(collection)._wait_for_bg()
+
+
+def _release_milvus_lite(path: str) -> None:
+    """Stop the embedded server and its threads; client.close() leaves them running."""
+    from milvus_lite.server_manager import server_manager_instance as lite
+    lite.release_server(path)
 
 
 def _dir_mb(path: str) -> float:

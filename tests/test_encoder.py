@@ -44,8 +44,10 @@ def test_descriptors_are_normalised_and_batch_independent(encoder):
     files = sorted((SAMPLES / "registry").glob("*.png"))[:5]
     arrays = [prepare_file(f, encoder.preprocess) for f in files]
     batch = encoder.descriptors(arrays)
-    assert batch.shape == (5, 512) and batch.dtype == np.float32
+    assert batch.shape == (5, 1024) and batch.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    # One half per view (colour, ink), each of equal weight.
+    np.testing.assert_allclose(np.linalg.norm(batch[:, :512], axis=1), 0.5 ** 0.5, atol=1e-5)
     one = encoder.descriptors(arrays[2:3])
     np.testing.assert_allclose(one[0], batch[2], atol=1e-4)
     # Different marks give different vectors.
@@ -57,7 +59,8 @@ def test_identity_names_weights_and_preprocessing(encoder):
     assert ident.name == "efficientnet-lite0-gem3-tuned512"
     assert len(ident.weights_sha256) == 64
     assert ident.preprocess == {"size": 224, "mean": 127.0, "std": 128.0, "fill": [255, 255, 255],
-                                "trim": True}
+                                "trim": True, "views": ["rgb", "ink"]}
+    assert ident.descriptor_dim == 1024
     assert ident.mismatch(load_encoder("efficientnet-lite0", "cpu").identity) is None
 
 
@@ -80,6 +83,31 @@ def test_torchscript_encoder_with_its_own_preprocessing(tmp_path):
     assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
 
 
+def test_torchscript_encoder_with_two_views_concatenates_them(tmp_path):
+    path = tmp_path / "tiny.pt"
+    cfg = {"size": 64, "mean": 0.0, "std": 255.0, "views": ["rgb", "ink"]}
+    torch.jit.save(torch.jit.script(TinyNet()), str(path),
+                   _extra_files={"preprocess.json": json.dumps(cfg)})
+    enc = load_encoder(str(path), "cpu")
+    assert enc.preprocess.views == ("rgb", "ink") and enc.descriptor_dim == 96
+    files = sorted((SAMPLES / "registry").glob("*.png"))[:3]
+    arrays = [prepare_file(f, enc.preprocess) for f in files]
+    assert arrays[0].shape == (2, 64, 64, 3)
+    vec = enc.descriptors(arrays)
+    one = load_encoder(str(path), "cpu")
+    # The colour half is what the same network gives on the colour view alone.
+    colour = torch.nn.functional.normalize(one.net(one.input_batch([a[:1] for a in arrays])))
+    np.testing.assert_allclose(vec[:, :48] * 2 ** 0.5, colour.numpy(), atol=1e-5)
+
+
+def test_torchscript_preprocessing_with_an_unknown_view_says_how_to_fix(tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(TinyNet()), str(path),
+                   _extra_files={"preprocess.json": json.dumps({"views": ["sepia"]})})
+    with pytest.raises(EncoderError, match="unknown preprocessing views.*known: rgb, ink"):
+        load_encoder(str(path), "cpu")
+
+
 def test_unknown_encoder_and_bad_torchscript_say_how_to_fix(tmp_path):
     with pytest.raises(EncoderError, match="TorchScript"):
         load_encoder("resnet-9000")
@@ -91,7 +119,7 @@ def test_unknown_encoder_and_bad_torchscript_say_how_to_fix(tmp_path):
 
 def test_pca_encoder_is_the_backbone_alone_and_differs_in_identity(encoder):
     pca = load_encoder("efficientnet-lite0-pca", "cpu")
-    assert pca.descriptor_dim == 1280 and encoder.descriptor_dim == 512
+    assert pca.descriptor_dim == 1280 and encoder.descriptor_dim == 1024
     assert pca.identity.mismatch(encoder.identity) is not None
 
 
@@ -121,7 +149,7 @@ def test_tuned_weights_replace_the_imagenet_blocks_they_name(tmp_path):
     enc = _with_tuning(_load_lite0(pick_device("cpu")), tmp_path / "w.pt")
     got = enc.net.backbone._blocks[15]._project_conv.weight
     torch.testing.assert_close(got, imagenet * 2)
-    assert enc.dim == 8 and "tuned8" in enc.identity.name
+    assert enc.dim == 16 and "tuned8" in enc.identity.name  # 8 per view
 
 
 def test_encode_projects_like_the_index_build(engine):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.preprocess import (ImageDecodeError, PreprocessConfig, open_image, prepare,
+from indexer.preprocess import (ImageDecodeError, PreprocessConfig, ink, open_image, prepare,
                                  trim_background)
 
 CFG = PreprocessConfig()
@@ -69,7 +69,8 @@ def test_exif_orientation_is_applied():
 def test_letterbox_keeps_aspect_and_size():
     im = Image.new("RGB", (200, 50), (0, 0, 255))
     arr = prepare(encode(im), CFG)
-    assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
+    assert arr.shape == (1, 224, 224, 3) and arr.dtype == np.uint8  # one view: the colours
+    arr = arr[0]
     assert tuple(arr[112, 112]) == (0, 0, 255)      # the mark, centred
     assert tuple(arr[5, 112]) == (255, 255, 255)    # white bands above and below
 
@@ -82,7 +83,7 @@ def test_animated_gif_uses_first_frame():
 
 
 def test_tiny_image_is_upscaled():
-    assert prepare(encode(Image.new("RGB", (1, 1), "red")), CFG).shape == (224, 224, 3)
+    assert prepare(encode(Image.new("RGB", (1, 1), "red")), CFG).shape == (1, 224, 224, 3)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -166,3 +167,28 @@ def test_trim_can_be_switched_off():
     kept = prepare(data, PreprocessConfig(trim=False))
     # Trimmed: the mark fills the frame; kept: mostly white canvas.
     assert (trimmed < 250).mean() > 0.5 > (kept < 250).mean()
+
+
+def test_ink_is_the_same_for_recoloured_grey_and_inverted_copies():
+    mark = _mark_on((255, 255, 255))  # a red box on white
+    copies = [_mark_on((40, 160, 60)),                     # on a green canvas
+              mark.convert("L").convert("RGB"),            # greyscale
+              Image.eval(mark, lambda v: 255 - v)]          # inverted: cyan on black
+    ref = np.asarray(ink(mark), dtype=int)
+    assert ref.min() == 0 and ref[0, 0, 0] == 255  # the mark black, the background white
+    for copy in copies:
+        assert np.abs(np.asarray(ink(copy), dtype=int) - ref).mean() < 1.0
+    # A colour view would tell them apart: the check above is not trivially true.
+    assert np.abs(np.asarray(copies[2], dtype=int) - np.asarray(mark)).mean() > 100
+
+
+def test_ink_leaves_a_blank_image_blank_and_views_stack_in_order():
+    blank = Image.new("RGB", (40, 40), (250, 250, 250))
+    assert np.asarray(ink(blank)).min() == 255
+    both = prepare(encode(_mark_on((40, 160, 60))), PreprocessConfig(views=("rgb", "ink")))
+    assert both.shape == (2, 224, 224, 3)
+    centre = both[:, 112, 112]
+    assert tuple(centre[0]) == (200, 30, 30)
+    assert max(centre[1]) < 32 and len(set(centre[1])) == 1  # dark grey ink
+    with pytest.raises(ValueError, match="known: rgb, ink"):
+        PreprocessConfig(views=("edges",))

@@ -29,7 +29,7 @@ def test_train_writes_weights_and_record(tmp_path):
     assert not torch.equal(state["backbone._blocks.15._project_conv.weight"],
                            imagenet["_blocks.15._project_conv.weight"])
     enc = _with_tuning(_load_lite0(pick_device("cpu")), out)
-    assert enc.dim == 16
+    assert enc.dim == 32  # a 16-d head, for each of the two views
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["data"]["marks"] == 24 and record["data"]["views_per_mark"] == 2
     phases = [(h["phase"], h["epoch"]) for h in record["history"]]
