@@ -16,6 +16,7 @@ from bench.procs import rss_mb, start_server, stop_server
 from indexer import store, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder
+from indexer.projection import Projection
 
 
 def write_synthetic_index(root: Path, encoder: Encoder, db: np.ndarray,
@@ -27,14 +28,27 @@ def write_synthetic_index(root: Path, encoder: Encoder, db: np.ndarray,
         catalog.close()
         index, spec = vectors.build(preset, ids, db)
         vectors.save(index, writer.path / store.INDEX_FILE)
+        projection = _projection(encoder.descriptor_dim, db.shape[1])
+        if projection is not None:
+            projection.save(writer.path / store.PROJECTION_FILE)
         writer.commit(store.Manifest(
             encoder=encoder.identity.to_dict(), dim=db.shape[1], index_type=spec.factory,
             count=len(db), threshold=0.7, threshold_method="fixed (synthetic benchmark)",
             index_preset=spec.preset, search_params=spec.search_params,
-            sampled_recall=spec.sampled_recall))
+            sampled_recall=spec.sampled_recall,
+            projection=store.PROJECTION_FILE if projection is not None else None))
     return {"write_s": time.perf_counter() - t0,
             "index_mb": vectors.memory_bytes(store.current_version_dir(root) /
                                              store.INDEX_FILE) / 1e6}
+
+
+def _projection(in_dim: int, out_dim: int) -> Projection | None:
+    """The synthetic vectors are already in index space; a server still needs a map from
+    its encoder's descriptors to it (a random orthonormal one will do for timing)."""
+    if in_dim == out_dim:
+        return None
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((in_dim, out_dim)))
+    return Projection(np.zeros(in_dim, np.float32), q.astype(np.float32), whiten=0.0)
 
 
 def time_startup(index: Path, mmap: bool) -> dict:

@@ -1,9 +1,11 @@
-"""Scoring arithmetic of bench.eval on a hand-made case."""
+"""The benchmarks' own parts: scoring arithmetic, vector-search rows, the start-up index."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bench.eval import score, tpr_at_fpr
+from tests.conftest import SAMPLES
 
 
 def test_score_counts_recall_tpr_fpr(tmp_path):
@@ -49,3 +51,31 @@ def test_synthetic_vectors_are_normalised_and_deterministic():
     a, b = synthetic.vectors(500, seed=1), synthetic.vectors(500, seed=1)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+
+
+def test_synthetic_startup_index_answers_image_queries(tmp_path, encoder):
+    # The start-up benchmark's index: synthetic 512-d vectors under the shipped encoder,
+    # whose descriptors are wider; the index must still open and answer an image.
+    from bench import startup, synthetic
+    from server.engine import SearchEngine
+    root = tmp_path / "index"
+    startup.write_synthetic_index(root, encoder, synthetic.vectors(300, seed=3))
+    engine = SearchEngine.open(root, encoder)
+    try:
+        image = next((SAMPLES / "registry").glob("*.png")).read_bytes()
+        hits = engine.search([engine.prepare(image)], 3)[0]
+        assert len(hits) == 3 and hits[0].serial.startswith("SYN")
+    finally:
+        engine.close()
+
+
+def test_engine_refuses_an_index_of_another_dimension(tmp_path, encoder, monkeypatch):
+    from bench import startup, synthetic
+    from indexer.store import IndexFormatError
+    from server.engine import SearchEngine
+    root = tmp_path / "index"
+    # 512-d vectors and no projection from the encoder's 1024-d descriptors.
+    monkeypatch.setattr(startup, "_projection", lambda in_dim, out_dim: None)
+    startup.write_synthetic_index(root, encoder, synthetic.vectors(300, seed=3))
+    with pytest.raises(IndexFormatError, match="512-d vectors but its encoder gives 1024-d; rebuild"):
+        SearchEngine.open(root, encoder)
