@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench import load, startup, vector_search
 from bench.procs import run_build, start_server, stop_server
+from indexer.encoder import CPU_BATCH
 from server.batcher import BatchConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ SAMPLES = ROOT / "samples"
 MODEL_BATCHES = (1, 4, 8, 16, 32)
 CLIENTS = (1, 4, 16, 64)
 BUILD_BATCH = 32  # indexer build's default --batch-size
-STREAM_BATCH = 16  # the server's default --stream-batch
+STREAM_BATCH = CPU_BATCH  # the server's default --stream-batch
 
 
 def machine() -> str:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from indexer import calibrate, store, vectors
 from indexer.catalog import Catalog, Mark
-from indexer.encoder import Encoder
+from indexer.encoder import CPU_BATCH, Encoder
 from indexer.index import OpenIndex, check_encoder, open_index
 from indexer.preprocess import ImageDecodeError, open_image, to_input
 from indexer.projection import fit_pca
@@ -41,7 +41,7 @@ class BuildError(RuntimeError):
 @dataclass
 class BuildOptions:
     index_factory: str = vectors.DEFAULT_FACTORY
-    batch_size: int = 32
+    batch_size: int = CPU_BATCH
     workers: int = 4
     dim: int = DEFAULT_DIM
     whiten: float = 0.5

@@ -33,7 +33,7 @@ from PIL import Image
 
 from indexer import decision
 from indexer.augment import random_edit
-from indexer.encoder import Encoder
+from indexer.encoder import CPU_BATCH, Encoder
 from indexer.preprocess import ImageDecodeError, open_image, to_input
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _search_depth(kind: str) -> int:
 
 
 def copy_scores(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
-                edits: int, seed: int = 0, batch_size: int = 32, kind: str = decision.MARGIN):
+                edits: int, seed: int = 0, batch_size: int = CPU_BATCH, kind: str = decision.MARGIN):
     """(own decision score, own ranked first, stranger's decision score) per copy.
 
     `edits=0` searches each mark as it is; otherwise `edits` edited copies of each.

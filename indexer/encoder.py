@@ -46,6 +46,10 @@ TORCHSCRIPT_DEFAULT_PREPROCESS = PreprocessConfig(size=224, mean=123.7, std=58.4
 # colour alone loses recoloured, greyscale and inverted copies, ink alone loses detail.
 # On LogoBench this raised the TPR at 1% FPR from 0.76 to 0.81, for twice the encoding.
 TUNED_VIEWS = ("rgb", "ink")
+# Marks per forward pass where the encoder is fastest per image on 2 CPU cores: batches
+# of 4-8 marks (8-16 network images with two views); at 16 marks it is 1.5x slower per
+# image, at 32 nearly 2x, as activations outgrow the cache. Raise it on a GPU.
+CPU_BATCH = 8
 
 
 class EncoderError(RuntimeError):

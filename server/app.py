@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from indexer.cli import add_encoder_args
-from indexer.encoder import EncoderError, load_encoder
+from indexer.encoder import CPU_BATCH, EncoderError, load_encoder
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decode-workers", type=int, default=BatchConfig.decode_workers,
                    help="threads that decode a batch; 0 decodes in the encoder's thread, "
                         "fastest on 2 cores (default: cores beyond two, here %(default)s)")
-    g.add_argument("--stream-batch", type=int, default=16,
+    g.add_argument("--stream-batch", type=int, default=CPU_BATCH,
                    help="stream items decoded and submitted together (default: %(default)s)")
     g = p.add_argument_group("network")
     g.add_argument("--grace", type=float, default=5.0,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.encoder import CPU_BATCH
 from indexer.preprocess import ImageDecodeError
 from server.engine import Hit, SearchEngine
 
@@ -39,9 +40,9 @@ class DeadlinePassed(TimeoutError):
 
 @dataclass(frozen=True)
 class BatchConfig:
-    # On 2 CPU cores the encoder is fastest per image at batches of 4-16 (32 is ~2x
-    # slower per image: activations leave the cache); raise it on a GPU.
-    max_batch: int = 16
+    # The encoder's fastest batch on 2 CPU cores (indexer.encoder.CPU_BATCH); raise it
+    # on a GPU.
+    max_batch: int = CPU_BATCH
     max_wait_ms: float = 2.0
     # Threads that decode a batch; 0 decodes in the encoder thread. On 2 cores that was
     # fastest (16 clients: 58 vs 49 requests/s with a 2-thread pool): the pool's hand-offs

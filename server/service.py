@@ -11,6 +11,7 @@ from typing import Callable
 
 import grpc
 
+from indexer.encoder import CPU_BATCH
 from indexer.preprocess import ImageDecodeError
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
@@ -48,7 +49,7 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
 
 
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
-    def __init__(self, engine: SearchEngine | None, stream_batch: int = 16,
+    def __init__(self, engine: SearchEngine | None, stream_batch: int = CPU_BATCH,
                  metrics: Metrics | None = None,
                  loader: Callable[[], SearchEngine] | None = None,
                  batching: BatchConfig = BatchConfig(), encoder_thread_init=None):
