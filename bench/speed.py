@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench import load, startup, vector_search
 from bench.procs import run_build, start_server, stop_server
+from indexer.build import BuildOptions
 from indexer.encoder import CPU_BATCH
 from server.batcher import BatchConfig
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 MODEL_BATCHES = (1, 4, 8, 16, 32)
 CLIENTS = (1, 4, 16, 64)
-BUILD_BATCH = 32  # indexer build's default --batch-size
+BUILD_BATCH = BuildOptions.batch_size  # the build's default --batch-size
 STREAM_BATCH = CPU_BATCH  # the server's default --stream-batch
 
 
