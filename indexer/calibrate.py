@@ -80,7 +80,8 @@ def _search_depth(kind: str) -> int:
 
 
 def copy_scores(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
-                edits: int, seed: int = 0, batch_size: int = CPU_BATCH, kind: str = decision.MARGIN):
+                edits: int, seed: int = 0, batch_size: int = CPU_BATCH,
+                kind: str = decision.MARGIN):
     """(own decision score, own ranked first, stranger's decision score) per copy.
 
     `edits=0` searches each mark as it is; otherwise `edits` edited copies of each.

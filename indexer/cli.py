@@ -34,8 +34,8 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--manifest", type=Path, help="CSV with columns serial,file[,name,...]; "
                    "file is relative to --images. Without it the serial is the file's stem")
     g = parser.add_argument_group("pipeline")
-    g.add_argument("--batch-size", type=int, default=pipeline.BuildOptions.batch_size, help="images per encoder batch "
-                                                              "(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=pipeline.BuildOptions.batch_size,
+                   help="images per encoder batch (default: %(default)s)")
     g.add_argument("--workers", type=int, default=4, help="decoding threads "
                                                           "(default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -77,5 +77,6 @@ def test_engine_refuses_an_index_of_another_dimension(tmp_path, encoder, monkeyp
     # 512-d vectors and no projection from the encoder's 1024-d descriptors.
     monkeypatch.setattr(startup, "_projection", lambda in_dim, out_dim: None)
     startup.write_synthetic_index(root, encoder, synthetic.vectors(300, seed=3))
-    with pytest.raises(IndexFormatError, match="512-d vectors but its encoder gives 1024-d; rebuild"):
+    with pytest.raises(IndexFormatError,
+                       match="512-d vectors but its encoder gives 1024-d; rebuild"):
         SearchEngine.open(root, encoder)
