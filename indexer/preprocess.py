@@ -226,11 +226,6 @@ def pad(im: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) -> Image
     return canvas
 
 
-def letterbox(im: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Resize so the longer side is `size`, keep the aspect, pad to a square with `fill`."""
-    return pad(fit(im, size), size, fill)
-
-
 # The darkest ink is the 99.5th percentile of the distance from the background (a few
 # stray pixels must not set it), and never less than this: a blank image stays blank.
 INK_MIN_CONTRAST = 32

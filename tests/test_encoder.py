@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from indexer.encoder import EncoderError, load_encoder
-from indexer.preprocess import PreprocessConfig, letterbox, open_image, prepare_file
+from indexer.preprocess import PreprocessConfig, prepare_file
 from tests.conftest import DATA, SAMPLES
 
 # ImageNet classes: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso.
@@ -16,12 +16,15 @@ CATS = {281, 282, 283, 284, 285}
 ESPRESSO = 967
 
 
+def _photo_batch(encoder, path) -> torch.Tensor:
+    # A photo as the service prepares a mark, but untrimmed and in colour alone.
+    x = prepare_file(path, PreprocessConfig(trim=False))
+    return encoder.input_batch([x])
+
+
 def _logits(encoder, path) -> torch.Tensor:
-    im = open_image(path.read_bytes())
-    x = np.asarray(letterbox(im, 224))
-    t = (torch.from_numpy(x.copy()).permute(2, 0, 1).float()[None] - 127.0) / 128.0
     with torch.inference_mode():
-        return encoder.net.backbone(t)[0]
+        return encoder.net.backbone(_photo_batch(encoder, path))[0]
 
 
 def test_imagenet_weights_classify_real_photos(encoder):
@@ -34,10 +37,8 @@ def test_random_weights_would_not(encoder):
     from indexer.efficientnet import efficientnet_lite0
     torch.manual_seed(0)
     net = efficientnet_lite0()
-    x = np.asarray(letterbox(open_image((DATA / "chelsea.jpg").read_bytes()), 224))
-    t = (torch.from_numpy(x.copy()).permute(2, 0, 1).float()[None] - 127.0) / 128.0
     with torch.inference_mode():
-        assert int(net(t)[0].argmax()) not in CATS
+        assert int(net(_photo_batch(encoder, DATA / "chelsea.jpg"))[0].argmax()) not in CATS
 
 
 def test_descriptors_are_normalised_and_batch_independent(encoder):
