@@ -23,7 +23,7 @@ from tqdm import tqdm
 from indexer import calibrate, store, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import CPU_BATCH, Encoder
-from indexer.index import OpenIndex, check_encoder, open_index
+from indexer.index import OpenIndex, encoder_for, open_index
 from indexer.preprocess import ImageDecodeError, open_image, to_input
 from indexer.projection import fit_pca
 from indexer.sources import ImageItem
@@ -166,7 +166,7 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
     """A new version whose manifest carries a freshly estimated threshold."""
     current = open_index(index_dir)
     try:
-        check_encoder(current.manifest, encoder)
+        paired = encoder_for(current, encoder)
         # The marks the build held out of the PCA fit, where they still exist.
         held = set(current.manifest.calibration.get("held_out_ids", []))
         sources = [(mid, src) for mid, src in current.catalog.sources() if mid in held]
@@ -176,8 +176,7 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
             sources = current.catalog.sources()
             sources = [sources[i] for i in calibrate.pick_held_out(len(sources),
                                                                     opts.calibration_marks)]
-        cal = calibrate_index(current.index, encoder.with_projection(current.projection),
-                              sources, opts)
+        cal = calibrate_index(current.index, paired, sources, opts)
         manifest = current.manifest
     finally:
         current.close()
@@ -247,15 +246,14 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
     t0 = time.perf_counter()
     current = open_index(index_dir)
     try:
-        check_encoder(current.manifest, encoder)
+        paired = encoder_for(current, encoder)
         _refuse_replacing(current, items)
         t_start = time.perf_counter()
         enc = encode_items(items, encoder, opts)
         t_encode = time.perf_counter() - t_start
         if not enc.marks:
             raise BuildError(f"none of the {len(items)} images could be read; index unchanged")
-        vecs = encoder.with_projection(current.projection).project(
-            enc.matrix(encoder.descriptor_dim))
+        vecs = paired.project(enc.matrix(encoder.descriptor_dim))
         index = current.index  # already read by open_index; the new version is built on it
         manifest = current.manifest
     finally:

@@ -63,3 +63,16 @@ def check_encoder(manifest: store.Manifest, encoder: Encoder) -> None:
             f"the index was built with encoder {built_with.short()}, not "
             f"{encoder.identity.short()} ({problem}); start with the encoder it was built with "
             "(--encoder) or rebuild the index")
+
+
+def encoder_for(index: OpenIndex, encoder: Encoder) -> Encoder:
+    """`encoder` with the index's projection, once it is the encoder that built the index
+    and gives vectors of the index's dimension; IndexFormatError otherwise."""
+    check_encoder(index.manifest, encoder)
+    paired = encoder.with_projection(index.projection)
+    if paired.dim != index.manifest.dim:
+        raise store.IndexFormatError(
+            f"{index.path} holds {index.manifest.dim}-d vectors but its encoder "
+            f"{'and projection give' if index.projection else 'gives'} "
+            f"{paired.dim}-d; rebuild the index with `python -m indexer build`")
+    return paired

@@ -16,8 +16,7 @@ import numpy as np
 
 from indexer import decision, vectors
 from indexer.encoder import Encoder
-from indexer.index import OpenIndex, check_encoder, open_index
-from indexer.store import IndexFormatError
+from indexer.index import OpenIndex, encoder_for, open_index
 from indexer.preprocess import prepare
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,7 @@ def check_threshold(value: float) -> float:
 
 class SearchEngine:
     def __init__(self, encoder: Encoder, index: OpenIndex, config: EngineConfig = EngineConfig()):
-        check_encoder(index.manifest, encoder)
-        self.encoder = encoder.with_projection(index.projection)
-        if self.encoder.dim != index.manifest.dim:
-            raise IndexFormatError(
-                f"{index.path} holds {index.manifest.dim}-d vectors but its encoder "
-                f"{'and projection give' if index.projection else 'gives'} "
-                f"{self.encoder.dim}-d; rebuild the index with `python -m indexer build`")
+        self.encoder = encoder_for(index, encoder)
         self.index = index
         self.max_k = config.max_k
         self.decision = index.manifest.decision
