@@ -172,8 +172,7 @@ def _plain_box(small: Image.Image, tol: int):
     colour, median-filtered so that noise and JPEG speckle do not count as mark; all of
     it in Pillow's C code (filtering the RGB image took 3 of the 4 ms a trim cost).
     """
-    bg = tuple(int(v) for v in np.median(_border(np.asarray(small), 1), axis=0))
-    dist = _distance(small, bg).filter(ImageFilter.MedianFilter(3))
+    dist = _distance(small, _border_colour(small)).filter(ImageFilter.MedianFilter(3))
     far = np.asarray(dist) > tol
     if _border(far, 1).mean() > 0.1:
         return _NOT_PLAIN
@@ -181,6 +180,11 @@ def _plain_box(small: Image.Image, tol: int):
     if len(ys) < 4:
         return None  # blank, or nothing that stands out
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def _border_colour(im: Image.Image) -> tuple[int, ...]:
+    """The median colour of the outermost pixels: the background, where there is one."""
+    return tuple(int(v) for v in np.median(_border(np.asarray(im), 1), axis=0))
 
 
 def _distance(im: Image.Image, colour: tuple[int, ...]) -> Image.Image:
@@ -240,8 +244,7 @@ def ink(im: Image.Image) -> Image.Image:
     drops the palette. The background is the border's median colour (the image is
     already trimmed), the distance each pixel's largest channel difference from it.
     """
-    bg = tuple(int(v) for v in np.median(_border(np.asarray(im), 1), axis=0))
-    dist = _distance(im, bg)
+    dist = _distance(im, _border_colour(im))
     counts = np.cumsum(dist.histogram())
     darkest = max(INK_MIN_CONTRAST, int(np.searchsorted(counts, 0.995 * counts[-1])))
     return dist.point(lambda v: 255 - min(255, v * 255 // darkest)).convert("RGB")
