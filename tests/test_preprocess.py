@@ -7,10 +7,10 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from indexer.preprocess import (ImageDecodeError, PreprocessConfig, ink, open_image, prepare,
-                                 trim_background)
+from indexer.preprocess import (WHITE, ImageDecodeError, PreprocessConfig, ink, open_image,
+                                 prepare, trim_background)
 
 CFG = PreprocessConfig()
 
@@ -147,18 +147,33 @@ def test_trim_survives_noise_and_leaves_textures_alone():
     assert trim_background(blank).size == (50, 50)
 
 
-def test_trim_finds_a_mark_on_a_textured_surface():
-    # Brick-like stripes plus grain, the kind of surface a mark is photographed on.
-    rng = np.random.default_rng(2)
+def _surface(seed: int = 2) -> np.ndarray:
+    """Brick-like stripes plus grain, the kind of surface a mark is photographed on."""
     xs = np.arange(400)[None, :, None]
-    surface = 130 + 40 * np.sin(xs / 3.0) + rng.normal(0, 20, (400, 400, 3))
-    im = Image.fromarray(np.clip(surface, 0, 255).astype(np.uint8))
+    grain = np.random.default_rng(seed).normal(0, 20, (400, 400, 3))
+    return np.clip(130 + 40 * np.sin(xs / 3.0) + grain, 0, 255).astype(np.uint8)
+
+
+def test_trim_finds_a_mark_on_a_textured_surface_and_lifts_it_off():
+    im = Image.fromarray(_surface())
     im.paste((20, 20, 160), (220, 60, 320, 140))  # the mark: 100 x 80 at (220, 60)
     out = trim_background(im)
-    # The mark's box, widened by the blur that finds it and a 12% margin, not the surface.
-    assert 100 <= out.width <= 150 and 80 <= out.height <= 130
+    # The mark's own box plus the plain 4% margin: the surface around it is gone (white).
+    assert 100 <= out.width <= 118 and 80 <= out.height <= 98
     arr = np.asarray(out)
     assert tuple(arr[out.height // 2, out.width // 2]) == (20, 20, 160)
+    for corner in (arr[0, 0], arr[0, -1], arr[-1, 0], arr[-1, -1]):
+        assert tuple(corner) == WHITE
+
+
+def test_the_surface_seen_through_a_mark_is_lifted_too():
+    im = Image.fromarray(_surface(3))
+    ImageDraw.Draw(im).ellipse((100, 100, 260, 260), outline=(200, 30, 30), width=25)
+    arr = np.asarray(trim_background(im))
+    h, w = arr.shape[:2]
+    assert 160 <= w <= 190 and 160 <= h <= 190
+    assert tuple(arr[h // 2, w // 2]) == WHITE  # the hole, as the registered ring has it
+    assert tuple(arr[h // 2, w // 2 + 68]) == (200, 30, 30)  # in the ring (radius 68 ± 12)
 
 
 def test_trim_can_be_switched_off():
