@@ -3,12 +3,15 @@
     python -m indexer.train --images data/train-marks --out indexer/weights/lite0_similarity.pt
 
 Each mark is seen clean (what a registry holds) and through `views` random edits
-(indexer.augment: what queries go through). The early stages of the backbone stay
-frozen: ImageNet's edges and textures serve any mark, and freezing them is what makes
-training affordable on a CPU. Their output for every view is computed once and cached
-(`--cache`); training then runs only the stages from block `tune_from` on, on 14x14 maps.
+(indexer.augment: what queries go through), each of them through the encoder's image
+views (`image_views`: the colours and the ink, indexer.preprocess.VIEWS); the loss is
+taken on the descriptor the encoder ships, the views' unit vectors side by side. The
+early stages of the backbone stay frozen: ImageNet's edges and textures serve any mark,
+and freezing them is what makes training affordable on a CPU. Their output for every
+view is computed once and cached (`--cache`); training then runs only the stages from
+block `tune_from` on, on 14x14 maps.
 1. Head: a linear map 1280 -> 512 of the frozen network's GeM descriptors, started
-   from their PCA, trained alone for `head_epochs` (seconds: the descriptors are fixed).
+   from their PCA, trained alone for `head_epochs` (fast: the descriptors are fixed).
 2. Fine-tuning: the last stages and the head together for `epochs`, the pretrained
    blocks at a fifth of the head's learning rate. BatchNorm keeps its ImageNet
    statistics: a batch of a hundred icons is no basis for new ones.
@@ -30,7 +33,7 @@ import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,7 @@ from tqdm import tqdm
 
 from indexer import decision
 from indexer.augment import random_edit
-from indexer.encoder import GeM, Head, load_backbone_encoder, tuned_state
+from indexer.encoder import CPU_BATCH, TUNED_VIEWS, GeM, Head, load_backbone_encoder, tuned_state
 from indexer.preprocess import open_image, to_input
 from indexer.projection import fit_pca
 from indexer.sources import iter_image_files
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     views: int = 4
     head_epochs: int = 30
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 128
     lr: float = 5e-4  # the head's; the backbone blocks get a fifth of it
     temperature: float = 0.05
@@ -62,6 +65,11 @@ class TrainConfig:
     tune_from: int = 11  # first backbone block trained (Lite0: 11 = the 192-channel stage)
     val_fraction: float = 0.1
     seed: int = 0
+    image_views: str = ",".join(TUNED_VIEWS)  # what the network sees of each image
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.image_views.split(","))
 
 
 class Tail(nn.Module):
@@ -73,10 +81,13 @@ class Tail(nn.Module):
         self.pool, self.head = GeM(3.0), head
 
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.pool(self.backbone.head_from(x, self.tune_from)), dim=1)
+        """(B, V, C, H, W) activations of V views -> (B, V, F) unit GeM descriptors."""
+        d = F.normalize(self.pool(self.backbone.head_from(x.flatten(0, 1), self.tune_from)),
+                        dim=1)
+        return d.reshape(len(x), -1, d.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.descriptors(x))
+        return joint(self.head(self.descriptors(x)))
 
     def trainable(self) -> list[nn.Parameter]:
         blocks = nn.ModuleList([*self.backbone._blocks[self.tune_from:],
@@ -91,6 +102,11 @@ class Tail(nn.Module):
         return self
 
 
+def joint(z: torch.Tensor) -> torch.Tensor:
+    """(B, V, D) unit vectors per view -> (B, V * D) as the encoder concatenates them."""
+    return z.flatten(1) / z.shape[1] ** 0.5
+
+
 # -- cached activations ----------------------------------------------------------------
 def _views(path: Path, cfg, views: int, seed: int) -> list[np.ndarray]:
     rng = random.Random(f"{seed}:{path.name}")
@@ -99,16 +115,20 @@ def _views(path: Path, cfg, views: int, seed: int) -> list[np.ndarray]:
 
 
 def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch.Tensor:
-    """(N, 1 + views, C, H, W) float16 output of the frozen prefix; view 0 is the clean mark."""
-    key = hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:".encode() + "\n".join(
+    """(N, 1 + views, V, C, H, W) float16 output of the frozen prefix for the V image views
+    of each edit; edit 0 is the clean mark."""
+    key = hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:{cfg.image_views}:".encode()
+                         + "\n".join(
         f.name for f in files).encode()).hexdigest()[:16]
     path = cache / f"activations-{key}.npy"
     if path.is_file():
         log.info("using cached activations %s", path)
         return torch.from_numpy(np.load(path))
     encoder = load_backbone_encoder()
-    backbone, pre = encoder.net.backbone, encoder.preprocess
-    per_batch = 8  # marks per forward pass: 8 x (1 + views) images
+    backbone = encoder.net.backbone
+    pre = replace(encoder.preprocess, views=cfg.view_names)
+    # Marks per forward pass: about 2 * CPU_BATCH network images, where the CPU is fastest.
+    per_batch = max(1, 2 * CPU_BATCH // ((1 + cfg.views) * len(pre.views)))
     out: np.ndarray | None = None
     with ThreadPoolExecutor(2) as pool, tqdm(total=len(files), unit="mark", desc="views") as bar, \
             torch.inference_mode():
@@ -120,7 +140,8 @@ def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch
                 continue
             x = encoder.input_batch([a for arrs in chunk for a in arrs])
             h = backbone.stem_to(x, cfg.tune_from)  # the frozen part
-            h = h.reshape(len(chunk), 1 + cfg.views, *h.shape[1:]).cpu().numpy().astype(
+            h = h.reshape(len(chunk), 1 + cfg.views, len(pre.views),
+                          *h.shape[1:]).cpu().numpy().astype(
                 np.float16)
             if out is None:
                 out = np.zeros((len(files), *h.shape[1:]), np.float16)
@@ -178,7 +199,7 @@ def evaluate(emb: torch.Tensor, val: np.ndarray, train: np.ndarray) -> dict:
 
 def _embed_for_eval(tail: Tail, acts: torch.Tensor, val: np.ndarray) -> torch.Tensor:
     """What `evaluate` reads: every clean mark, and the edited views of the held-out ones."""
-    emb = torch.zeros(*acts.shape[:2], tail.head.proj.out_features)
+    emb = torch.zeros(*acts.shape[:2], tail.head.proj.out_features * acts.shape[2])
     emb[:, 0] = _embed(tail, acts[:, 0])
     v = torch.from_numpy(val)
     emb[v, 1:] = _embed(tail, acts[v, 1:].flatten(0, 1)).reshape(len(val), acts.shape[1] - 1, -1)
@@ -187,7 +208,7 @@ def _embed_for_eval(tail: Tail, acts: torch.Tensor, val: np.ndarray) -> torch.Te
 
 def _evaluate_head(head: Head, desc: torch.Tensor, val: np.ndarray, train: np.ndarray) -> dict:
     with torch.no_grad():
-        return evaluate(head(desc), val, train)
+        return evaluate(joint(head(desc.flatten(0, 1))).reshape(*desc.shape[:2], -1), val, train)
 
 
 def _batches(rng: np.random.Generator, ids: np.ndarray, size: int) -> list[np.ndarray]:
@@ -196,9 +217,9 @@ def _batches(rng: np.random.Generator, ids: np.ndarray, size: int) -> list[np.nd
 
 def train_head(desc: torch.Tensor, train: np.ndarray, val: np.ndarray, cfg: TrainConfig,
                rng: np.random.Generator) -> tuple[Head, list[dict]]:
-    """Phase 1: the head alone on fixed descriptors desc (N, 1 + views, 1280)."""
+    """Phase 1: the head alone on fixed descriptors desc (N, 1 + views, V, 1280)."""
     head = Head(desc.shape[-1], cfg.dim)
-    p = fit_pca(desc[train, 0].numpy(), cfg.dim, whiten=0.5)
+    p = fit_pca(desc[train, 0].flatten(0, 1).numpy(), cfg.dim, whiten=0.5)
     with torch.no_grad():
         head.proj.weight.copy_(torch.from_numpy(p.matrix.T))
         head.proj.bias.copy_(torch.from_numpy(-p.mean @ p.matrix))
@@ -209,7 +230,8 @@ def train_head(desc: torch.Tensor, train: np.ndarray, val: np.ndarray, cfg: Trai
         losses = []
         for batch in _batches(rng, train, cfg.batch_size * 4):
             views = torch.from_numpy(rng.integers(1, desc.shape[1], len(batch)))
-            loss = contrastive_loss(head(desc[batch, 0]), head(desc[batch, views]), cfg)
+            loss = contrastive_loss(joint(head(desc[batch, 0])), joint(head(desc[batch, views])),
+                                    cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -261,7 +283,7 @@ def train(acts: torch.Tensor, cfg: TrainConfig) -> tuple[Tail, list[dict]]:
     val, train_ids = order[:n_val], order[n_val:]
     backbone = load_backbone_encoder().net.backbone
     frozen = Tail(backbone, cfg.tune_from, Head(backbone.num_features, cfg.dim)).eval()
-    desc = _embed(frozen.descriptors, acts.flatten(0, 1)).reshape(*acts.shape[:2], -1)
+    desc = _embed(frozen.descriptors, acts.flatten(0, 1)).reshape(*acts.shape[:3], -1)
     head, history = train_head(desc, train_ids, val, cfg, rng)
     tail = Tail(backbone, cfg.tune_from, head)
     history += fine_tune(tail, acts, train_ids, val, cfg, rng)

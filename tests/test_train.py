@@ -32,6 +32,7 @@ def test_train_writes_weights_and_record(tmp_path):
     assert enc.dim == 32  # a 16-d head, for each of the two views
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["data"]["marks"] == 24 and record["data"]["views_per_mark"] == 2
+    assert record["config"]["image_views"] == "rgb,ink"  # trained on what the encoder sees
     phases = [(h["phase"], h["epoch"]) for h in record["history"]]
     assert phases == [("head", 0), ("head", 1), ("head", 2), ("fine-tune", 1), ("fine-tune", 2)]
     assert all(h["loss"] > 0 for h in record["history"][1:])
