@@ -117,9 +117,9 @@ def _views(path: Path, cfg, views: int, seed: int) -> list[np.ndarray]:
 def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch.Tensor:
     """(N, 1 + views, V, C, H, W) float16 output of the frozen prefix for the V image views
     of each edit; edit 0 is the clean mark."""
-    key = hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:{cfg.image_views}:".encode()
-                         + "\n".join(
-        f.name for f in files).encode()).hexdigest()[:16]
+    names = "\n".join(f.name for f in files)
+    key = hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:{cfg.image_views}:{names}"
+                         .encode()).hexdigest()[:16]
     path = cache / f"activations-{key}.npy"
     if path.is_file():
         log.info("using cached activations %s", path)
@@ -140,9 +140,8 @@ def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch
                 continue
             x = encoder.input_batch([a for arrs in chunk for a in arrs])
             h = backbone.stem_to(x, cfg.tune_from)  # the frozen part
-            h = h.reshape(len(chunk), 1 + cfg.views, len(pre.views),
-                          *h.shape[1:]).cpu().numpy().astype(
-                np.float16)
+            h = h.reshape(len(chunk), 1 + cfg.views, len(pre.views), *h.shape[1:])
+            h = h.cpu().numpy().astype(np.float16)
             if out is None:
                 out = np.zeros((len(files), *h.shape[1:]), np.float16)
             out[done:done + len(chunk)] = h
