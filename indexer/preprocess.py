@@ -316,8 +316,8 @@ def ink(im: Image.Image) -> Image.Image:
 
     A recoloured, greyscale, inverted or coloured-canvas copy of a mark changes its
     colours but not where, and how strongly, it differs from its background; the
-    network, trained on colour, scores such copies low. This view keeps the shape and
-    drops the palette. The background is the border's median colour (the image is
+    colour view alone scores such copies low. This view keeps the shape and drops the
+    palette. The background is the border's median colour (the image is
     already trimmed), the distance each pixel's largest channel difference from it.
     """
     dist = _distance(im, _border_colour(im))
