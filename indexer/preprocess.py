@@ -157,12 +157,15 @@ def trim_background(im: Image.Image, tol: int = 32, margin: float = 0.04,
 
 def _probe(im: Image.Image, probe: int) -> tuple[Image.Image, float]:
     """A copy of `im` at most `probe` pixels on its longer side, and its scale."""
-    w, h = im.size
-    scale = min(1.0, probe / max(w, h))
+    scale = min(1.0, probe / max(im.size))
     if scale == 1.0:
         return im, scale
-    return im.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                     Image.Resampling.BILINEAR), scale
+    return _scaled(im, scale, Image.Resampling.BILINEAR), scale
+
+
+def _scaled(im: Image.Image, scale: float, resample: Image.Resampling) -> Image.Image:
+    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                     resample)
 
 
 def _crop(im: Image.Image, box, margin: float) -> Image.Image:
@@ -268,9 +271,7 @@ def lift_off_surface(im: Image.Image, box) -> Image.Image | None:
     # Colours are read on a copy at most half size: its pixel means smooth the grain of
     # a surface and JPEG speckle (not colours of their own), at a quarter of the work.
     scale = min(0.5, LIFT_SIZE / max(box[2] - box[0], box[3] - box[1], 1))
-    small = im.reduce(2) if scale == 0.5 else im.resize(
-        (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-        Image.Resampling.BOX)
+    small = im.reduce(2) if scale == 0.5 else _scaled(im, scale, Image.Resampling.BOX)
     bins = _colour_bins(small)
     border = _border(bins, max(2, round(0.05 * min(small.size))))
     surface = np.bincount(border, minlength=SURFACE_LEVELS ** 3) / len(border)
