@@ -25,9 +25,7 @@ from pathlib import Path
 
 from bench import load, startup, vector_search
 from bench.procs import run_build, start_server, stop_server
-from indexer.build import BuildOptions
-from indexer.encoder import CPU_BATCH
-from server.batcher import BatchConfig
+from indexer.encoder import GPU_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 MODEL_BATCHES = (1, 4, 8, 16, 32)
 CLIENTS = (1, 4, 16, 64)
-BUILD_BATCH = BuildOptions.batch_size  # the build's default --batch-size
-STREAM_BATCH = CPU_BATCH  # the server's default --stream-batch
 
 
 def machine() -> str:
@@ -57,7 +53,8 @@ def encoder_limit(threads: int) -> tuple[dict, object, list]:
     encoder = load_encoder()
     arrays = [prepare(p, encoder.preprocess)
               for p in load.read_payloads([SAMPLES / "registry"], limit=64)]
-    limit = {b: load.model_images_per_s(encoder, arrays, b) for b in MODEL_BATCHES}
+    batches = MODEL_BATCHES + ((GPU_BATCH,) if encoder.device.type == "cuda" else ())
+    limit = {b: load.model_images_per_s(encoder, arrays, b) for b in batches}
     log.info("model-only images/s: %s", {b: round(v, 1) for b, v in limit.items()})
     return limit, encoder, arrays
 
@@ -71,7 +68,8 @@ def beside(model: load.ModelReference, batch: int, measure) -> dict:
     return out
 
 
-def indexing(work: Path, model: load.ModelReference) -> dict:
+def indexing(work: Path, model: load.ModelReference, batch: int) -> dict:
+    """`indexer build` of the sample registry; `batch`: its default --batch-size."""
     index = work / "index"
 
     def build() -> dict:
@@ -82,21 +80,22 @@ def indexing(work: Path, model: load.ModelReference) -> dict:
         return {"index": str(index), "images": report["indexed"], "wall_s": wall,
                 "images_per_s": report["images_per_s"],
                 "encode_images_per_s": report["encode_images_per_s"]}
-    return beside(model, BUILD_BATCH, build)
+    return beside(model, batch, build)
 
 
-def service(index: Path, seconds: float, model: load.ModelReference, max_batch: int) -> dict:
-    """The server's figures, each with the model-only figure measured beside it."""
+def service(index: Path, seconds: float, model: load.ModelReference, batch: int) -> dict:
+    """The server's figures, each with the model-only figure measured beside it; `batch`:
+    the server's default --max-batch and --stream-batch."""
     payloads = load.read_payloads([SAMPLES / "registry", SAMPLES / "queries"])
     proc, address, startup_s = start_server(index)
     try:
         out = {"startup_s": startup_s,
                "latency": load.latency_ms(address, payloads, model=model), "clients": []}
         for c in CLIENTS:
-            out["clients"].append(beside(model, min(c, max_batch), lambda: load.throughput(
+            out["clients"].append(beside(model, min(c, batch), lambda: load.throughput(
                 address, payloads, c, seconds)))
-        out["stream"] = beside(model, STREAM_BATCH,
-                               lambda: load.stream_rate(address, payloads, 400))
+            log.info("%d clients: %s", c, out["clients"][-1])
+        out["stream"] = beside(model, batch, lambda: load.stream_rate(address, payloads, 400))
     finally:
         stop_server(proc)
     return out
@@ -218,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     res["model_single_ms"] = 1e3 / limit[1]
     model = load.ModelReference(encoder, arrays)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        res["indexing"] = indexing(Path(tmp), model)
+        res["indexing"] = indexing(Path(tmp), model, encoder.default_batch)
+        log.info("indexing: %s", res["indexing"])
         res["service"] = service(Path(res["indexing"]["index"]), args.seconds, model,
-                                 BatchConfig.max_batch)
+                                 encoder.default_batch)
+        log.info("service: %s", res["service"])
     res["ratios"] = ratios(limit, res["indexing"], res["service"])
     sizes = tuple(int(s) for s in args.sizes.split(","))
     config = vector_search.ScaleConfig(sizes=sizes, hnsw_max_n=args.hnsw_max_n,

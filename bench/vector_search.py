@@ -99,14 +99,17 @@ def naive_numpy(db: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> Row:
     return row
 
 
-def naive_torch(db: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> Row:
+def naive_torch(db: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                device: str = "cpu") -> Row:
     import torch
-    t_db = torch.from_numpy(db)
+    t_db = torch.from_numpy(db).to(device)
 
     def search(q):
         with torch.inference_mode():
-            return torch.topk(torch.from_numpy(q) @ t_db.T, K, dim=1).indices.numpy()
-    row = Row("torch matmul + topk", len(db), 0.0, db.nbytes / 1e6)
+            q = torch.from_numpy(q).to(device)
+            return torch.topk(q @ t_db.T, K, dim=1).indices.cpu().numpy()
+    row = Row(f"torch matmul + topk{' (GPU)' if device != 'cpu' else ''}", len(db), 0.0,
+              db.nbytes / 1e6)
     row.recall10 = recall(search(queries), truth)
     row.qps_b1 = qps(search, queries, 1)
     row.qps_b64 = qps(search, queries, 64)
@@ -182,6 +185,8 @@ def run(config: ScaleConfig, on_row=None, on_vectors=None) -> list[Row]:
     on_vectors = on_vectors or (lambda n, db: None)
     rows = []
     gpu = vectors.gpu_count() > 0
+    import torch
+    torch_gpu = torch.cuda.is_available()
     for n in config.sizes:
         log.info("N = %d: generating vectors", n)
         both = synthetic.vectors(n + config.queries, seed=n)
@@ -201,6 +206,9 @@ def run(config: ScaleConfig, on_row=None, on_vectors=None) -> list[Row]:
         if n <= config.naive_max_n:
             for fn in (naive_numpy, naive_torch):
                 rows.append(fn(db, queries, truth))
+                on_row(rows[-1])
+            if torch_gpu:
+                rows.append(naive_torch(db, queries, truth, device="cuda"))
                 on_row(rows[-1])
         if n <= config.milvus_max_n:
             try:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from indexer import calibrate, store, vectors
 from indexer.catalog import Catalog, Mark
-from indexer.encoder import CPU_BATCH, Encoder
+from indexer.encoder import Encoder
 from indexer.index import OpenIndex, encoder_for, open_index
 from indexer.preprocess import ImageDecodeError, open_image, to_input
 from indexer.projection import fit_pca
@@ -41,7 +41,7 @@ class BuildError(RuntimeError):
 @dataclass
 class BuildOptions:
     index_factory: str = vectors.DEFAULT_FACTORY
-    batch_size: int = CPU_BATCH
+    batch_size: int | None = None  # None: the encoder's default_batch (CPU or GPU)
     workers: int = 4
     dim: int = DEFAULT_DIM
     whiten: float = 0.5
@@ -132,8 +132,9 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
             bar.update(len(arrays))
             arrays.clear()
 
+    batch_size = opts.batch_size or encoder.default_batch
     with ThreadPoolExecutor(max(1, opts.workers)) as pool:
-        depth = max(2 * opts.batch_size, 4 * opts.workers)
+        depth = max(2 * batch_size, 4 * opts.workers)
         for item, fut in _prefetch(pool, lambda it: _load_one(it, encoder), items, depth):
             try:
                 array, mark = fut.result()
@@ -144,7 +145,7 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
                 continue
             arrays.append(array)
             out.marks.append(mark)
-            if len(arrays) >= opts.batch_size:
+            if len(arrays) >= batch_size:
                 flush()
         flush()
     bar.close()

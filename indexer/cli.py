@@ -10,7 +10,7 @@ from pathlib import Path
 
 from indexer import build as pipeline
 from indexer import decision, store, vectors
-from indexer.encoder import DEFAULT_ENCODER, EncoderError, load_encoder
+from indexer.encoder import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, EncoderError, load_encoder
 from indexer.sources import ManifestError, read_manifest, scan_folder
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,9 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--manifest", type=Path, help="CSV with columns serial,file[,name,...]; "
                    "file is relative to --images. Without it the serial is the file's stem")
     g = parser.add_argument_group("pipeline")
-    g.add_argument("--batch-size", type=int, default=pipeline.BuildOptions.batch_size,
-                   help="images per encoder batch (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per encoder batch (default: {CPU_BATCH} on CPU, "
+                        f"{GPU_BATCH} on a GPU)")
     g.add_argument("--workers", type=int, default=4, help="decoding threads "
                                                           "(default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from indexer.cli import add_encoder_args
-from indexer.encoder import CPU_BATCH, EncoderError, load_encoder
+from indexer.encoder import CPU_BATCH, GPU_BATCH, EncoderError, load_encoder
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
@@ -111,17 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics on HOST:PORT/metrics (0: a free port; "
                         "default: off)")
     g = p.add_argument_group("batching")
-    g.add_argument("--max-batch", type=int, default=BatchConfig.max_batch,
-                   help="most images encoded together, across concurrent requests "
-                        "(default: %(default)s)")
+    g.add_argument("--max-batch", type=int, default=None,
+                   help=f"most images encoded together, across concurrent requests "
+                        f"(default: {CPU_BATCH} on CPU, {GPU_BATCH} on a GPU)")
     g.add_argument("--max-wait-ms", type=float, default=BatchConfig.max_wait_ms,
                    help="how long a busy server waits to fill a batch; a lone request never "
                         "waits (default: %(default)s)")
     g.add_argument("--decode-workers", type=int, default=BatchConfig.decode_workers,
                    help="threads that decode a batch; 0 decodes in the encoder's thread, "
                         "fastest on 2 cores (default: cores beyond two, here %(default)s)")
-    g.add_argument("--stream-batch", type=int, default=CPU_BATCH,
-                   help="stream items decoded and submitted together (default: %(default)s)")
+    g.add_argument("--stream-batch", type=int, default=None,
+                   help=f"stream items decoded and submitted together (default: {CPU_BATCH} "
+                        f"on CPU, {GPU_BATCH} on a GPU)")
     g = p.add_argument_group("network")
     g.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight RPCs get on SIGTERM (default: %(default)s)")
@@ -165,8 +166,9 @@ def serve(args: argparse.Namespace) -> int:
         return SearchEngine.open(args.index, encoder, config)
 
     servicer = TrademarkSearchServicer(
-        loader(), stream_batch=args.stream_batch, loader=loader,
-        batching=BatchConfig(args.max_batch, args.max_wait_ms, args.decode_workers),
+        loader(), stream_batch=args.stream_batch or encoder.default_batch, loader=loader,
+        batching=BatchConfig(args.max_batch or encoder.default_batch, args.max_wait_ms,
+                             args.decode_workers),
         encoder_thread_init=lambda: torch.set_num_threads(max(1, args.threads)))
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,

@@ -40,8 +40,8 @@ class DeadlinePassed(TimeoutError):
 
 @dataclass(frozen=True)
 class BatchConfig:
-    # The encoder's fastest batch on 2 CPU cores (indexer.encoder.CPU_BATCH); raise it
-    # on a GPU.
+    # The encoder's fastest batch on 2 CPU cores (indexer.encoder.CPU_BATCH); the server
+    # passes its encoder's default_batch, GPU_BATCH on a GPU.
     max_batch: int = CPU_BATCH
     max_wait_ms: float = 2.0
     # Threads that decode a batch; 0 decodes in the encoder thread. On 2 cores that was

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from indexer import vectors
-from indexer.encoder import load_encoder
-from tests.conftest import SAMPLES
+from indexer.encoder import GPU_BATCH, load_encoder
+from server.engine import EngineConfig, SearchEngine
+from tests.conftest import SAMPLES, sample_queries
 
 pytestmark = pytest.mark.gpu
 
@@ -41,3 +42,24 @@ def test_gpu_search_matches_the_cpu_search(factory):
     _, got = gpu.search(db[:50], 5)
     assert (got[:, 0] == want[:, 0]).all()  # fp16 GPU codes may reorder near-ties below
     assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, want)]) > 0.9
+
+
+@needs_cuda
+def test_the_gpu_engine_answers_as_the_cpu_engine(engine, sample_index):
+    """Encoder in fp16 on the GPU, index searched on the GPU (where FAISS has one): the
+    same first serial and the same yes/no as the CPU engine for the known sample queries."""
+    gpu_encoder = load_encoder(device="cuda")
+    assert gpu_encoder.default_batch == GPU_BATCH
+    gpu = SearchEngine.open(sample_index, gpu_encoder, EngineConfig(gpu_index=True))
+    try:
+        assert gpu.searcher.on_gpu == (vectors.gpu_count() > 0)
+        rows = sample_queries("known")[:GPU_BATCH]
+        arrays = [engine.prepare(r["path"].read_bytes()) for r in rows]
+        want = [engine.decide(h, engine.resolve_threshold(None), 5)
+                for h in engine.search(arrays, 5)]
+        got = [gpu.decide(h, gpu.resolve_threshold(None), 5) for h in gpu.search(arrays, 5)]
+        same_first = np.mean([g.hits[0].serial == w.hits[0].serial for g, w in zip(got, want)])
+        same_answer = np.mean([g.exists == w.exists for g, w in zip(got, want)])
+        assert same_first >= 0.98 and same_answer >= 0.95, (same_first, same_answer)
+    finally:
+        gpu.close()
