@@ -9,7 +9,7 @@
    each model figure measured right beside the server's (bench.load.ModelReference);
 4. vector search at each N: presets, naive numpy/torch, Milvus Lite (bench.vector_search);
 5. server start-up with an index of the largest N, read and memory-mapped (bench.startup).
-Writes report.md, bench.json and bench.png in --out; prints the report.
+Writes report.md, bench.json, bench.png and server.log in --out; prints the report.
 """
 from __future__ import annotations
 
@@ -83,11 +83,12 @@ def indexing(work: Path, model: load.ModelReference, batch: int) -> dict:
     return beside(model, batch, build)
 
 
-def service(index: Path, seconds: float, model: load.ModelReference, batch: int) -> dict:
+def service(index: Path, seconds: float, model: load.ModelReference, batch: int,
+            log_path: Path) -> dict:
     """The server's figures, each with the model-only figure measured beside it; `batch`:
-    the server's default --max-batch and --stream-batch."""
+    the server's default --max-batch and --stream-batch; its log goes to `log_path`."""
     payloads = load.read_payloads([SAMPLES / "registry", SAMPLES / "queries"])
-    proc, address, startup_s = start_server(index)
+    proc, address, startup_s = start_server(index, log_path=log_path)
     try:
         out = {"startup_s": startup_s,
                "latency": load.latency_ms(address, payloads, model=model), "clients": []}
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         res["indexing"] = indexing(Path(tmp), model, encoder.default_batch)
         log.info("indexing: %s", res["indexing"])
         res["service"] = service(Path(res["indexing"]["index"]), args.seconds, model,
-                                 encoder.default_batch)
+                                 encoder.default_batch, args.out / "server.log")
         log.info("service: %s", res["service"])
     res["ratios"] = ratios(limit, res["indexing"], res["service"])
     sizes = tuple(int(s) for s in args.sizes.split(","))

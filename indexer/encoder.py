@@ -55,6 +55,17 @@ CPU_BATCH = 8
 GPU_BATCH = 64
 
 
+def padded_size(n: int) -> int:
+    """The batch size a GPU encoder runs `n` images at: the next power of two.
+
+    cuDNN builds an execution plan the first time it sees an input shape, and for the
+    depthwise convolutions that took over a second per new batch size (H200, cuDNN 9:
+    a 16-client run spent 80% of the encoder thread there; cuDNN-frontend issue 1066
+    reports the same). A server's batch sizes vary, so the GPU pads each batch to one of
+    log2(GPU_BATCH) + 1 sizes, all warmed at start (Encoder.warm_up)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 class EncoderError(RuntimeError):
     """The encoder cannot be loaded, or does not match what an index was built with."""
 
@@ -162,6 +173,8 @@ class Encoder:
         self.device = device
         # Half precision on the GPU: same rankings, about twice the throughput.
         self.autocast_dtype = torch.float16 if device.type == "cuda" else None
+        # Padded batches on the GPU only: on a CPU the padding would be paid in full.
+        self.pad_batches = device.type == "cuda"
         self.projection = projection
         # The same projection as torch tensors, applied on the encoder's device and
         # threads: numpy's BLAS threads, spinning after each call, competed with
@@ -196,7 +209,21 @@ class Encoder:
         x = batch.to(self.device, non_blocking=True).flatten(0, -4).permute(0, 3, 1, 2).float()
         return (x - self.preprocess.mean) / self.preprocess.std
 
+    def warm_up(self, max_batch: int) -> None:
+        """Encode one blank batch at each padded size up to `max_batch`, so that no
+        request pays for cuDNN's first sight of a shape (see padded_size). Run it in the
+        thread that will encode: PyTorch keeps cuDNN's plans per thread."""
+        size = self.preprocess.size
+        blank = np.full((len(self.preprocess.views), size, size, 3), 255, np.uint8)
+        n = 1
+        while n <= padded_size(max_batch):
+            self.encode([blank] * n)
+            n *= 2
+
     def _forward(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        n = len(images)
+        if self.pad_batches and padded_size(n) > n:
+            images = [*images, *[images[0]] * (padded_size(n) - n)]
         x = self.input_batch(images)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
@@ -205,7 +232,7 @@ class Encoder:
             out = self.net(x)
         # One unit vector per view, side by side and scaled to unit length: the cosine of
         # two descriptors is the mean of their views' cosines.
-        out = F.normalize(out.float(), dim=1).reshape(len(images), -1)
+        out = F.normalize(out.float(), dim=1).reshape(len(images), -1)[:n]
         return out / math.sqrt(len(self.preprocess.views))
 
     @torch.inference_mode()

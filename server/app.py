@@ -165,11 +165,21 @@ def serve(args: argparse.Namespace) -> int:
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)
 
-    servicer = TrademarkSearchServicer(
-        loader(), stream_batch=args.stream_batch or encoder.default_batch, loader=loader,
-        batching=BatchConfig(args.max_batch or encoder.default_batch, args.max_wait_ms,
-                             args.decode_workers),
-        encoder_thread_init=lambda: torch.set_num_threads(max(1, args.threads)))
+    batching = BatchConfig(args.max_batch or encoder.default_batch, args.max_wait_ms,
+                           args.decode_workers)
+    stream_batch = args.stream_batch or encoder.default_batch
+
+    def encoder_thread_init() -> None:
+        torch.set_num_threads(max(1, args.threads))
+        if encoder.pad_batches:  # requests that come meanwhile wait in the queue
+            t = time.perf_counter()
+            encoder.warm_up(max(batching.max_batch, stream_batch))
+            log.info("encoder warmed up for batches of up to %d in %.1f s",
+                     batching.max_batch, time.perf_counter() - t)
+
+    servicer = TrademarkSearchServicer(loader(), stream_batch=stream_batch, loader=loader,
+                                       batching=batching,
+                                       encoder_thread_init=encoder_thread_init)
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
                                                   args.rpc_workers, token,

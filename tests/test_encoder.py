@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.encoder import EncoderError, load_encoder
+from indexer.encoder import EncoderError, load_encoder, padded_size
 from indexer.preprocess import PreprocessConfig, prepare_file
 from tests.conftest import DATA, SAMPLES
 
@@ -53,6 +53,25 @@ def test_descriptors_are_normalised_and_batch_independent(encoder):
     np.testing.assert_allclose(one[0], batch[2], atol=1e-4)
     # Different marks give different vectors.
     assert float(batch[0] @ batch[1]) < 0.99
+
+
+def test_padded_batches_give_the_same_vectors(encoder):
+    """The GPU pads batches to powers of two (cuDNN plans once per shape); forced on here,
+    the padding is invisible in the vectors, and warm_up runs each padded size once."""
+    assert [padded_size(n) for n in (1, 2, 3, 5, 16, 33, 64, 65)] == [1, 2, 4, 8, 16, 64, 64, 128]
+    padded = encoder.with_projection(None)
+    padded.pad_batches = True
+    seen = []
+    run = padded.input_batch
+    padded.input_batch = lambda images: seen.append(len(images)) or run(images)
+    arrays = [prepare_file(f, encoder.preprocess)
+              for f in sorted((SAMPLES / "registry").glob("*.png"))[:5]]
+    np.testing.assert_allclose(padded.descriptors(arrays), encoder.descriptors(arrays),
+                               atol=1e-5)
+    assert seen == [8]
+    seen.clear()
+    padded.warm_up(6)
+    assert seen == [1, 2, 4, 8]
 
 
 def test_identity_names_weights_and_preprocessing(encoder):
