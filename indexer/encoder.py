@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from indexer.allocator import keep_freed_memory
 from indexer.efficientnet import efficientnet_lite0
 from indexer.preprocess import PreprocessConfig
 from indexer.projection import Projection
@@ -256,6 +257,7 @@ class Encoder:
 
 def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Encoder:
     """`efficientnet-lite0`, or the path of a TorchScript file."""
+    keep_freed_memory()  # up to 1.6x faster on a CPU: see indexer.allocator
     dev = pick_device(device)
     if spec == DEFAULT_ENCODER:
         return _with_tuning(_load_lite0(dev), WEIGHTS_FILE)
@@ -270,6 +272,7 @@ def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Enco
 
 def load_backbone_encoder(device: str | None = None) -> Encoder:
     """EfficientNet-Lite0 + GeM without a head: 1280-d descriptors (training, PCA mode)."""
+    keep_freed_memory()
     return _load_lite0(pick_device(device))
 
 
