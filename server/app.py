@@ -172,10 +172,10 @@ def serve(args: argparse.Namespace) -> int:
     def encoder_thread_init() -> None:
         torch.set_num_threads(max(1, args.threads))
         if encoder.pad_batches:  # requests that come meanwhile wait in the queue
-            t = time.perf_counter()
-            encoder.warm_up(max(batching.max_batch, stream_batch))
-            log.info("encoder warmed up for batches of up to %d in %.1f s",
-                     batching.max_batch, time.perf_counter() - t)
+            t, largest = time.perf_counter(), max(batching.max_batch, stream_batch)
+            encoder.warm_up(largest)
+            log.info("encoder warmed up for batches of up to %d in %.1f s", largest,
+                     time.perf_counter() - t)
 
     servicer = TrademarkSearchServicer(loader(), stream_batch=stream_batch, loader=loader,
                                        batching=batching,
