@@ -30,6 +30,7 @@ TRAIN_SAMPLE = 200_000  # vectors used to train IVF centroids / SQ ranges / PQ c
 KMEANS_ITERATIONS = 10  # FAISS's default 25 costs 2.5x the time for no measurable recall
 TARGET_RECALL = 0.97  # tuned parameters aim here so that recall@10 >= 0.95 holds with margin
 TUNE_QUERIES = 200  # exact search of these against 1 M vectors takes ~15 s on 2 cores
+EXACT_CHUNK = 250_000  # stored vectors decoded at a time for the exact search (0.5 GB)
 # Candidates kept while an HNSW graph is built. FAISS's default 40 leaves 512-d
 # clustered vectors poorly linked: recall@10 stopped at 0.98 (200k) and 0.935 (1M) however
 # high efSearch went. 80 reaches 1.000 at efSearch 64 on 200k for 1.8x the build time.
@@ -70,9 +71,12 @@ KNOBS = {"nprobe": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 
 
 def ivf_lists(n: int) -> int:
-    """~4 sqrt(n) inverted lists (FAISS's guideline), a power of two, at least 39 points each."""
+    """~4 sqrt(n) inverted lists (FAISS's guideline), a power of two, at least 39 training
+    points each. The centroids are trained on at most TRAIN_SAMPLE vectors, so that caps
+    the count too (4096 from ~1 M on): 16384 lists at 10 M would get 12 points each and
+    cost 4x the k-means and the assignment of every vector added."""
     nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(max(n, 1)))))
-    most = 2 ** int(math.log2(max(1, n // 39)))  # FAISS warns below 39 training points a list
+    most = 2 ** int(math.log2(max(1, min(n, TRAIN_SAMPLE) // 39)))  # FAISS warns below 39
     return int(min(nlist, 65536, most))
 
 
@@ -274,14 +278,20 @@ def tune(index: faiss.Index, target: float = TARGET_RECALL, k: int = 10) -> tupl
 
 
 def _recall_fn(index: faiss.Index, k: int, queries: int, seed: int):
-    ids, all_vecs = all_vectors(index)
+    ids = stored_ids(index)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(ids), min(queries, len(ids)), replace=False))
-    exact = faiss.IndexFlatIP(index.d)
-    exact.add(all_vecs)
-    q = all_vecs[sample]
-    _, truth = exact.search(q, k + 1)
-    truth_ids = [set(ids[row].tolist()) - {ids[s]} for row, s in zip(truth, sample)]
+    q = _decode(index, ids, sample)
+    heap = faiss.ResultHeap(len(q), k + 1, keep_max=True)
+    # Exact search over the decoded vectors a chunk at a time: all of them at once would
+    # take 2 GB at 1 M and more than the index itself at 10 M.
+    for s in range(0, len(ids), EXACT_CHUNK):
+        rows = np.arange(s, min(s + EXACT_CHUNK, len(ids)))
+        scores, found = faiss.knn(q, _decode(index, ids, rows), k + 1,
+                                  metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, np.where(found >= 0, rows[found], -1))
+    heap.finalize()
+    truth_ids = [set(ids[row].tolist()) - {ids[s]} for row, s in zip(heap.I, sample)]
 
     def measure(params: dict | None) -> float:
         if params:
@@ -296,9 +306,18 @@ def _recall_fn(index: faiss.Index, k: int, queries: int, seed: int):
 def all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     """Every id and its stored vector (decoded, so approximate for SQ/PQ codes)."""
     ids = stored_ids(index)
+    return ids, _decode(index, ids, np.arange(len(ids)))
+
+
+def _decode(index: faiss.Index, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The stored vectors of ids[rows] (ids as `stored_ids` orders them)."""
     if isinstance(index, faiss.IndexIDMap2):  # storage order is id_map order
-        return ids, _inner(index).reconstruct_n(0, index.ntotal)
-    return ids, index.reconstruct_batch(ids)
+        inner = _inner(index)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run
+            return inner.reconstruct_n(int(rows[0]), len(rows))
+        return np.stack([inner.reconstruct(int(r)) for r in rows]) if len(rows) \
+            else np.zeros((0, index.d), np.float32)
+    return index.reconstruct_batch(ids[rows])
 
 
 def memory_bytes(path: Path) -> int:

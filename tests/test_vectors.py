@@ -173,7 +173,21 @@ def test_hnsw_refuses_to_remove_and_wrong_knobs_are_explained():
         vectors.new_index(16, "PCA8,IVF4,Flat")
 
 
+@pytest.mark.parametrize("factory", ["IVF32,SQ8", "HNSW16,Flat"])
+def test_sampled_recall_is_the_same_when_the_exact_search_goes_by_chunks(factory, monkeypatch):
+    rng = np.random.default_rng(5)
+    db = clustered(rng, 3000, 32)
+    index, _ = vectors.build(factory, np.arange(3000) * 3 + 1, db)
+    knob = {"nprobe": 1} if factory.startswith("IVF") else {"efSearch": 16}
+    whole = vectors.sampled_recall(index, params=knob)
+    monkeypatch.setattr(vectors, "EXACT_CHUNK", 701)  # chunks that do not divide 3000
+    assert vectors.sampled_recall(index, params=knob) == whole
+    assert 0.3 < whole < 1.0  # a recall that can tell a wrong neighbour list
+
+
 def test_ivf_lists_grow_with_the_registry():
     assert vectors.ivf_lists(1_000_000) == 4096 and vectors.ivf_lists(10_000) == 256
+    # The k-means sample (TRAIN_SAMPLE) caps them: 39 training points a list at least.
+    assert vectors.ivf_lists(10_000_000) == 4096
     assert vectors.ivf_lists(100) == 2  # never fewer than 39 points a list
     assert vectors.ivf_lists(3000) == 64  # and always a power of two
