@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("out/bench"))
     p.add_argument("--sizes", default="10000,100000,1000000",
-                   help="vector counts, comma-separated (default: %(default)s; add 10000000 "
-                        "where memory allows: ~25 GB)")
+                   help="vector counts, comma-separated (default: %(default)s); 10 M takes "
+                        "~25 GB here: bench.streamed (make bench-10m) builds it in chunks")
     p.add_argument("--seconds", type=float, default=10.0,
                    help="measuring time per client count (default: %(default)s)")
     p.add_argument("--hnsw-max-n", type=int, default=100_000,

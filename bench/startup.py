@@ -8,8 +8,10 @@ are synthetic (bench.synthetic) and the catalog rows have no thumbnails.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from bench.procs import rss_mb, start_server, stop_server
@@ -18,22 +20,37 @@ from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder
 from indexer.projection import Projection
 
+CATALOG_CHUNK = 100_000  # catalog rows written per transaction
+
 
 def write_synthetic_index(root: Path, encoder: Encoder, db: np.ndarray,
                           preset: str = "flat") -> dict:
+    return write_index_dir(root, encoder, len(db), db.shape[1],
+                           lambda ids: vectors.build(preset, ids, db))
+
+
+def write_index_dir(root: Path, encoder: Encoder, count: int, dim: int,
+                    build: Callable[[np.ndarray], tuple[faiss.Index, vectors.IndexSpec]]
+                    ) -> dict:
+    """A registry of `count` synthetic marks whose FAISS index `build(ids)` makes."""
     t0 = time.perf_counter()
     with store.write_version(root, new=True) as writer:
         catalog = Catalog(writer.path / store.CATALOG_FILE)
-        ids, _ = catalog.upsert([Mark(f"SYN{i:08d}", f"synthetic {i}") for i in range(len(db))])
+        ids = np.empty(count, np.int64)
+        for s in range(0, count, CATALOG_CHUNK):
+            rows = range(s, min(s + CATALOG_CHUNK, count))
+            ids[s:s + len(rows)] = catalog.upsert(
+                [Mark(f"SYN{i:08d}", f"synthetic {i}") for i in rows])[0]
         catalog.close()
-        index, spec = vectors.build(preset, ids, db)
+        index, spec = build(ids)
         vectors.save(index, writer.path / store.INDEX_FILE)
-        projection = _projection(encoder.descriptor_dim, db.shape[1])
+        del index
+        projection = _projection(encoder.descriptor_dim, dim)
         if projection is not None:
             projection.save(writer.path / store.PROJECTION_FILE)
         writer.commit(store.Manifest(
-            encoder=encoder.identity.to_dict(), dim=db.shape[1], index_type=spec.factory,
-            count=len(db), threshold=0.7, threshold_method="fixed (synthetic benchmark)",
+            encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
+            count=count, threshold=0.7, threshold_method="fixed (synthetic benchmark)",
             index_preset=spec.preset, search_params=spec.search_params,
             sampled_recall=spec.sampled_recall,
             projection=store.PROJECTION_FILE if projection is not None else None))

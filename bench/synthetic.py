@@ -13,6 +13,8 @@ recall, and the benchmark's ratios would be smaller.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 DIM = 512
@@ -23,17 +25,27 @@ NOISE = 0.35
 
 def vectors(n: int, dim: int = DIM, seed: int = 0, families: int | None = None,
             chunk: int = 50_000) -> np.ndarray:
+    out = np.empty((n, dim), np.float32)
+    for s, x in chunks(n, dim, seed, families, chunk):
+        out[s:s + len(x)] = x
+    return out
+
+
+def chunks(n: int, dim: int = DIM, seed: int = 0, families: int | None = None,
+           chunk: int = 50_000) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of `vectors(n, ...)` a chunk at a time, for N whose floats do
+    not fit in memory."""
     families = families or max(10, n // FAMILY_SIZE)
     base = np.random.default_rng(12345 + families)  # the same families for a given count
     centres = base.standard_normal((families, dim), dtype=np.float32)
     bases = base.standard_normal((families, LATENT, dim), dtype=np.float32) / np.sqrt(LATENT)
     rng = np.random.default_rng(seed)
-    out = np.empty((n, dim), np.float32)
     for s in range(0, n, chunk):
         m = min(chunk, n - s)
         f = rng.integers(0, families, m)
-        u = rng.standard_normal((m, 1, LATENT), dtype=np.float32)
-        x = centres[f] + 0.5 * (u @ bases[f])[:, 0]
+        u = rng.standard_normal((m, LATENT), dtype=np.float32)
+        # einsum, not u @ bases[f]: numpy's matmul over 50k stacked 1x8 @ 8x512 products
+        # took 5x as long as the rest of the chunk.
+        x = centres[f] + 0.5 * np.einsum("ml,mld->md", u, bases[f])
         x += NOISE * rng.standard_normal((m, dim), dtype=np.float32)
-        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+        yield s, x / np.linalg.norm(x, axis=1, keepdims=True)
