@@ -23,6 +23,7 @@ for a 1% target).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,11 +137,14 @@ def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image
     own, first, other = copy_scores(index, encoder, marks, edits, seed, kind=kind)
     threshold = float(max(np.quantile(clean_other, 1.0 - target_fpr),
                           np.quantile(other, 1.0 - target_fpr)))
+    # Stored to 4 decimals, rounded up: rounding down could let a stranger that scored
+    # just below the quantile through.
+    threshold = math.ceil(threshold * 1e4) / 1e4
     tpr = float((first & (own >= threshold)).mean())
     log.info("calibrated on %d marks and %d edited copies: threshold %.4f on the %s, estimated "
              "TPR %.3f at FPR %.3f", len(clean_other), len(own), threshold,
              decision.describe(kind), tpr, target_fpr)
-    return Calibration(round(threshold, 4), target_fpr, round(tpr, 4), len(own),
+    return Calibration(threshold, target_fpr, round(tpr, 4), len(own),
                        len(other) + len(clean_other), decision=kind)
 
 
