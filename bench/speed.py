@@ -73,13 +73,15 @@ def indexing(work: Path, model: load.ModelReference, batch: int) -> dict:
     index = work / "index"
 
     def build() -> dict:
-        wall, _, report = run_build(SAMPLES / "registry", SAMPLES / "registry.csv", index,
-                                    quiet=True)
+        wall, info, report = run_build(SAMPLES / "registry", SAMPLES / "registry.csv", index,
+                                       quiet=True)
         # The build also fits the PCA and calibrates (encodes 2 edited copies of its
-        # held-out marks); images/s counts the registry images only: a lower bound.
+        # held-out marks); images/s counts the registry images only: a lower bound. Each
+        # image goes through the encoder once and once per registry variant.
         return {"index": str(index), "images": report["indexed"], "wall_s": wall,
                 "images_per_s": report["images_per_s"],
-                "encode_images_per_s": report["encode_images_per_s"]}
+                "encode_images_per_s": report["encode_images_per_s"],
+                "passes_per_image": 1 + len(info.get("registry_variants") or [])}
     return beside(model, batch, build)
 
 
@@ -108,10 +110,12 @@ def ratios(limit: dict, build: dict, svc: dict) -> dict:
     measured at the start (`_vs_best`)."""
     best = max(limit.values())
     lat = svc["latency"]
+    passes = build.get("passes_per_image", 1)  # encoder passes, vs the model's images/s
     r = {"lone_request_latency_vs_model": lat["p50_ms"] / lat["model_p50_ms"],
-         "indexing_vs_model": build["images_per_s"] / build["model_images_per_s"],
-         "indexing_vs_best": build["images_per_s"] / best,
-         "indexing_encode_vs_model": build["encode_images_per_s"] / build["model_images_per_s"],
+         "indexing_vs_model": build["images_per_s"] * passes / build["model_images_per_s"],
+         "indexing_vs_best": build["images_per_s"] * passes / best,
+         "indexing_encode_vs_model":
+             build["encode_images_per_s"] * passes / build["model_images_per_s"],
          "stream_vs_model": svc["stream"]["items_per_s"] / svc["stream"]["model_images_per_s"],
          "stream_vs_best": svc["stream"]["items_per_s"] / best}
     for row in svc["clients"]:
@@ -140,7 +144,9 @@ def markdown(res: dict) -> str:
                      f"{rat[f'clients_{c}_vs_best']:.2f} |")
     lines += [f"| one SearchStream, items/s | {svc['stream']['items_per_s']:.1f} | "
               f"{rat['stream_vs_model']:.2f} | {rat['stream_vs_best']:.2f} |",
-              f"| indexer build, images/s ({res['indexing']['images']} marks) | "
+              f"| indexer build, images/s ({res['indexing']['images']} marks, "
+              f"{res['indexing'].get('passes_per_image', 1)} encoder passes each: the "
+              "ratios count passes) | "
               f"{res['indexing']['images_per_s']:.1f} | {rat['indexing_vs_model']:.2f} | "
               f"{rat['indexing_vs_best']:.2f} |",
               f"| of which encoding the images (decode + model), images/s | "

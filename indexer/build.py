@@ -14,13 +14,13 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from indexer import calibrate, store, vectors
+from indexer import calibrate, store, variants, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder
 from indexer.index import OpenIndex, encoder_for, open_index
@@ -50,6 +50,9 @@ class BuildOptions:
     calibration_marks: int = 500
     calibration_edits: int = 2
     progress: bool = True
+    # Each registered mark is stored as the mean of its descriptors over these mild
+    # variants and itself (indexer.variants); `add` uses the ones the index records.
+    registry_variants: tuple[str, ...] = variants.DEFAULT
 
 
 @dataclass
@@ -128,7 +131,7 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
 
     def flush():
         if arrays:
-            out.descriptors.append(encoder.descriptors(arrays))
+            out.descriptors.append(encoder.registry_descriptors(arrays, opts.registry_variants))
             bar.update(len(arrays))
             arrays.clear()
 
@@ -153,9 +156,13 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
 
 
 def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],
-                    opts: BuildOptions) -> calibrate.Calibration:
+                    opts: BuildOptions, stored_as_queries: bool) -> calibrate.Calibration:
+    """`stored_as_queries`: the index holds each mark as a query of it would be encoded,
+    so the clean marks need not be encoded again; not so with registry variants, whose
+    mean vectors would make clean strangers look unlike real (once-encoded) queries."""
     marks = calibrate.load_marks(sources)
-    clean = calibrate.stored_vectors(index, [mid for mid, _ in marks])
+    clean = calibrate.stored_vectors(index, [mid for mid, _ in marks]) \
+        if stored_as_queries else None
     cal = calibrate.calibrate(index, encoder, marks, opts.target_fpr, opts.calibration_edits,
                               clean=clean)
     cal.held_out_ids = [mid for mid, _ in sources]
@@ -177,7 +184,8 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
             sources = current.catalog.sources()
             sources = [sources[i] for i in calibrate.pick_held_out(len(sources),
                                                                     opts.calibration_marks)]
-        cal = calibrate_index(current.index, paired, sources, opts)
+        cal = calibrate_index(current.index, paired, sources, opts,
+                              stored_as_queries=not current.manifest.registry_variants)
         manifest = current.manifest
     finally:
         current.close()
@@ -202,6 +210,7 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
     t0 = time.perf_counter()
     if not items:
         raise BuildError("no images to index: the folder or manifest is empty")
+    variants.check(opts.registry_variants)
     enc = encode_items(items, encoder, opts)
     t_encode = time.perf_counter() - t0
     if not enc.marks:
@@ -226,14 +235,16 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
         cal = calibrate_index(index, encoder.with_projection(projection),
-                              [(ids[i], enc.marks[i].source) for i in held], opts)
+                              [(ids[i], enc.marks[i].source) for i in held], opts,
+                              stored_as_queries=not opts.registry_variants)
         manifest = store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
             index_preset=spec.preset, search_params=spec.search_params,
             sampled_recall=round(spec.sampled_recall, 4),
             count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,
             decision=cal.decision, calibration=cal.to_dict(),
-            projection=store.PROJECTION_FILE if projection else None)
+            projection=store.PROJECTION_FILE if projection else None,
+            registry_variants=list(opts.registry_variants))
         result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),
                              time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
@@ -250,6 +261,8 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
         paired = encoder_for(current, encoder)
         _refuse_replacing(current, items)
         t_start = time.perf_counter()
+        # New marks are stored as the build stored the others.
+        opts = replace(opts, registry_variants=tuple(current.manifest.registry_variants))
         enc = encode_items(items, encoder, opts)
         t_encode = time.perf_counter() - t_start
         if not enc.marks:

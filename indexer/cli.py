@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from indexer import build as pipeline
-from indexer import decision, store, vectors
+from indexer import decision, store, variants, vectors
 from indexer.encoder import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, EncoderError, load_encoder
 from indexer.sources import ManifestError, read_manifest, scan_folder
 
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-pca", dest="pca", action="store_false",
                    help="store the encoder's vectors as they are (needs an encoder of at most "
                         "--dim dimensions)")
+    g.add_argument("--registry-variants", type=_variants,
+                   default=",".join(variants.DEFAULT), metavar="NAMES|none",
+                   help="store each mark as the mean of its descriptors over itself and these "
+                        f"mild variants ({', '.join(variants.EDITS)}): edited copies are found "
+                        "more often, each mark costs 1 + len(NAMES) encoder passes to index; "
+                        "`none` for the fastest build (default: %(default)s)")
     _add_calibration_args(b)
     add_encoder_args(b)
 
@@ -103,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load the index and measure recall@10 against exact search on a "
                         "sample of its marks (approximate indexes)")
     return p
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    try:
+        return variants.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _items(args):
@@ -215,6 +228,8 @@ def cmd_info(args) -> int:
                 "the full vectors then being page cache)"
                 if "index_memory_bytes_mmap" in info else "")),
             ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
+            ("registry", "each mark the mean over itself and " + ", ".join(
+                info["registry_variants"]) if info.get("registry_variants") else "each mark as is"),
             ("threshold", f"{info['threshold']} on the {decision.describe(info['decision'])} "
                           f"({info['threshold_method']})"),
             ("est. TPR", f"{info['calibration'].get('estimated_tpr')} at FPR "

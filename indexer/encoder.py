@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from indexer import variants as registry_variants
 from indexer.allocator import keep_freed_memory
 from indexer.efficientnet import efficientnet_lite0
 from indexer.preprocess import PreprocessConfig
@@ -241,6 +242,16 @@ class Encoder:
     def descriptors(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
         """(N, V, S, S, 3) uint8 -> (N, descriptor_dim) L2-normalised float32."""
         return self._forward(images).cpu().numpy()
+
+    def registry_descriptors(self, images: list[np.ndarray], variants: tuple[str, ...] = ()
+                             ) -> np.ndarray:
+        """Descriptors of registered marks: each the mean of the image's and its
+        `variants`' (indexer.variants), at unit length. One pass per variant, each of
+        len(images), so the batch size stays the one the device is fastest at."""
+        out = self.descriptors(images)
+        for name in variants:
+            out += self.descriptors([registry_variants.apply(a, name) for a in images])
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def project(self, descriptors: np.ndarray) -> np.ndarray:
         """Descriptors -> (N, dim) vectors as stored in the index."""

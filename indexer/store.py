@@ -66,6 +66,9 @@ class Manifest:
     index_preset: str = ""  # the --index-factory preset it was built from, if any
     search_params: dict = field(default_factory=dict)  # e.g. {"nprobe": 32}, set at open
     sampled_recall: float | None = None  # recall@10 vs exact at search_params, at build
+    # Registered marks are stored as the mean over these variants and the image itself
+    # (indexer.variants); manifests written before them mean the image alone.
+    registry_variants: list = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

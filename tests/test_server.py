@@ -37,7 +37,8 @@ def test_registered_mark_is_found_first(stub):
     assert resp.exists and resp.matched_serial == "86000000"
     assert resp.matches[0].serial == "86000000" and resp.matches[0].rank == 1
     assert resp.matches[0].name == "Starling Bank"
-    assert resp.top_score == pytest.approx(1.0, abs=1e-3) and resp.request_id == "r"
+    # Not 1.0: the mark is stored as the mean over itself and its variants (build default).
+    assert 0.9 < resp.top_score < 1.0 and resp.request_id == "r"
     scores = [m.score for m in resp.matches]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     assert 0 < resp.confidence < resp.top_score

@@ -1,0 +1,63 @@
+"""Registry-side augmentation: a registered mark is stored as the mean of its descriptors
+over its prepared image and a few mild variants of it.
+
+A query is a registered mark after some edit, and the network is touchier than a person
+about the commonest ones: a little lost sharpness or resolution, a small tilt. Averaging
+the registered mark's descriptor over the mildest versions of those edits moves the stored
+vector towards where such copies land. It costs nothing per query; the build encodes each
+mark 1 + len(variants) times. The index records the variants it was built with, so that
+`add` stores new marks the same way.
+
+The variants work on the prepared (views, size, size, 3) uint8 array, after trimming and
+letterboxing, so every image view of the encoder gets the same edit.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+WHITE = (255, 255, 255)
+
+
+def _blur(im: Image.Image) -> Image.Image:
+    return im.filter(ImageFilter.GaussianBlur(1.0))
+
+
+def _half(im: Image.Image) -> Image.Image:
+    """Half the resolution and back: what a small web copy keeps."""
+    small = im.resize((im.width // 2, im.height // 2), Image.Resampling.BOX)
+    return small.resize(im.size, Image.Resampling.BICUBIC)
+
+
+def _rotation(degrees: float) -> Callable[[Image.Image], Image.Image]:
+    return lambda im: im.rotate(degrees, Image.Resampling.BICUBIC, fillcolor=WHITE)
+
+
+EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "blur": _blur, "half": _half, "rot+10": _rotation(10), "rot-10": _rotation(-10)}
+DEFAULT = ("blur", "half", "rot+10", "rot-10")
+
+
+def check(names: Iterable[str]) -> tuple[str, ...]:
+    """Names as given, validated; raises ValueError naming the known ones."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in EDITS]
+    if unknown:
+        raise ValueError(f"unknown registry variant(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(EDITS)}, or none")
+    return names
+
+
+def parse(text: str) -> tuple[str, ...]:
+    """`blur,half` -> ("blur", "half"); `none` or an empty string -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return check(n.strip() for n in text.split(",") if n.strip())
+
+
+def apply(array: np.ndarray, name: str) -> np.ndarray:
+    """One variant of a prepared (views, size, size, 3) uint8 array."""
+    edit = EDITS[name]
+    return np.stack([np.asarray(edit(Image.fromarray(view))) for view in array])
