@@ -57,21 +57,17 @@ class StreamedBuild:
         exact_s = {1: 0.0, 64: 0.0}
         pending: list[tuple[int, np.ndarray]] = []
         for s, x in synthetic.chunks(self.n, seed=self.seed, chunk=self.chunk):
-            if not index.is_trained:
+            if index.is_trained:
+                ready = [(s, x)]
+            else:  # the first chunks wait until there are enough of them to train on
                 pending.append((s, x))
                 if s + len(x) < min(self.n, vectors.TRAIN_SAMPLE):
                     continue
                 log.info("training %s on the first %d vectors", spec.factory, s + len(x))
                 vectors.train(index, np.concatenate([c for _, c in pending]))
-            for s, x in pending or [(s, x)]:
-                scores, rows = faiss.knn(self.queries, x, K, metric=faiss.METRIC_INNER_PRODUCT)
-                heap.add_result(scores, np.where(rows >= 0, ids[s + rows], -1))
-                for b in exact_s:
-                    t = time.perf_counter()
-                    faiss.knn(self.queries[:b], x, K, metric=faiss.METRIC_INNER_PRODUCT)
-                    exact_s[b] += time.perf_counter() - t
-                index.add_with_ids(x, ids[s:s + len(x)])
-            pending = []
+                ready, pending = pending, []
+            for start, chunk in ready:
+                self._stream(index, heap, exact_s, ids[start:start + len(chunk)], chunk)
             if (s + len(x)) % 1_000_000 == 0:
                 log.info("%d vectors streamed", s + len(x))
         heap.finalize()
@@ -84,8 +80,19 @@ class StreamedBuild:
                              64 / exact_s[64], 1.0,
                              note="not built: its floats do not fit in memory; faiss.knn "
                                   f"over each {self.chunk // 1000}k chunk, summed"))
-        self.rows.append(self.measure(index, spec, build_s, heap.I))
+        self.rows.append(self.measure(index, spec, build_s, self.truth))
         return index, spec
+
+    def _stream(self, index: faiss.Index, heap: faiss.ResultHeap, exact_s: dict[int, float],
+                ids: np.ndarray, x: np.ndarray) -> None:
+        """One chunk into the exact oracle, the exact-search timings and the index."""
+        scores, rows = faiss.knn(self.queries, x, K, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, np.where(rows >= 0, ids[rows], -1))
+        for b in exact_s:
+            t = time.perf_counter()
+            faiss.knn(self.queries[:b], x, K, metric=faiss.METRIC_INNER_PRODUCT)
+            exact_s[b] += time.perf_counter() - t
+        index.add_with_ids(x, ids)
 
     def measure(self, index: faiss.Index, spec: vectors.IndexSpec, build_s: float,
                 truth: np.ndarray) -> Row:
