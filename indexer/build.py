@@ -15,6 +15,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,12 @@ class BuildResult:
                 f"{self.index_dir} version {self.version} holds {self.total}")
 
 
-def _load_one(item: ImageItem, encoder: Encoder) -> tuple[np.ndarray, Mark]:
+def _load_one(item: ImageItem, encoder: Encoder, registry_variants: tuple[str, ...]
+              ) -> tuple[np.ndarray, Mark]:
+    """The mark's prepared array and its registry variants (decoding threads), and its row."""
     data = item.path.read_bytes()
     im = open_image(data, encoder.preprocess.max_pixels)
-    array = to_input(im, encoder.preprocess)
+    array = variants.expand(to_input(im, encoder.preprocess), registry_variants)
     im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buf = io.BytesIO()
     im.save(buf, "PNG", optimize=True)
@@ -131,14 +134,15 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
 
     def flush():
         if arrays:
-            out.descriptors.append(encoder.registry_descriptors(arrays, opts.registry_variants))
+            out.descriptors.append(encoder.mean_descriptors(arrays))
             bar.update(len(arrays))
             arrays.clear()
 
     batch_size = opts.batch_size or encoder.default_batch
     with ThreadPoolExecutor(max(1, opts.workers)) as pool:
         depth = max(2 * batch_size, 4 * opts.workers)
-        for item, fut in _prefetch(pool, lambda it: _load_one(it, encoder), items, depth):
+        load = partial(_load_one, encoder=encoder, registry_variants=opts.registry_variants)
+        for item, fut in _prefetch(pool, load, items, depth):
             try:
                 array, mark = fut.result()
             except (ImageDecodeError, OSError) as e:

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indexer import variants as registry_variants
 from indexer.allocator import keep_freed_memory
 from indexer.efficientnet import efficientnet_lite0
 from indexer.preprocess import PreprocessConfig
@@ -243,14 +242,12 @@ class Encoder:
         """(N, V, S, S, 3) uint8 -> (N, descriptor_dim) L2-normalised float32."""
         return self._forward(images).cpu().numpy()
 
-    def registry_descriptors(self, images: list[np.ndarray], variants: tuple[str, ...] = ()
-                             ) -> np.ndarray:
-        """Descriptors of registered marks: each the mean of the image's and its
-        `variants`' (indexer.variants), at unit length. One pass per variant, each of
-        len(images), so the batch size stays the one the device is fastest at."""
-        out = self.descriptors(images)
-        for name in variants:
-            out += self.descriptors([registry_variants.apply(a, name) for a in images])
+    def mean_descriptors(self, groups: list[np.ndarray]) -> np.ndarray:
+        """(N, M, V, S, S, 3) uint8: M versions of each image (indexer.variants.expand) ->
+        (N, descriptor_dim), the mean of each image's M descriptors at unit length. One
+        pass per version, each of N images, so the batch size stays the one the device is
+        fastest at."""
+        out = sum(self.descriptors([g[m] for g in groups]) for m in range(len(groups[0])))
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def project(self, descriptors: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ mark 1 + len(variants) times. The index records the variants it was built with, 
 `add` stores new marks the same way.
 
 The variants work on the prepared (views, size, size, 3) uint8 array, after trimming and
-letterboxing, so every image view of the encoder gets the same edit.
+letterboxing, so every image view of the encoder gets the same edit. The build makes them
+in its decoding threads (`expand`), beside the decoding.
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def parse(text: str) -> tuple[str, ...]:
     if text.strip().lower() in ("", "none"):
         return ()
     return check(n.strip() for n in text.split(",") if n.strip())
+
+
+def expand(array: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """(1 + len(names), views, size, size, 3): the prepared array and its variants."""
+    return np.stack([array, *(apply(array, name) for name in names)])
 
 
 def apply(array: np.ndarray, name: str) -> np.ndarray:

@@ -25,6 +25,9 @@ def test_each_variant_edits_every_view_and_keeps_the_shape(encoder):
         assert out.shape == array.shape and out.dtype == np.uint8
         for view, edited in zip(array, out):
             assert 0 < np.abs(view.astype(int) - edited).mean() < 40, name
+    group = variants.expand(array, variants.DEFAULT)
+    assert group.shape == (5, *array.shape) and np.array_equal(group[0], array)
+    np.testing.assert_array_equal(group[2], variants.apply(array, variants.DEFAULT[1]))
 
 
 def test_names_are_parsed_and_unknown_ones_say_what_exists():
@@ -42,8 +45,8 @@ def test_mean_over_variants_brings_edited_copies_closer(encoder):
         6, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)).resize((150, 150)).resize(
         v.shape[:2], Image.Resampling.BICUBIC)) for v in a]) for a in arrays]
     q = encoder.descriptors(copies)
-    plain = encoder.registry_descriptors(arrays, ())
-    mean = encoder.registry_descriptors(arrays, variants.DEFAULT)
+    plain = encoder.mean_descriptors([variants.expand(a, ()) for a in arrays])
+    mean = encoder.mean_descriptors([variants.expand(a, variants.DEFAULT) for a in arrays])
     np.testing.assert_allclose(plain, encoder.descriptors(arrays), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(mean, axis=1), 1.0, atol=1e-5)
     own_plain, own_mean = (q * plain).sum(1), (q * mean).sum(1)
@@ -69,7 +72,7 @@ def test_the_index_records_its_variants_and_add_follows_them(tmp_path, encoder):
     stored = opened.index.reconstruct(next(iter(mark_id.values())))[None]
     paired = encoder.with_projection(opened.projection)
     array = prepare(next(extra.iterdir()).read_bytes(), encoder.preprocess)
-    want = paired.project(encoder.registry_descriptors([array], ("blur",)))
+    want = paired.project(encoder.mean_descriptors([variants.expand(array, ("blur",))]))
     plain = paired.project(encoder.descriptors([array]))
     assert float(stored[0] @ want[0]) > 0.9999 > float(stored[0] @ plain[0])
 
