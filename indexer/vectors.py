@@ -310,14 +310,9 @@ def all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode(index: faiss.Index, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The stored vectors of ids[rows] (ids as `stored_ids` orders them)."""
-    if isinstance(index, faiss.IndexIDMap2):  # storage order is id_map order
-        inner = _inner(index)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run
-            return inner.reconstruct_n(int(rows[0]), len(rows))
-        return np.stack([inner.reconstruct(int(r)) for r in rows]) if len(rows) \
-            else np.zeros((0, index.d), np.float32)
-    return index.reconstruct_batch(ids[rows])
+    """The stored vectors of ids[rows] (ids as `stored_ids` orders them), by id: IVF's
+    direct map and IndexIDMap2's reverse map both find them."""
+    return index.reconstruct_batch(np.ascontiguousarray(ids[rows]))
 
 
 def memory_bytes(path: Path) -> int:
