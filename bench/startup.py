@@ -44,7 +44,6 @@ def write_index_dir(root: Path, encoder: Encoder, count: int, dim: int,
         catalog.close()
         index, spec = build(ids)
         vectors.save(index, writer.path / store.INDEX_FILE)
-        del index
         projection = _projection(encoder.descriptor_dim, dim)
         if projection is not None:
             projection.save(writer.path / store.PROJECTION_FILE)

@@ -80,7 +80,7 @@ class StreamedBuild:
                              64 / exact_s[64], 1.0,
                              note="not built: its floats do not fit in memory; faiss.knn "
                                   f"over each {self.chunk // 1000}k chunk, summed"))
-        self.rows.append(self.measure(index, spec, build_s, self.truth))
+        self.rows.append(self.measure(index, spec, build_s))
         return index, spec
 
     def _stream(self, index: faiss.Index, heap: faiss.ResultHeap, exact_s: dict[int, float],
@@ -94,14 +94,13 @@ class StreamedBuild:
             exact_s[b] += time.perf_counter() - t
         index.add_with_ids(x, ids)
 
-    def measure(self, index: faiss.Index, spec: vectors.IndexSpec, build_s: float,
-                truth: np.ndarray) -> Row:
+    def measure(self, index: faiss.Index, spec: vectors.IndexSpec, build_s: float) -> Row:
         """The memory is filled in from the written file (serialising 10 M here would
         take another 5 GB)."""
         searcher = vectors.Searcher(index, spec.search_params)
         row = Row(f"faiss {PRESET}", self.n, build_s,
                   params=spec.search_params | {"factory": spec.factory})
-        row.recall10 = recall(searcher.search(self.queries, K)[1], truth)
+        row.recall10 = recall(searcher.search(self.queries, K)[1], self.truth)
         row.qps_b1 = qps(lambda q: searcher.search(q, K), self.queries, 1)
         row.qps_b64 = qps(lambda q: searcher.search(q, K), self.queries, 64)
         return row
