@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -27,7 +26,7 @@ from indexer.encoder import Encoder
 from indexer.index import OpenIndex, encoder_for, open_index
 from indexer.preprocess import ImageDecodeError, open_image, to_input
 from indexer.projection import fit_pca
-from indexer.sources import ImageItem
+from indexer.sources import ImageItem, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +114,6 @@ def _load_one(item: ImageItem, encoder: Encoder, registry_variants: tuple[str, .
     return array, mark
 
 
-def _prefetch(pool: ThreadPoolExecutor, fn, items, depth: int):
-    """Yield (item, future) in order with at most `depth` loads in flight."""
-    pending: deque = deque()
-    for item in items:
-        pending.append((item, pool.submit(fn, item)))
-        if len(pending) >= depth:
-            yield pending.popleft()
-    while pending:
-        yield pending.popleft()
-
-
 def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
     """Backbone descriptors of every readable item; the rest are listed as skipped."""
     out = Encoded()
@@ -142,7 +130,7 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
     with ThreadPoolExecutor(max(1, opts.workers)) as pool:
         depth = max(2 * batch_size, 4 * opts.workers)
         load = partial(_load_one, encoder=encoder, registry_variants=opts.registry_variants)
-        for item, fut in _prefetch(pool, load, items, depth):
+        for item, fut in prefetch(pool, load, items, depth):
             try:
                 array, mark = fut.result()
             except (ImageDecodeError, OSError) as e:

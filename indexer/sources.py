@@ -5,8 +5,13 @@ Deliberately free of torch and faiss: the client imports it to find images too.
 from __future__ import annotations
 
 import csv
+from collections import deque
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
@@ -81,3 +86,19 @@ def _check_unique(items: list[ImageItem], what: str) -> None:
         if it.serial in seen:
             raise ManifestError(f"duplicate {what} {it.serial!r}: {seen[it.serial]} and {it.path}")
         seen[it.serial] = it.path
+
+
+def prefetch(pool: Executor, fn: Callable[[T], object], items: Iterable[T], depth: int
+             ) -> Iterator[tuple[T, Future]]:
+    """Yield (item, future of fn(item)) in order with at most `depth` loads in flight.
+
+    Unlike `pool.map`, which submits every item at once, this keeps only `depth` decoded
+    images in memory and leaves the CPU to whoever consumes them.
+    """
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= depth:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()

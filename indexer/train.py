@@ -34,6 +34,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from indexer.augment import random_edit
 from indexer.encoder import CPU_BATCH, TUNED_VIEWS, GeM, Head, load_backbone_encoder, tuned_state
 from indexer.preprocess import open_image, to_input
 from indexer.projection import fit_pca
-from indexer.sources import iter_image_files
+from indexer.sources import iter_image_files, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,10 @@ def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch
     out: np.ndarray | None = None
     with ThreadPoolExecutor(2) as pool, tqdm(total=len(files), unit="mark", desc="views") as bar, \
             torch.inference_mode():
-        loaded = pool.map(lambda f: _views(f, pre, cfg.views, cfg.seed), files)
+        load = partial(_views, cfg=pre, views=cfg.views, seed=cfg.seed)
         done, chunk = 0, []
-        for arrays in loaded:
-            chunk.append(arrays)
+        for _, fut in prefetch(pool, load, files, depth=2 * per_batch):
+            chunk.append(fut.result())
             if len(chunk) < per_batch and done + len(chunk) < len(files):
                 continue
             x = encoder.input_batch([a for arrs in chunk for a in arrs])

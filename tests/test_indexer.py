@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
 from indexer import store, vectors
+from indexer.sources import prefetch
 from indexer.cli import main
 from indexer.index import open_index
 from server.engine import EngineConfig, SearchEngine
@@ -30,6 +32,22 @@ def first_marks(tmp_path: Path, n: int, start: int = 0) -> Path:
 
 def run(*argv) -> int:
     return main([*argv])
+
+
+def test_prefetch_keeps_order_and_only_depth_loads_in_flight():
+    pulled = []
+
+    def items():
+        for i in range(50):
+            pulled.append(i)
+            yield i
+
+    with ThreadPoolExecutor(4) as pool:
+        got = []
+        for item, fut in prefetch(pool, lambda i: i * i, items(), depth=3):
+            assert len(pulled) <= item + 3  # never more than `depth` ahead of the consumer
+            got.append((item, fut.result()))
+    assert got == [(i, i * i) for i in range(50)]
 
 
 def test_build_info_and_skip_report(tmp_path, capsys):
