@@ -83,7 +83,12 @@ class SearchEngine:
     @classmethod
     def open(cls, index_dir: str | Path, encoder: Encoder,
              config: EngineConfig = EngineConfig()) -> "SearchEngine":
-        return cls(encoder, open_index(index_dir, mmap=config.mmap), config)
+        index = open_index(index_dir, mmap=config.mmap)
+        try:
+            return cls(encoder, index, config)
+        except BaseException:  # refused (another encoder, a bad threshold): let go of it
+            index.close()
+            raise
 
     def close(self) -> None:
         self.index.close()

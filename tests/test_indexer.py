@@ -16,7 +16,7 @@ import torch
 from indexer import store, vectors
 from indexer.sources import prefetch
 from indexer.cli import main
-from indexer.index import open_index
+from indexer.index import OpenIndex, open_index
 from server.engine import EngineConfig, SearchEngine
 from tests.conftest import ROOT, SAMPLES
 
@@ -221,15 +221,19 @@ class Tiny(torch.nn.Module):
         return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
 
 
-def test_server_refuses_index_of_another_encoder(tmp_path, encoder):
+def test_server_refuses_index_of_another_encoder(tmp_path, encoder, monkeypatch):
     ts = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.script(Tiny()), str(ts))
     idx = tmp_path / "idx"
     assert run("build", "--images", str(first_marks(tmp_path, 4)), "--out", str(idx),
                "--encoder", str(ts), "--no-progress") == 0
     assert open_index(idx).manifest.dim == 48  # a small encoder is used as is, no PCA
+    closed = []
+    monkeypatch.setattr(OpenIndex, "close", lambda self: closed.append(self.path))
     with pytest.raises(store.IndexFormatError, match="built with encoder torchscript:tiny.pt"):
         SearchEngine.open(idx, encoder)
+    assert len(closed) == 1  # the refused index is let go of, not left open
+    monkeypatch.undo()
     # And adding with the wrong encoder is refused too, leaving the index as it was.
     assert run("add", "--images", str(first_marks(tmp_path, 2, start=4)), "--index",
                str(idx), "--no-progress") == 2
