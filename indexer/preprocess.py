@@ -203,7 +203,7 @@ def _plain_box(small: Image.Image, tol: int):
     do not count as mark. All of it in Pillow's C code.
     """
     dist = _distance(small, _border_colour(small))
-    far = _majority(dist.point(lambda v: 255 if v > tol else 0))
+    far = np.asarray(_majority(dist.point(lambda v: 255 if v > tol else 0))) > 0
     if _border(far, 1).mean() > 0.1:
         return _NOT_PLAIN
     ys, xs = np.nonzero(far)
@@ -212,9 +212,9 @@ def _plain_box(small: Image.Image, tol: int):
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
 
-def _majority(mask: Image.Image) -> np.ndarray:
-    """A 0/255 "L" mask -> bool array, True where most of the 3 x 3 neighbourhood is set."""
-    return np.asarray(mask.filter(ImageFilter.BoxBlur(1))) >= 128
+def _majority(mask: Image.Image) -> Image.Image:
+    """A 0/255 "L" mask -> the same, set where most of the 3 x 3 neighbourhood is set."""
+    return mask.filter(ImageFilter.BoxBlur(1)).point(lambda v: 255 if v >= 128 else 0)
 
 
 def _border_colour(im: Image.Image) -> tuple[int, ...]:
@@ -278,9 +278,8 @@ def lift_off_surface(im: Image.Image, box) -> Image.Image | None:
     x0, y0, x1, y1 = _widen([v * scale for v in box], TEXTURE_MARGIN, small.size)
     rare = surface[bins[y0:y1, x0:x1]] < SURFACE_RARE
     mask = _majority(Image.fromarray(rare.astype(np.uint8) * 255))
-    if not mask.any():
+    if mask.getbbox() is None:
         return None
-    mask = Image.fromarray(mask.astype(np.uint8) * 255)
     crop = im.crop(_widen([v / scale for v in (x0, y0, x1, y1)], 0, im.size))
     mask = mask.resize(crop.size, Image.Resampling.BILINEAR)  # soft edges at full size
     return Image.composite(crop, Image.new("RGB", crop.size, WHITE), mask)
