@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from indexer import store, vectors
-from indexer.sources import prefetch
 from indexer.cli import main
 from indexer.index import OpenIndex, open_index
+from indexer.sources import prefetch
 from server.engine import EngineConfig, SearchEngine
 from tests.conftest import ROOT, SAMPLES
 
