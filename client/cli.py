@@ -14,10 +14,10 @@ import grpc
 from tqdm import tqdm
 
 from client.api import SearchClient, response_to_dict
-from server.auth import TokenError, read_token
-from server.tls import TLSError, channel_credentials
 from indexer.sources import ManifestError, iter_image_files, read_csv_rows
 from proto import trademark_search_pb2 as pb
+from server.auth import TokenError, read_token
+from server.tls import TLSError, channel_credentials
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,7 @@ from indexer.encoder import CPU_BATCH, GPU_BATCH, EncoderError, load_encoder
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
-from server.auth import (ADMIN_TOKEN_ENV, TOKEN_ENV, BearerTokenInterceptor, TokenError,
-                         read_token)
+from server.auth import ADMIN_TOKEN_ENV, TOKEN_ENV, BearerTokenInterceptor, TokenError, read_token
 from server.batcher import BatchConfig
 from server.engine import DEFAULT_MAX_K, EngineConfig, SearchEngine
 from server.service import TrademarkSearchServicer

@@ -18,10 +18,10 @@ next batch by themselves.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 

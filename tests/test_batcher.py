@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+from indexer.preprocess import ImageDecodeError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.app import create_server
-from indexer.preprocess import ImageDecodeError
 from server.batcher import BatchConfig, DeadlinePassed, MicroBatcher
 from server.engine import SearchEngine
 from server.service import TrademarkSearchServicer
