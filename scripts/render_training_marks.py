@@ -9,6 +9,12 @@ rendered from simple-icons, so this uses the Material Design Icons set and leave
 its "Brand / Logo" icons and "-outline" twins. Each glyph gets a random style a
 registry would hold: a coloured glyph on white, a white glyph on a coloured badge
 (circle or rounded square), or a coloured glyph on a tinted tile.
+
+`--wordmarks N` adds N wordmarks: made-up words (random syllables, so no brand's name
+on purpose) set in the fonts this machine has (`fc-list`, plus matplotlib's), upper,
+lower or title case, in one or two colours, on white, on a coloured bar, under a rule
+or beside a simple shape. Icons alone teach the network glyphs; a register is full of
+words.
 """
 from __future__ import annotations
 
@@ -17,10 +23,11 @@ import io
 import json
 import random
 import re
+import subprocess
 from pathlib import Path
 
 import cairosvg
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 SIZE = 256
 
@@ -59,12 +66,107 @@ def render(svg: str, rng: random.Random) -> Image.Image:
     return canvas
 
 
+ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fl gr kl pl st tr sh ch th qu".split()
+VOWELS = "a e i o u a e i o y ai ea io ou".split()
+CODAS = ["", "", "", "n", "r", "s", "x", "l", "m", "t", "ck", "nd", "st"]
+
+
+def _word(rng: random.Random) -> str:
+    syllables = rng.choice([1, 2, 2, 3, 3, 4])
+    w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(syllables))
+    w += rng.choice(CODAS)
+    case = rng.randrange(3)
+    return w.upper() if case == 0 else w.capitalize() if case == 1 else w
+
+
+def system_fonts() -> list[str]:
+    """Every TrueType/OpenType font fontconfig knows, plus matplotlib's (if installed)."""
+    try:
+        out = subprocess.run(["fc-list", "--format", "%{file}\\n"], capture_output=True,
+                             text=True, check=False).stdout.split()
+    except FileNotFoundError:
+        out = []
+    try:
+        import matplotlib
+        out += [str(f) for f in (Path(matplotlib.get_data_path()) / "fonts/ttf").glob("*.ttf")]
+    except ImportError:
+        pass
+    # Symbol, math-extension and fallback fonts have no usable Latin letters.
+    bad = re.compile(r"(Math|cmex|cmsy|cmmi|STIXSiz|STIXNonUni|LastResort)", re.I)
+    by_name = {Path(f).name: f for f in sorted(out)  # the same font twice counts once
+               if f.endswith((".ttf", ".otf")) and not bad.search(f)}
+    return sorted(f for f in by_name.values() if _draws_letters(f))
+
+
+def _draws_letters(font_path: str) -> bool:
+    """Some fonts (DejaVu's "Display" cuts) hold no Latin letters at all."""
+    im = Image.new("L", (200, 100))
+    ImageDraw.Draw(im).text((10, 10), "Ag", font=ImageFont.truetype(font_path, 48), fill=255)
+    return im.getbbox() is not None
+
+
+def _text_image(text: str, font_path: str, color, spacing: int) -> Image.Image:
+    font = ImageFont.truetype(font_path, 96)
+    widths = [font.getlength(c) for c in text]
+    w = int(sum(widths) + spacing * (len(text) - 1)) + 8
+    im = Image.new("RGBA", (max(w, 1), 140), (0, 0, 0, 0))
+    d, x = ImageDraw.Draw(im), 4
+    for i, (c, cw) in enumerate(zip(text, widths)):
+        d.text((x, 10), c, font=font, fill=tuple(color[i == 0]) + (255,))
+        x += cw + spacing
+    return im.crop(im.getbbox() or (0, 0, 1, 1))
+
+
+def render_wordmark(rng: random.Random, fonts: list[str]) -> Image.Image:
+    ink = _color(rng)
+    colors = [ink, _color(rng) if rng.random() < 0.3 else ink]  # [rest, first capital]
+    text = _text_image(_word(rng), rng.choice(fonts), colors, rng.choice([0, 0, 4, 12]))
+    if rng.random() < 0.25:  # two words on two lines
+        below = _text_image(_word(rng), rng.choice(fonts), [_color(rng)] * 2, 0)
+        below = below.resize((max(1, below.width * 2 // 3), max(1, below.height * 2 // 3)))
+        both = Image.new("RGBA", (max(text.width, below.width), text.height + below.height + 20))
+        both.paste(text, ((both.width - text.width) // 2, 0))
+        both.paste(below, ((both.width - below.width) // 2, text.height + 20))
+        text = both
+    canvas = Image.new("RGB", (SIZE, SIZE), "white")
+    d = ImageDraw.Draw(canvas)
+    style = rng.randrange(4)  # plain, on a bar, under a rule, beside a shape
+    width = SIZE * rng.uniform(0.65, 0.85) * (0.7 if style == 3 else 1)
+    scale = min(width / text.width, SIZE * 0.6 / text.height)
+    text = text.resize((max(1, round(text.width * scale)), max(1, round(text.height * scale))))
+    x, y = (SIZE - text.width) // 2, (SIZE - text.height) // 2
+    if style == 1:
+        pad = rng.randint(6, 20)
+        d.rounded_rectangle((x - pad, y - pad, x + text.width + pad, y + text.height + pad),
+                            radius=rng.randint(0, 30), fill=tuple(_color(rng)))
+        text = Image.merge("RGBA", (*Image.new("RGB", text.size, "white").split(),
+                                    text.getchannel("A")))
+    elif style == 2:
+        d.rectangle((x, y + text.height + 8, x + text.width, y + text.height + 8 +
+                     rng.randint(3, 10)), fill=tuple(_color(rng)))
+    elif style == 3:
+        s = text.height + 10
+        x = (SIZE - text.width - s - 12) // 2 + s + 12
+        box = (x - s - 12, (SIZE - s) // 2, x - 12, (SIZE + s) // 2)
+        shape = rng.randrange(3)
+        if shape == 0:
+            d.ellipse(box, fill=tuple(_color(rng)))
+        elif shape == 1:
+            d.rectangle(box, fill=tuple(_color(rng)))
+        else:
+            d.polygon([(box[0], box[3]), ((box[0] + box[2]) // 2, box[1]), (box[2], box[3])],
+                      fill=tuple(_color(rng)))
+    canvas.paste(text, (x, y), text)
+    return canvas
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--svg", type=Path, required=True, help="folder of SVG icons")
     p.add_argument("--meta", type=Path, help="MDI meta.json, to leave out Brand / Logo icons")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--count", type=int, default=3000)
+    p.add_argument("--wordmarks", type=int, default=0, help="made-up wordmarks to add")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     skip = set()
@@ -80,6 +182,11 @@ def main(argv=None) -> int:
     for name in names[:args.count]:
         render((args.svg / f"{name}.svg").read_text(), rng).save(args.out / f"{name}.png")
     print(f"{min(len(names), args.count)} marks from {len(names)} eligible icons in {args.out}")
+    fonts = system_fonts()
+    for i in range(args.wordmarks):
+        render_wordmark(rng, fonts).save(args.out / f"word-{i:05d}.png")
+    if args.wordmarks:
+        print(f"{args.wordmarks} wordmarks in {len(fonts)} fonts")
     return 0
 
 

@@ -1,9 +1,13 @@
 """`python -m indexer.train` on a few real marks: loadable weights and an honest record."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
 import shutil
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from indexer.encoder import _load_lite0, _with_tuning, pick_device
@@ -40,3 +44,28 @@ def test_train_writes_weights_and_record(tmp_path):
     # The frozen stages' outputs are cached and reused on a second run.
     assert main(args) == 0
     assert len(list((tmp_path / "c").glob("activations-*.npy"))) == 1
+
+
+def _renderer():
+    spec = importlib.util.spec_from_file_location(
+        "render_training_marks", Path(__file__).parents[1] / "scripts/render_training_marks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wordmarks_are_drawn_in_every_font_and_repeat_with_the_seed():
+    r = _renderer()
+    fonts = r.system_fonts()
+    assert fonts, "no font with Latin letters on this machine"
+    for font in fonts:  # each font found really draws the words (no empty marks)
+        assert r._text_image("Mark", font, [[0, 0, 0]] * 2, 0).getbbox() is not None
+    marks = [r.render_wordmark(random.Random(7), fonts) for _ in range(2)]
+    assert marks[0].size == (r.SIZE, r.SIZE)
+    assert np.array_equal(np.asarray(marks[0]), np.asarray(marks[1]))
+    rng, at_edge = random.Random(0), 0
+    for _ in range(20):  # ink on the canvas, seldom running off it (13 of 2,000 do)
+        ink = np.asarray(r.render_wordmark(rng, fonts).convert("L")) < 250
+        assert ink.mean() > 0.005
+        at_edge += bool(ink[:, 0].any() or ink[:, -1].any() or ink[0].any() or ink[-1].any())
+    assert at_edge <= 2
