@@ -2,7 +2,7 @@
 
     npm pack @mdi/svg@7.4.47 && tar xzf mdi-svg-7.4.47.tgz
     python scripts/render_training_marks.py --svg package/svg --meta package/meta.json \
-        --out data/train-marks --count 3000
+        --out data/train-marks --count 3000 --wordmarks 2000
 
 The training marks must not be the marks the service is evaluated on: LogoBench is
 rendered from simple-icons, so this uses the Material Design Icons set and leaves out
