@@ -26,7 +26,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import cairosvg
 from PIL import Image, ImageDraw, ImageFont
 
 SIZE = 256
@@ -42,6 +41,8 @@ def _color(rng: random.Random, dark: bool = True):
 
 
 def _glyph(svg: str, color, size: int) -> Image.Image:
+    import cairosvg  # a dev dependency, needed for the icons only (not the wordmarks)
+
     svg = re.sub(r"<path ", f'<path fill="{_hex(color)}" ', svg)
     png = cairosvg.svg2png(bytestring=svg.encode(), output_width=size, output_height=size)
     return Image.open(io.BytesIO(png)).convert("RGBA")
