@@ -118,9 +118,10 @@ def _text_image(text: str, font_path: str, color, spacing: int) -> Image.Image:
     return im.crop(im.getbbox() or (0, 0, 1, 1))
 
 
-def render_wordmark(rng: random.Random, fonts: list[str]) -> Image.Image:
+def _lettering(rng: random.Random, fonts: list[str]) -> Image.Image:
+    """One made-up word, or a word over a smaller one, on a transparent ground."""
     ink = _color(rng)
-    colors = [ink, _color(rng) if rng.random() < 0.3 else ink]  # [rest, first capital]
+    colors = [ink, _color(rng) if rng.random() < 0.3 else ink]  # [the rest, the first letter]
     text = _text_image(_word(rng), rng.choice(fonts), colors, rng.choice([0, 0, 4, 12]))
     if rng.random() < 0.25:  # two words on two lines
         below = _text_image(_word(rng), rng.choice(fonts), [_color(rng)] * 2, 0)
@@ -129,14 +130,33 @@ def render_wordmark(rng: random.Random, fonts: list[str]) -> Image.Image:
         both.paste(text, ((both.width - text.width) // 2, 0))
         both.paste(below, ((both.width - below.width) // 2, text.height + 20))
         text = both
+    return text
+
+
+def _shape(d: ImageDraw.ImageDraw, box: tuple, rng: random.Random) -> None:
+    shape = rng.randrange(3)
+    fill = tuple(_color(rng))
+    if shape == 0:
+        d.ellipse(box, fill=fill)
+    elif shape == 1:
+        d.rectangle(box, fill=fill)
+    else:
+        d.polygon([(box[0], box[3]), ((box[0] + box[2]) // 2, box[1]), (box[2], box[3])],
+                  fill=fill)
+
+
+def render_wordmark(rng: random.Random, fonts: list[str]) -> Image.Image:
+    """A made-up wordmark centred on a white square: plain, on a bar, over a rule or
+    beside a shape."""
+    text = _lettering(rng, fonts)
     canvas = Image.new("RGB", (SIZE, SIZE), "white")
     d = ImageDraw.Draw(canvas)
-    style = rng.randrange(4)  # plain, on a bar, under a rule, beside a shape
+    style = rng.randrange(4)  # plain, on a bar, over a rule, beside a shape
     width = SIZE * rng.uniform(0.65, 0.85) * (0.7 if style == 3 else 1)
     scale = min(width / text.width, SIZE * 0.6 / text.height)
     text = text.resize((max(1, round(text.width * scale)), max(1, round(text.height * scale))))
     x, y = (SIZE - text.width) // 2, (SIZE - text.height) // 2
-    if style == 1:
+    if style == 1:  # white letters on a coloured bar
         pad = rng.randint(6, 20)
         d.rounded_rectangle((x - pad, y - pad, x + text.width + pad, y + text.height + pad),
                             radius=rng.randint(0, 30), fill=tuple(_color(rng)))
@@ -145,18 +165,10 @@ def render_wordmark(rng: random.Random, fonts: list[str]) -> Image.Image:
     elif style == 2:
         d.rectangle((x, y + text.height + 8, x + text.width, y + text.height + 8 +
                      rng.randint(3, 10)), fill=tuple(_color(rng)))
-    elif style == 3:
+    elif style == 3:  # the shape as high as the letters, to their left
         s = text.height + 10
         x = (SIZE - text.width - s - 12) // 2 + s + 12
-        box = (x - s - 12, (SIZE - s) // 2, x - 12, (SIZE + s) // 2)
-        shape = rng.randrange(3)
-        if shape == 0:
-            d.ellipse(box, fill=tuple(_color(rng)))
-        elif shape == 1:
-            d.rectangle(box, fill=tuple(_color(rng)))
-        else:
-            d.polygon([(box[0], box[3]), ((box[0] + box[2]) // 2, box[1]), (box[2], box[3])],
-                      fill=tuple(_color(rng)))
+        _shape(d, (x - s - 12, (SIZE - s) // 2, x - 12, (SIZE + s) // 2), rng)
     canvas.paste(text, (x, y), text)
     return canvas
 
