@@ -195,10 +195,10 @@ def main(argv=None) -> int:
     for name in names[:args.count]:
         render((args.svg / f"{name}.svg").read_text(), rng).save(args.out / f"{name}.png")
     print(f"{min(len(names), args.count)} marks from {len(names)} eligible icons in {args.out}")
-    fonts = system_fonts()
-    for i in range(args.wordmarks):
-        render_wordmark(rng, fonts).save(args.out / f"word-{i:05d}.png")
-    if args.wordmarks:
+    if args.wordmarks:  # finding and test-drawing the fonts only when words are asked for
+        fonts = system_fonts()
+        for i in range(args.wordmarks):
+            render_wordmark(rng, fonts).save(args.out / f"word-{i:05d}.png")
         print(f"{args.wordmarks} wordmarks in {len(fonts)} fonts")
     return 0
 
