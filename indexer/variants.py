@@ -26,10 +26,12 @@ def _blur(im: Image.Image) -> Image.Image:
     return im.filter(ImageFilter.GaussianBlur(1.0))
 
 
-def _half(im: Image.Image) -> Image.Image:
-    """Half the resolution and back: what a small web copy keeps."""
-    small = im.resize((im.width // 2, im.height // 2), Image.Resampling.BOX)
-    return small.resize(im.size, Image.Resampling.BICUBIC)
+def _resolution(divisor: int) -> Callable[[Image.Image], Image.Image]:
+    """1/divisor of the resolution and back: what a small web copy keeps."""
+    def edit(im: Image.Image) -> Image.Image:
+        small = im.resize((im.width // divisor, im.height // divisor), Image.Resampling.BOX)
+        return small.resize(im.size, Image.Resampling.BICUBIC)
+    return edit
 
 
 def _rotation(degrees: float) -> Callable[[Image.Image], Image.Image]:
@@ -37,8 +39,13 @@ def _rotation(degrees: float) -> Callable[[Image.Image], Image.Image]:
 
 
 EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "blur": _blur, "half": _half, "rot+10": _rotation(10), "rot-10": _rotation(-10)}
-DEFAULT = ("blur", "half", "rot+10", "rot-10")
+    "blur": _blur, "half": _resolution(2), "quarter": _resolution(4),
+    "rot+10": _rotation(10), "rot-10": _rotation(-10)}
+# A quarter of the 224 px input is 56 px, the size of a thumbnail or favicon copy; it
+# took the place of `half` (112 px), which indexes built before keep using, because the
+# build's own label-free calibration estimate rose with it (estimated TPR 0.783 -> 0.799
+# on LogoBench's registry; see the README) at the same build cost.
+DEFAULT = ("blur", "quarter", "rot+10", "rot-10")
 
 
 def check(names: Iterable[str]) -> tuple[str, ...]:
