@@ -20,10 +20,23 @@ from indexer.preprocess import PreprocessConfig, open_image, prepare
 K = 10
 
 
-def _registry(data: Path) -> tuple[list[str], list[Path]]:
+def _rows(data: Path) -> list[dict]:
     with open(data / "registry.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r["serial"] for r in rows], [data / r["file"] for r in rows]
+        return list(csv.DictReader(f))
+
+
+def registry_root(data: Path) -> Path:
+    """The folder registry.csv's paths start from: `data` itself where they name
+    `registry/<file>` (LogoBench), `data/registry` where they name the bare file (the
+    embedded samples, whose manifest `make demo` reads with `--images samples/registry`)."""
+    rows = _rows(data)
+    return data if not rows or (data / rows[0]["file"]).is_file() else data / "registry"
+
+
+def _registry(data: Path) -> tuple[list[str], list[Path]]:
+    root = registry_root(data)
+    rows = _rows(data)
+    return [r["serial"] for r in rows], [root / r["file"] for r in rows]
 
 
 def _results(query_files: list[Path], sims: np.ndarray, serials: list[str]) -> list[dict]:

@@ -11,7 +11,8 @@
    decision at the service's threshold (TPR: exists and right serial first; FPR:
    said exists for an `unknown` query), TPR at FPR = 1% and AUC of the decision score
    (the service's `confidence`; a baseline's top score).
-Writes metrics.json, report.md and roc.png in --out and prints the table.
+Writes metrics.json, report.md and (with matplotlib, a dev dependency) roc.png in --out,
+and prints the table.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import baselines
 from bench.load import latency_ms
 from bench.procs import run_build, start_server, stop_server
 
@@ -98,7 +100,7 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
 
 
 def _timed_build(data: Path, index: Path) -> dict:
-    wall, info, report = run_build(data, data / "registry.csv", index)
+    wall, info, report = run_build(baselines.registry_root(data), data / "registry.csv", index)
     return {"build_wall_s": wall, "build_pipeline_s": report["seconds"],
             "indexed": report["indexed"], "build_images_per_s": report["images_per_s"],
             "index_bytes": info["bytes_on_disk"], "threshold": info["threshold"]}
@@ -174,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-rounds", type=int, default=50, help="sequential Search calls")
     p.add_argument("--no-baselines", action="store_true", help="score the service only")
     args = p.parse_args(argv)
+    missing = [n for n in ("registry.csv", "queries.csv") if not (args.data / n).is_file()]
+    if missing:
+        p.error(f"{args.data} has no {' or '.join(missing)}: --data takes a LogoBench-style "
+                "folder (../shared/logobench, or samples)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = _timed_build(args.data, args.out / "index")
@@ -190,18 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     queries = load_queries(args.data / "queries.csv")
     methods = {"service": score(queries, results)}
     if not args.no_baselines:
-        from bench import baselines
         files = [Path(f) for f in queries]
         methods["raw-pooled"] = score(queries, baselines.raw_pooled(args.data, files))
         methods["phash"] = score(queries, baselines.phash(args.data, files))
-    plot_roc(methods, metrics, args.out / "roc.png")
+    written = [args.out / "report.md", args.out / "metrics.json"]
+    try:
+        plot_roc(methods, metrics, args.out / "roc.png")
+        written.append(args.out / "roc.png")
+    except ImportError:  # a dev dependency: the figures do not need it
+        log.warning("no roc.png: matplotlib is not installed (pip install -r requirements-dev.txt)")
     report = report_markdown(metrics, methods)
     for m in methods.values():
         m.pop("_roc")
     (args.out / "metrics.json").write_text(json.dumps(metrics | {"methods": methods}, indent=2))
     (args.out / "report.md").write_text(report)
     print(report)
-    print(f"written: {args.out / 'report.md'}, {args.out / 'metrics.json'}, {args.out / 'roc.png'}")
+    print(f"written: {', '.join(map(str, written))}")
     return 0
 
 

@@ -1,9 +1,15 @@
 """The benchmarks' own parts: scoring arithmetic, vector-search rows, the start-up index."""
 from __future__ import annotations
 
+import csv
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from bench.eval import main as eval_main
 from bench.eval import score, tpr_at_fpr
 from tests.conftest import SAMPLES
 
@@ -104,3 +110,52 @@ def faiss_exact(db, q, k=10):
     index = faiss.IndexFlatIP(db.shape[1])
     index.add(db)
     return index.search(q, k)
+
+
+def _small_samples_set(root: Path, distractors: int = 12) -> Path:
+    """A LogoBench-style folder in the embedded samples' layout (registry.csv naming bare
+    files in registry/): the marks the sample queries expect, a few others, all queries."""
+    with open(SAMPLES / "queries.csv", newline="") as f:
+        queries = list(csv.DictReader(f))
+    with open(SAMPLES / "registry.csv", newline="") as f:
+        registry = list(csv.DictReader(f))
+    expected = {q["expected_serial"] for q in queries if q["kind"] == "known"}
+    others = [r for r in registry if r["serial"] not in expected][:distractors]
+    rows = [r for r in registry if r["serial"] in expected] + others
+    (root / "registry").mkdir(parents=True)
+    (root / "queries").mkdir()
+    for r in rows:
+        shutil.copy(SAMPLES / "registry" / r["file"], root / "registry" / r["file"])
+    for q in queries:
+        shutil.copy(SAMPLES / q["file"], root / q["file"])
+    for name, table in (("registry.csv", rows), ("queries.csv", queries)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+    return root
+
+
+def test_eval_scores_the_service_on_a_folder_in_the_samples_layout(tmp_path):
+    data = _small_samples_set(tmp_path / "data")
+    out = tmp_path / "out"
+    assert eval_main(["--data", str(data), "--out", str(out), "--latency-rounds", "3",
+                      "--no-baselines"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    service = m["methods"]["service"]
+    assert m["indexed"] == len(list((data / "registry").iterdir()))
+    assert service["queries"] == len(list((data / "queries").iterdir()))
+    assert service["errors"] == 0 and service["recall@1"] >= 0.9
+    assert service["recall@1_by_transform"]["identity"] == 1.0
+    assert (out / "report.md").read_text().startswith("| service |")
+    try:
+        import matplotlib  # noqa: F401  (a dev dependency; without it, no plot)
+        assert (out / "roc.png").is_file()
+    except ImportError:
+        assert not (out / "roc.png").exists()
+
+
+def test_eval_says_what_a_data_folder_lacks(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        eval_main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "has no registry.csv or queries.csv" in capsys.readouterr().err
