@@ -25,17 +25,18 @@ def _rows(data: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def registry_root(data: Path) -> Path:
+def registry_root(data: Path, rows: list[dict] | None = None) -> Path:
     """The folder registry.csv's paths start from: `data` itself where they name
     `registry/<file>` (LogoBench), `data/registry` where they name the bare file (the
-    embedded samples, whose manifest `make demo` reads with `--images samples/registry`)."""
-    rows = _rows(data)
+    embedded samples, whose manifest `make demo` reads with `--images samples/registry`).
+    `rows`: the manifest's rows, where the caller has read them."""
+    rows = _rows(data) if rows is None else rows
     return data if not rows or (data / rows[0]["file"]).is_file() else data / "registry"
 
 
 def _registry(data: Path) -> tuple[list[str], list[Path]]:
-    root = registry_root(data)
     rows = _rows(data)
+    root = registry_root(data, rows)
     return [r["serial"] for r in rows], [root / r["file"] for r in rows]
 
 
