@@ -11,7 +11,7 @@ import pytest
 
 from bench.eval import main as eval_main
 from bench.eval import score, tpr_at_fpr
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, sample_queries
 
 
 def test_score_counts_recall_tpr_fpr(tmp_path):
@@ -115,8 +115,7 @@ def faiss_exact(db, q, k=10):
 def _small_samples_set(root: Path, distractors: int = 12) -> Path:
     """A LogoBench-style folder in the embedded samples' layout (registry.csv naming bare
     files in registry/): the marks the sample queries expect, a few others, all queries."""
-    with open(SAMPLES / "queries.csv", newline="") as f:
-        queries = list(csv.DictReader(f))
+    queries = sample_queries()
     with open(SAMPLES / "registry.csv", newline="") as f:
         registry = list(csv.DictReader(f))
     expected = {q["expected_serial"] for q in queries if q["kind"] == "known"}
@@ -127,10 +126,11 @@ def _small_samples_set(root: Path, distractors: int = 12) -> Path:
     for r in rows:
         shutil.copy(SAMPLES / "registry" / r["file"], root / "registry" / r["file"])
     for q in queries:
-        shutil.copy(SAMPLES / q["file"], root / q["file"])
+        shutil.copy(q["path"], root / q["file"])
     for name, table in (("registry.csv", rows), ("queries.csv", queries)):
         with open(root / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w = csv.DictWriter(f, fieldnames=[k for k in table[0] if k != "path"],
+                               extrasaction="ignore")
             w.writeheader()
             w.writerows(table)
     return root
