@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from indexer import decision
-from indexer.augment import random_edit
+from indexer import augment, decision, preprocess
 from indexer.encoder import CPU_BATCH, TUNED_VIEWS, GeM, Head, load_backbone_encoder, tuned_state
 from indexer.preprocess import open_image, to_input
 from indexer.projection import fit_pca
@@ -112,16 +111,22 @@ def joint(z: torch.Tensor) -> torch.Tensor:
 def _views(path: Path, cfg, views: int, seed: int) -> list[np.ndarray]:
     rng = random.Random(f"{seed}:{path.name}")
     im = open_image(path.read_bytes())
-    return [to_input(im, cfg)] + [to_input(random_edit(im, rng), cfg) for _ in range(views)]
+    return [to_input(im, cfg)] + [to_input(augment.random_edit(im, rng), cfg) for _ in range(views)]
+
+
+def cache_key(files: list[Path], cfg: TrainConfig) -> str:
+    """What the cached views depend on. The edits' and the preprocessing's code are part
+    of it: changing either must not reuse views made the old way."""
+    code = b"".join(Path(m.__file__).read_bytes() for m in (augment, preprocess))
+    names = "\n".join(f.name for f in files)
+    return hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:{cfg.image_views}:"
+                          f"{hashlib.sha256(code).hexdigest()}:{names}".encode()).hexdigest()[:16]
 
 
 def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch.Tensor:
     """(N, 1 + views, V, C, H, W) float16 output of the frozen prefix for the V image views
     of each edit; edit 0 is the clean mark."""
-    names = "\n".join(f.name for f in files)
-    key = hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:{cfg.image_views}:{names}"
-                         .encode()).hexdigest()[:16]
-    path = cache / f"activations-{key}.npy"
+    path = cache / f"activations-{cache_key(files, cfg)}.npy"
     if path.is_file():
         log.info("using cached activations %s", path)
         return torch.from_numpy(np.load(path))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from indexer import augment
 from indexer.encoder import _load_lite0, _with_tuning, pick_device
-from indexer.train import main
+from indexer.train import TrainConfig, cache_key, main
 from tests.conftest import SAMPLES
 
 
@@ -45,6 +46,18 @@ def test_train_writes_weights_and_record(tmp_path):
     # The frozen stages' outputs are cached and reused on a second run.
     assert main(args) == 0
     assert len(list((tmp_path / "c").glob("activations-*.npy"))) == 1
+
+
+def test_cached_views_are_not_reused_after_the_edits_change(tmp_path, monkeypatch):
+    files, cfg = [Path("a.png"), Path("b.png")], TrainConfig()
+    key = cache_key(files, cfg)
+    assert cache_key(files, cfg) == key
+    assert cache_key(files[:1], cfg) != key
+    assert cache_key(files, TrainConfig(views=2)) != key
+    edited = tmp_path / "augment.py"
+    edited.write_text(Path(augment.__file__).read_text() + "\n# another edit\n")
+    monkeypatch.setattr(augment, "__file__", str(edited))
+    assert cache_key(files, cfg) != key
 
 
 def _renderer():
