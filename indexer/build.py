@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from indexer import calibrate, store, variants, vectors
+from indexer import calibrate, lowres, store, variants, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder
 from indexer.index import OpenIndex, encoder_for, open_index
-from indexer.preprocess import ImageDecodeError, open_image, to_input
+from indexer.preprocess import ImageDecodeError, mark_of, open_image, views_of
 from indexer.projection import fit_pca
 from indexer.sources import ImageItem, prefetch
 
@@ -53,6 +53,9 @@ class BuildOptions:
     # Each registered mark is stored as the mean of its descriptors over these mild
     # variants and itself (indexer.variants); `add` uses the ones the index records.
     registry_variants: tuple[str, ...] = variants.DEFAULT
+    # More vectors per mark, of small copies of it, for small queries (indexer.lowres);
+    # None: none. `add` uses what the index records.
+    lowres: lowres.LowResConfig | None = field(default_factory=lowres.LowResConfig)
 
 
 @dataclass
@@ -65,11 +68,20 @@ class Skipped:
 class Encoded:
     marks: list[Mark] = field(default_factory=list)
     descriptors: list[np.ndarray] = field(default_factory=list)
+    # (marks, sizes, dim) descriptors of the small copies, where the index keeps them
+    small_copies: list[np.ndarray] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
     def matrix(self, dim: int) -> np.ndarray:
         return np.concatenate(self.descriptors) if self.descriptors else np.zeros((0, dim),
                                                                                    np.float32)
+
+    def small_copy_matrices(self) -> list[np.ndarray]:
+        """One (marks, dim) matrix per small-copy size."""
+        if not self.small_copies:
+            return []
+        stacked = np.concatenate(self.small_copies)
+        return [stacked[:, j] for j in range(stacked.shape[1])]
 
 
 @dataclass
@@ -100,45 +112,56 @@ class BuildResult:
                 f"{self.index_dir} version {self.version} holds {self.total}")
 
 
-def _load_one(item: ImageItem, encoder: Encoder, registry_variants: tuple[str, ...]
-              ) -> tuple[np.ndarray, Mark]:
-    """The mark's prepared array and its registry variants (decoding threads), and its row."""
+def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
+              ) -> tuple[np.ndarray, np.ndarray | None, Mark]:
+    """The mark's prepared array with its registry variants, its small copies' (where the
+    index keeps them), all made in the decoding threads, and its catalog row."""
     data = item.path.read_bytes()
     im = open_image(data, encoder.preprocess.max_pixels)
-    array = variants.expand(to_input(im, encoder.preprocess), registry_variants)
+    mark_im = mark_of(im, encoder.preprocess)
+    array = variants.expand(views_of(mark_im, encoder.preprocess), opts.registry_variants)
+    small = lowres.small_copies(mark_im, encoder.preprocess, opts.lowres.copy_px) \
+        if opts.lowres else None
     im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buf = io.BytesIO()
     im.save(buf, "PNG", optimize=True)
     mark = Mark(item.serial, item.name, str(item.path), hashlib.sha256(data).hexdigest(),
                 buf.getvalue(), item.metadata)
-    return array, mark
+    return array, small, mark
 
 
 def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
     """Backbone descriptors of every readable item; the rest are listed as skipped."""
     out = Encoded()
     arrays: list[np.ndarray] = []
+    smalls: list[np.ndarray] = []
     bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="encoding")
 
     def flush():
         if arrays:
             out.descriptors.append(encoder.mean_descriptors(arrays))
+            if smalls:
+                flat = encoder.descriptors([a for copies in smalls for a in copies])
+                out.small_copies.append(flat.reshape(len(smalls), len(smalls[0]), -1))
             bar.update(len(arrays))
             arrays.clear()
+            smalls.clear()
 
     batch_size = opts.batch_size or encoder.default_batch
     with ThreadPoolExecutor(max(1, opts.workers)) as pool:
         depth = max(2 * batch_size, 4 * opts.workers)
-        load = partial(_load_one, encoder=encoder, registry_variants=opts.registry_variants)
+        load = partial(_load_one, encoder=encoder, opts=opts)
         for item, fut in prefetch(pool, load, items, depth):
             try:
-                array, mark = fut.result()
+                array, small, mark = fut.result()
             except (ImageDecodeError, OSError) as e:
                 out.skipped.append(Skipped(str(item.path), str(e)))
                 log.warning("skipped %s: %s", item.path, e)
                 bar.update(1)
                 continue
             arrays.append(array)
+            if small is not None:
+                smalls.append(small)
             out.marks.append(mark)
             if len(arrays) >= batch_size:
                 flush()
@@ -148,7 +171,8 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
 
 
 def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],
-                    opts: BuildOptions, stored_as_queries: bool) -> calibrate.Calibration:
+                    opts: BuildOptions, stored_as_queries: bool,
+                    reranker: lowres.Reranker | None = None) -> calibrate.Calibration:
     """`stored_as_queries`: the index holds each mark as a query of it would be encoded,
     so the clean marks need not be encoded again; not so with registry variants, whose
     mean vectors would make clean strangers look unlike real (once-encoded) queries."""
@@ -156,7 +180,7 @@ def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],
     clean = calibrate.stored_vectors(index, [mid for mid, _ in marks]) \
         if stored_as_queries else None
     cal = calibrate.calibrate(index, encoder, marks, opts.target_fpr, opts.calibration_edits,
-                              clean=clean)
+                              clean=clean, reranker=reranker)
     cal.held_out_ids = [mid for mid, _ in sources]
     return cal
 
@@ -177,12 +201,14 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
             sources = [sources[i] for i in calibrate.pick_held_out(len(sources),
                                                                     opts.calibration_marks)]
         cal = calibrate_index(current.index, paired, sources, opts,
-                              stored_as_queries=not current.manifest.registry_variants)
+                              stored_as_queries=not current.manifest.registry_variants,
+                              reranker=current.reranker)
         manifest = current.manifest
     finally:
         current.close()
     with store.write_version(index_dir) as writer:
-        writer.copy_from_base(store.INDEX_FILE, store.CATALOG_FILE, store.PROJECTION_FILE)
+        writer.copy_from_base(store.INDEX_FILE, store.CATALOG_FILE, store.PROJECTION_FILE,
+                              *_small_copy_files(manifest))
         manifest.threshold, manifest.threshold_method = cal.threshold, cal.method
         manifest.decision = cal.decision
         manifest.calibration = cal.to_dict()
@@ -224,11 +250,18 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
         # the calibration below and is stored for the server.
         index, spec = vectors.build(opts.index_factory, ids, vecs)
         vectors.save(index, writer.path / store.INDEX_FILE)
+        reranker = None
+        if opts.lowres:
+            small = [lowres.new_index(dim) for _ in opts.lowres.copy_px]
+            _add_small_copies(writer.path, opts.lowres, small, ids, [
+                encoder.with_projection(projection).project(m)
+                for m in enc.small_copy_matrices()])
+            reranker = lowres.Reranker(small, opts.lowres)
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
         cal = calibrate_index(index, encoder.with_projection(projection),
                               [(ids[i], enc.marks[i].source) for i in held], opts,
-                              stored_as_queries=not opts.registry_variants)
+                              stored_as_queries=not opts.registry_variants, reranker=reranker)
         manifest = store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
             index_preset=spec.preset, search_params=spec.search_params,
@@ -236,7 +269,8 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,
             decision=cal.decision, calibration=cal.to_dict(),
             projection=store.PROJECTION_FILE if projection else None,
-            registry_variants=list(opts.registry_variants))
+            registry_variants=list(opts.registry_variants),
+            lowres=opts.lowres.to_dict() if opts.lowres else {})
         result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),
                              time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
@@ -254,13 +288,16 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
         _refuse_replacing(current, items)
         t_start = time.perf_counter()
         # New marks are stored as the build stored the others.
-        opts = replace(opts, registry_variants=tuple(current.manifest.registry_variants))
+        opts = replace(opts, registry_variants=tuple(current.manifest.registry_variants),
+                       lowres=lowres.LowResConfig.from_dict(current.manifest.lowres))
         enc = encode_items(items, encoder, opts)
         t_encode = time.perf_counter() - t_start
         if not enc.marks:
             raise BuildError(f"none of the {len(items)} images could be read; index unchanged")
         vecs = paired.project(enc.matrix(encoder.descriptor_dim))
+        small_vecs = [paired.project(m) for m in enc.small_copy_matrices()]
         index = current.index  # already read by open_index; the new version is built on it
+        reranker = current.reranker
         manifest = current.manifest
     finally:
         current.close()
@@ -273,12 +310,27 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
             log.warning("%d serial(s) were already indexed and have been replaced", replaced)
         vectors.add(index, ids, vecs)
         vectors.save(index, writer.path / store.INDEX_FILE)
+        if reranker is not None:
+            _add_small_copies(writer.path, reranker.config, reranker.indexes, ids, small_vecs)
         manifest.count = int(index.ntotal)
         result = BuildResult(str(index_dir), "", len(ids), replaced, enc.skipped,
                              manifest.count, time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
         result.version = writer.commit(manifest)
     return result
+
+
+def _small_copy_files(manifest: store.Manifest) -> list[str]:
+    config = lowres.LowResConfig.from_dict(manifest.lowres)
+    return config.files() if config else []
+
+
+def _add_small_copies(path: Path, config: lowres.LowResConfig, indexes: list,
+                      ids: list[int], per_size: list[np.ndarray]) -> None:
+    """Each size's vectors into its index (ids already there replaced), saved in `path`."""
+    for index, name, vecs in zip(indexes, config.files(), per_size, strict=True):
+        vectors.add(index, ids, vecs)
+        vectors.save(index, path / name)
 
 
 def _refuse_replacing(current: OpenIndex, items: list[ImageItem]) -> None:
@@ -317,6 +369,10 @@ def remove(serials: list[str], index_dir: str | Path) -> RemoveResult:
             return RemoveResult(manifest.version, [], not_found, manifest.count)
         vectors.remove(index, list(found.values()))
         vectors.save(index, writer.path / store.INDEX_FILE)
+        for name in _small_copy_files(manifest):
+            small = vectors.load(writer.base / name)
+            vectors.remove(small, list(found.values()))
+            vectors.save(small, writer.path / name)
         manifest.count = int(index.ntotal)
         version = writer.commit(manifest)
     return RemoveResult(version, list(found), not_found, manifest.count)

@@ -32,10 +32,10 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from indexer import decision
+from indexer import decision, lowres
 from indexer.augment import random_edit
 from indexer.encoder import CPU_BATCH, Encoder
-from indexer.preprocess import ImageDecodeError, open_image, to_input
+from indexer.preprocess import ImageDecodeError, open_image, to_query
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +82,22 @@ def _search_depth(kind: str) -> int:
 
 def copy_scores(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
                 edits: int, seed: int = 0, batch_size: int = CPU_BATCH,
-                kind: str = decision.MARGIN):
+                kind: str = decision.MARGIN, reranker: lowres.Reranker | None = None):
     """(own decision score, own ranked first, stranger's decision score) per copy.
 
-    `edits=0` searches each mark as it is; otherwise `edits` edited copies of each.
+    `edits=0` searches each mark as it is; otherwise `edits` edited copies of each. The
+    copies are searched as the server searches queries (small ones re-ranked by
+    `reranker`), so the threshold fits the scores the server compares with it.
     """
     rng = random.Random(seed)
     rows = []
     jobs = [(mid, im) for mid, im in marks for _ in range(max(edits, 1))]
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        arrays = [to_input(random_edit(im, rng) if edits else im, encoder.preprocess)
-                  for _, im in chunk]
-        scores, ids = index.search(encoder.encode(arrays), _search_depth(kind))
+        queries = [to_query(random_edit(im, rng) if edits else im, encoder.preprocess)
+                   for _, im in chunk]
+        scores, ids = lowres.search(index.search, encoder.encode([q.array for q in queries]),
+                                    [q.mark_px for q in queries], _search_depth(kind), reranker)
         rows += [_split(s, i, mid, kind) for (mid, _), s, i in zip(chunk, scores, ids)]
     own, first, other = zip(*rows) if rows else ((), (), ())
     return np.array(own), np.array(first, dtype=bool), np.array(other)
@@ -120,10 +123,12 @@ def stored_vectors(index: faiss.Index, ids: list[int]) -> np.ndarray | None:
 
 def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
               target_fpr: float = 0.01, edits: int = 2, seed: int = 0,
-              clean: np.ndarray | None = None, kind: str = decision.MARGIN) -> Calibration:
+              clean: np.ndarray | None = None, kind: str = decision.MARGIN,
+              reranker: lowres.Reranker | None = None) -> Calibration:
     """`clean`: the marks' indexed vectors when the caller has them (saves encoding them).
 
-    `kind`: the decision score the threshold applies to (indexer.decision).
+    `kind`: the decision score the threshold applies to (indexer.decision); `reranker`:
+    the index's small-copy vectors, if it has them.
     """
     if index.ntotal < MIN_MARKS or not marks:
         log.warning("only %d marks: using the fallback threshold %.2f", index.ntotal,
@@ -131,10 +136,12 @@ def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image
         return Calibration(FALLBACK_THRESHOLD[kind], target_fpr, float("nan"), 0, 0, "fallback",
                            decision=kind)
     if clean is None:
-        _, _, clean_other = copy_scores(index, encoder, marks, 0, seed, kind=kind)
+        _, _, clean_other = copy_scores(index, encoder, marks, 0, seed, kind=kind,
+                                        reranker=reranker)
     else:
         clean_other = nearest_other(index, np.array([mid for mid, _ in marks]), clean, kind)
-    own, first, other = copy_scores(index, encoder, marks, edits, seed, kind=kind)
+    own, first, other = copy_scores(index, encoder, marks, edits, seed, kind=kind,
+                                    reranker=reranker)
     threshold = float(max(np.quantile(clean_other, 1.0 - target_fpr),
                           np.quantile(other, 1.0 - target_fpr)))
     # Stored to 4 decimals, rounded up: rounding down could let a stranger that scored

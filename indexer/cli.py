@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from indexer import build as pipeline
-from indexer import decision, store, variants, vectors
+from indexer import decision, lowres, store, variants, vectors
 from indexer.encoder import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, EncoderError, load_encoder
 from indexer.sources import ManifestError, read_manifest, scan_folder
 
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"mild variants ({', '.join(variants.EDITS)}): edited copies are found "
                         "more often, each mark costs 1 + len(NAMES) encoder passes to index; "
                         "`none` for the fastest build (default: %(default)s)")
+    g.add_argument("--no-lowres", dest="lowres", action="store_const", const=None,
+                   default=lowres.LowResConfig(),
+                   help="store no small copies of the marks (they cost "
+                        f"{len(lowres.LowResConfig().copy_px)} encoder passes and 1 KB each per "
+                        "mark): queries whose mark is under "
+                        f"{lowres.LowResConfig().below_px} px are then not re-ranked by them")
     _add_calibration_args(b)
     add_encoder_args(b)
 
@@ -203,6 +209,9 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
                                          manifest.count, manifest.dim)
     if mapped is not None:
         info["index_memory_bytes_mmap"] = mapped
+    small = lowres.LowResConfig.from_dict(manifest.lowres)
+    if small:
+        info["lowres_memory_bytes"] = sum(vectors.memory_bytes(vdir / n) for n in small.files())
     if measure_recall:
         index = vectors.load(vdir / store.INDEX_FILE)
         recall = vectors.sampled_recall(index, params=manifest.search_params)
@@ -226,10 +235,16 @@ def cmd_info(args) -> int:
             ("memory", f"{info['index_memory_bytes'] / 1e6:.1f} MB for the vectors" + (
                 f" ({info['index_memory_bytes_mmap'] / 1e6:.1f} MB with the server's --mmap, "
                 "the full vectors then being page cache)"
-                if "index_memory_bytes_mmap" in info else "")),
+                if "index_memory_bytes_mmap" in info else "") + (
+                f"; {info['lowres_memory_bytes'] / 1e6:.1f} MB for the small copies"
+                if "lowres_memory_bytes" in info else "")),
             ("encoder", f"{enc['name']}@{enc['weights_sha256'][:12]}"),
             ("registry", "each mark the mean over itself and " + ", ".join(
                 info["registry_variants"]) if info.get("registry_variants") else "each mark as is"),
+            ("small queries", "under {below_px} px: {depth} first candidates re-ranked by their "
+                              "{px} px copies".format(**info["lowres"], px="/".join(
+                                  map(str, info["lowres"]["copy_px"])))
+                              if info.get("lowres") else "not re-ranked"),
             ("threshold", f"{info['threshold']} on the {decision.describe(info['decision'])} "
                           f"({info['threshold_method']})"),
             ("est. TPR", f"{info['calibration'].get('estimated_tpr')} at FPR "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import faiss
 
-from indexer import store, vectors
+from indexer import lowres, store, vectors
 from indexer.catalog import Catalog
 from indexer.encoder import Encoder, EncoderIdentity
 from indexer.projection import Projection
@@ -20,6 +20,7 @@ class OpenIndex:
     index: faiss.Index
     catalog: Catalog
     projection: Projection | None
+    reranker: lowres.Reranker | None = None  # small-copy vectors, where the build made them
 
     def close(self) -> None:
         self.catalog.close()
@@ -29,9 +30,10 @@ def open_index(root: str | Path, *, readonly: bool = True, mmap: bool = False) -
     """Open the live version of `root`; IndexFormatError with a fix if it is not usable."""
     vdir = store.current_version_dir(root)
     manifest = store.Manifest.read(vdir / store.MANIFEST)
-    missing = [n for n in (store.INDEX_FILE, store.CATALOG_FILE) if not (vdir / n).is_file()]
-    if manifest.projection:
-        missing += [] if (vdir / manifest.projection).is_file() else [manifest.projection]
+    small = lowres.LowResConfig.from_dict(manifest.lowres)
+    needed = [store.INDEX_FILE, store.CATALOG_FILE] + [manifest.projection] * bool(
+        manifest.projection) + (small.files() if small else [])
+    missing = [n for n in needed if not (vdir / n).is_file()]
     if missing:
         raise store.IndexFormatError(f"{vdir} lacks {', '.join(missing)}: rebuild the index")
     # Hashing costs ~1 s per GB; it keeps a torn or bit-rotted file from being served.
@@ -39,19 +41,25 @@ def open_index(root: str | Path, *, readonly: bool = True, mmap: bool = False) -
     if damaged:
         raise store.IndexFormatError(f"{vdir}: {'; '.join(damaged)}; restore the directory or "
                                      "rebuild the index (`python -m indexer verify` explains)")
-    try:
-        index = vectors.load(vdir / store.INDEX_FILE, mmap=mmap)
-    except RuntimeError as e:
-        raise store.IndexFormatError(f"{vdir / store.INDEX_FILE} is not a readable FAISS "
-                                     f"index: {e}") from e
-    if index.ntotal != manifest.count or index.d != manifest.dim:
-        raise store.IndexFormatError(
-            f"{vdir}: FAISS index holds {index.ntotal} x {index.d}-d vectors, manifest says "
-            f"{manifest.count} x {manifest.dim}-d: the index is damaged, rebuild it")
+    index = _load_vectors(vdir / store.INDEX_FILE, manifest, mmap)
     vectors.set_search_params(index, manifest.search_params)
     projection = Projection.load(vdir / manifest.projection) if manifest.projection else None
+    reranker = lowres.Reranker([_load_vectors(vdir / name, manifest, mmap)
+                                for name in small.files()], small) if small else None
     return OpenIndex(vdir, manifest, index, Catalog(vdir / store.CATALOG_FILE, readonly),
-                     projection)
+                     projection, reranker)
+
+
+def _load_vectors(path: Path, manifest: store.Manifest, mmap: bool) -> faiss.Index:
+    try:
+        index = vectors.load(path, mmap=mmap)
+    except RuntimeError as e:
+        raise store.IndexFormatError(f"{path} is not a readable FAISS index: {e}") from e
+    if index.ntotal != manifest.count or index.d != manifest.dim:
+        raise store.IndexFormatError(
+            f"{path} holds {index.ntotal} x {index.d}-d vectors, manifest says "
+            f"{manifest.count} x {manifest.dim}-d: the index is damaged, rebuild it")
+    return index
 
 
 def check_encoder(manifest: store.Manifest, encoder: Encoder) -> None:

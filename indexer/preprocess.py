@@ -330,18 +330,45 @@ def ink(im: Image.Image) -> Image.Image:
 VIEWS = {"rgb": lambda im: im, "ink": ink}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A query ready for the encoder, and how many pixels its mark had to start with."""
+
+    array: np.ndarray  # (views, size, size, 3) uint8
+    mark_px: int  # the longer side of the mark (trimmed, when trimming) before resizing
+
+
+def mark_of(im: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """The part of a decoded image the network is shown: the mark, trimmed when `cfg.trim`."""
+    return trim_background(im) if cfg.trim else im
+
+
+def views_of(mark: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """A mark -> (views, size, size, 3) uint8: fitted, each view letterboxed."""
+    fitted = fit(mark, cfg.size)
+    return np.stack([np.asarray(pad(VIEWS[v](fitted), cfg.size, cfg.fill), dtype=np.uint8)
+                     for v in cfg.views])
+
+
 def to_input(im: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """Decoded RGB image -> (views, size, size, 3) uint8, ready to stack into a batch."""
-    if cfg.trim:
-        im = trim_background(im)
-    im = fit(im, cfg.size)
-    return np.stack([np.asarray(pad(VIEWS[v](im), cfg.size, cfg.fill), dtype=np.uint8)
-                     for v in cfg.views])
+    return views_of(mark_of(im, cfg), cfg)
+
+
+def to_query(im: Image.Image, cfg: PreprocessConfig) -> Prepared:
+    """Decoded RGB image -> its network input and its mark's size in pixels."""
+    mark = mark_of(im, cfg)
+    return Prepared(views_of(mark, cfg), max(mark.size))
 
 
 def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
     """Image bytes -> (views, size, size, 3) uint8, ready to stack into a batch."""
     return to_input(open_image(data, cfg.max_pixels), cfg)
+
+
+def prepare_query(data: bytes, cfg: PreprocessConfig) -> Prepared:
+    """Image bytes -> its network input and its mark's size; ImageDecodeError if unreadable."""
+    return to_query(open_image(data, cfg.max_pixels), cfg)
 
 
 def prepare_file(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:

@@ -3,7 +3,7 @@
     INDEX_DIR/
       CURRENT                 name of the live version, replaced atomically
       versions/v000003/       manifest.json, index.faiss, catalog.sqlite,
-                              projection.npz (optional), report.json (optional)
+                              projection.npz, lowres.faiss, report.json (all optional)
       .lock                   held by the one writer at a time
 
 A writer builds the next version in a hidden temporary folder beside the others,
@@ -69,6 +69,9 @@ class Manifest:
     # Registered marks are stored as the mean over these variants and the image itself
     # (indexer.variants); manifests written before them mean the image alone.
     registry_variants: list = field(default_factory=list)
+    # Small-copy vectors for small queries (indexer.lowres.LowResConfig); empty: none,
+    # as in manifests written before them.
+    lowres: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

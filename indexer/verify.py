@@ -5,6 +5,7 @@ Checks, in order, stopping at the first that makes the rest meaningless:
 - every file the manifest lists is there with the SHA-256 it recorded;
 - the FAISS index loads with the manifest's count and dimension;
 - the catalog holds the same count, and exactly the ids the FAISS index holds;
+- the small-copy vectors (if any, indexer.lowres) are there for exactly those ids;
 - the projection (if any) maps the encoder's descriptors to the index dimension;
 - the encoder identity names a model, a weights hash and its preprocessing.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer import store, vectors
+from indexer import lowres, store, vectors
 from indexer.catalog import Catalog
 from indexer.projection import Projection
 
@@ -38,6 +39,18 @@ def checksum_problems(vdir: Path, manifest: store.Manifest) -> list[str]:
         elif store.sha256_file(path) != digest:
             problems.append(f"{name} does not match its recorded SHA-256 (damaged or truncated)")
     return problems
+
+
+def _small_copy_problems(path: Path, ids: set[int]) -> list[str]:
+    try:
+        small = vectors.load(path)
+    except RuntimeError as e:
+        return [f"{path.name} does not load: {e}"]
+    small_ids = set(vectors.stored_ids(small).tolist())
+    if small_ids != ids:
+        return [f"{path.name}: {len(ids - small_ids)} marks have no small-copy vector and "
+                f"{len(small_ids - ids)} small-copy vectors no mark"]
+    return []
 
 
 def verify(root: str | Path) -> VerifyReport:
@@ -75,6 +88,12 @@ def verify(root: str | Path) -> VerifyReport:
             f"{len(faiss_ids - catalog_ids)} FAISS ids have no catalog row and "
             f"{len(catalog_ids - faiss_ids)} catalog rows have no vector")
     report.checked.append(f"{len(faiss_ids)} ids in FAISS and catalog")
+    small = lowres.LowResConfig.from_dict(manifest.lowres)
+    for name in small.files() if small else []:
+        report.problems += _small_copy_problems(vdir / name, faiss_ids)
+    if small:
+        report.checked.append(f"small copies ({', '.join(map(str, small.copy_px))} px) of "
+                              "each mark")
     enc = manifest.encoder
     if not all(enc.get(k) for k in ("name", "weights_sha256", "preprocess", "descriptor_dim")):
         report.problems.append(f"encoder identity is incomplete: {enc}")

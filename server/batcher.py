@@ -25,10 +25,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from indexer.encoder import CPU_BATCH
-from indexer.preprocess import ImageDecodeError
+from indexer.preprocess import ImageDecodeError, Prepared
 from server.engine import Hit, SearchEngine
 
 log = logging.getLogger(__name__)
@@ -175,7 +173,7 @@ class MicroBatcher:
 
     def _decode_and_search(self, engine: SearchEngine, images: list[bytes],
                            k: int) -> list[Result]:
-        def prepare(data: bytes) -> np.ndarray | ImageDecodeError:
+        def prepare(data: bytes) -> Prepared | ImageDecodeError:
             try:
                 return engine.prepare(data)
             except ImageDecodeError as e:
@@ -186,7 +184,7 @@ class MicroBatcher:
             results: list = [prepare(i) for i in images]
         else:
             results = list(self._decode_pool.map(prepare, images))
-        good = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+        good = [i for i, r in enumerate(results) if isinstance(r, Prepared)]
         if good:
             self._on_batch(len(good))
             for i, hits in zip(good, engine.search([results[i] for i in good], k)):

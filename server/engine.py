@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import decision, vectors
+from indexer import decision, lowres, vectors
 from indexer.encoder import Encoder
 from indexer.index import OpenIndex, encoder_for, open_index
-from indexer.preprocess import prepare
+from indexer.preprocess import Prepared, prepare_query
 
 log = logging.getLogger(__name__)
 
@@ -104,25 +104,27 @@ class SearchEngine:
         return self.threshold if threshold is None else check_threshold(threshold)
 
     # -- the data path: bytes -> array -> vector -> ids -> serials ----------------------
-    def prepare(self, image: bytes) -> np.ndarray:
-        """Decode and letterbox; raises ImageDecodeError for bad bytes."""
-        return prepare(image, self.encoder.preprocess)
+    def prepare(self, image: bytes) -> Prepared:
+        """Decode, trim and letterbox; raises ImageDecodeError for bad bytes."""
+        return prepare_query(image, self.encoder.preprocess)
 
     def hits_needed(self, k: int) -> int:
         """Hits `decide` needs to answer with k of them: the decision looks further."""
         return max(k, self._depth)
 
-    def search(self, arrays: list[np.ndarray], k: int) -> list[list[Hit]]:
+    def search(self, queries: list[Prepared], k: int) -> list[list[Hit]]:
         """Top `hits_needed(k)` hits for each prepared image, one encoder batch and one
-        FAISS call; `decide` cuts them to k."""
-        if not arrays:
+        FAISS call (small marks' candidates re-ranked: indexer.lowres); `decide` cuts
+        them to k."""
+        if not queries:
             return []
         kk = min(self.hits_needed(k), self.index.index.ntotal)
         with self._lock:
-            vecs = self.encoder.encode(arrays)
+            vecs = self.encoder.encode([q.array for q in queries])
             if kk == 0:
-                return [[] for _ in arrays]
-            scores, ids = self.searcher.search(vecs, kk)
+                return [[] for _ in queries]
+            scores, ids = lowres.search(self.searcher.search, vecs,
+                                        [q.mark_px for q in queries], kk, self.index.reranker)
         refs = self.index.catalog.refs(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [[Hit(refs[i].serial, refs[i].name, float(s))
                  for s, i in zip(row_s, row_i) if i >= 0 and i in refs]

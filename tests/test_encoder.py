@@ -174,7 +174,7 @@ def test_tuned_weights_replace_the_imagenet_blocks_they_name(tmp_path):
 
 def test_encode_projects_like_the_index_build(engine):
     # Queries are projected in torch, the registry in numpy at build: same vectors.
-    images = [engine.prepare(p.read_bytes())
+    images = [engine.prepare(p.read_bytes()).array
               for p in sorted((SAMPLES / "registry").glob("*.png"))[:4]]
     enc = engine.encoder
     np.testing.assert_allclose(enc.encode(images), enc.project(enc.descriptors(images)),

@@ -18,7 +18,7 @@ needs_faiss_gpu = pytest.mark.skipif(vectors.gpu_count() == 0, reason="faiss has
 
 @needs_cuda
 def test_fp16_gpu_encoder_matches_the_cpu_one(engine):
-    images = [engine.prepare(p.read_bytes())
+    images = [engine.prepare(p.read_bytes()).array
               for p in sorted((SAMPLES / "registry").glob("*.png"))[:16]]
     cpu = engine.encoder.encode(images)
     gpu = load_encoder(device="cuda").with_projection(engine.encoder.projection).encode(images)

@@ -57,11 +57,14 @@ def test_build_info_and_skip_report(tmp_path, capsys):
     (marks / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (marks / "notes.txt").write_text("ignored: not an image extension")
     assert run("build", "--images", str(marks), "--out", str(tmp_path / "idx"),
-               "--no-progress") == 0
+               "--no-lowres", "--no-progress") == 0
     out = capsys.readouterr().out
     assert "indexed 13 marks" in out and "skipped 1" in out and "broken.png" in out
     opened = open_index(tmp_path / "idx")
     assert opened.index.ntotal == 13 and opened.manifest.dim == 512
+    # --no-lowres: no small copies, and the index is served without them.
+    assert opened.manifest.lowres == {} and opened.reranker is None
+    assert not list(opened.path.glob("lowres*"))
     assert opened.catalog.ids_for(["X1"])  # recursed into nested/
     report = json.loads((opened.path / store.REPORT_FILE).read_text())
     assert [Path(s["file"]).name for s in report["skipped"]] == ["broken.png"]
@@ -124,6 +127,8 @@ def test_add_replace_and_remove_keep_ids_stable(tmp_path, capsys):
     assert after.index.ntotal == 15 and after.manifest.version == "v000002"
     assert after.catalog.ids_for(list(ids_before)) == ids_before
     assert set(vectors.stored_ids(after.index)) == set(after.catalog.all_ids())
+    assert all(set(vectors.stored_ids(s)) == set(after.catalog.all_ids())
+               for s in after.reranker.indexes)
 
     gone = sorted(ids_before)[:2]
     assert run("remove", "--index", str(idx), "--serials", *gone, "nope") == 0
@@ -132,6 +137,9 @@ def test_add_replace_and_remove_keep_ids_stable(tmp_path, capsys):
     final = open_index(idx)
     assert final.index.ntotal == 13 and not final.catalog.ids_for(gone)
     assert set(vectors.stored_ids(final.index)) == set(final.catalog.all_ids())
+    assert all(set(vectors.stored_ids(s)) == set(final.catalog.all_ids())
+               for s in final.reranker.indexes)
+    assert run("verify", "--index", str(idx)) == 0
     # Older versions beyond the last two are pruned.
     assert sorted(p.name for p in (idx / store.VERSIONS).iterdir()) == ["v000002", "v000003"]
 
