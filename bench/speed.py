@@ -77,11 +77,13 @@ def indexing(work: Path, model: load.ModelReference, batch: int) -> dict:
                                        quiet=True)
         # The build also fits the PCA and calibrates (encodes 2 edited copies of its
         # held-out marks); images/s counts the registry images only: a lower bound. Each
-        # image goes through the encoder once and once per registry variant.
+        # image goes through the encoder once, once per registry variant and once per
+        # small copy (indexer.lowres).
         return {"index": str(index), "images": report["indexed"], "wall_s": wall,
                 "images_per_s": report["images_per_s"],
                 "encode_images_per_s": report["encode_images_per_s"],
-                "passes_per_image": 1 + len(info.get("registry_variants") or [])}
+                "passes_per_image": 1 + len(info.get("registry_variants") or [])
+                + len((info.get("lowres") or {}).get("copy_px", []))}
     return beside(model, batch, build)
 
 
