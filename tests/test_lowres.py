@@ -51,6 +51,12 @@ def test_small_queries_are_reranked_by_the_copies_nearest_their_size():
     for args in (([400, 200, 112], reranker), (mark_px, None)):
         s, i = lowres.search(main.search, q, args[0], 5, args[1])
         np.testing.assert_array_equal(i, plain)
+    # A candidate without its copy (a faulty writer): that query is answered from the main
+    # index, the others are still re-ranked, and the process lives on.
+    vectors.remove(small[0], cand[0][:1])
+    s, i = lowres.search(main.search, q, mark_px, 5, reranker)
+    np.testing.assert_array_equal(i[0], plain[0])
+    np.testing.assert_array_equal(i[1], got[1])
 
 
 def test_copy_size_is_the_nearest_by_ratio_and_config_round_trips():
