@@ -208,7 +208,7 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
         current.close()
     with store.write_version(index_dir) as writer:
         writer.copy_from_base(store.INDEX_FILE, store.CATALOG_FILE, store.PROJECTION_FILE,
-                              *_small_copy_files(manifest))
+                              *lowres.files(manifest.lowres))
         manifest.threshold, manifest.threshold_method = cal.threshold, cal.method
         manifest.decision = cal.decision
         manifest.calibration = cal.to_dict()
@@ -320,11 +320,6 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
     return result
 
 
-def _small_copy_files(manifest: store.Manifest) -> list[str]:
-    config = lowres.LowResConfig.from_dict(manifest.lowres)
-    return config.files() if config else []
-
-
 def _add_small_copies(path: Path, config: lowres.LowResConfig, indexes: list,
                       ids: list[int], per_size: list[np.ndarray]) -> None:
     """Each size's vectors into its index (ids already there replaced), saved in `path`."""
@@ -369,7 +364,7 @@ def remove(serials: list[str], index_dir: str | Path) -> RemoveResult:
             return RemoveResult(manifest.version, [], not_found, manifest.count)
         vectors.remove(index, list(found.values()))
         vectors.save(index, writer.path / store.INDEX_FILE)
-        for name in _small_copy_files(manifest):
+        for name in lowres.files(manifest.lowres):
             small = vectors.load(writer.base / name)
             vectors.remove(small, list(found.values()))
             vectors.save(small, writer.path / name)

@@ -209,9 +209,9 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
                                          manifest.count, manifest.dim)
     if mapped is not None:
         info["index_memory_bytes_mmap"] = mapped
-    small = lowres.LowResConfig.from_dict(manifest.lowres)
-    if small:
-        info["lowres_memory_bytes"] = sum(vectors.memory_bytes(vdir / n) for n in small.files())
+    if manifest.lowres:
+        info["lowres_memory_bytes"] = sum(vectors.memory_bytes(vdir / n)
+                                          for n in lowres.files(manifest.lowres))
     if measure_recall:
         index = vectors.load(vdir / store.INDEX_FILE)
         recall = vectors.sampled_recall(index, params=manifest.search_params)

@@ -30,9 +30,8 @@ def open_index(root: str | Path, *, readonly: bool = True, mmap: bool = False) -
     """Open the live version of `root`; IndexFormatError with a fix if it is not usable."""
     vdir = store.current_version_dir(root)
     manifest = store.Manifest.read(vdir / store.MANIFEST)
-    small = lowres.LowResConfig.from_dict(manifest.lowres)
     needed = [store.INDEX_FILE, store.CATALOG_FILE] + [manifest.projection] * bool(
-        manifest.projection) + (small.files() if small else [])
+        manifest.projection) + lowres.files(manifest.lowres)
     missing = [n for n in needed if not (vdir / n).is_file()]
     if missing:
         raise store.IndexFormatError(f"{vdir} lacks {', '.join(missing)}: rebuild the index")
@@ -44,6 +43,7 @@ def open_index(root: str | Path, *, readonly: bool = True, mmap: bool = False) -
     index = _load_vectors(vdir / store.INDEX_FILE, manifest, mmap)
     vectors.set_search_params(index, manifest.search_params)
     projection = Projection.load(vdir / manifest.projection) if manifest.projection else None
+    small = lowres.LowResConfig.from_dict(manifest.lowres)
     reranker = lowres.Reranker([_load_vectors(vdir / name, manifest, mmap)
                                 for name in small.files()], small) if small else None
     return OpenIndex(vdir, manifest, index, Catalog(vdir / store.CATALOG_FILE, readonly),

@@ -70,6 +70,12 @@ def file_name(px: int) -> str:
     return f"lowres{px}.faiss"
 
 
+def files(recorded: dict) -> list[str]:
+    """The small-copy files of an index whose manifest records `recorded` (its `lowres`)."""
+    config = LowResConfig.from_dict(recorded)
+    return config.files() if config else []
+
+
 def small_copies(mark: Image.Image, cfg: PreprocessConfig, sizes: Sequence[int]) -> np.ndarray:
     """(len(sizes), views, size, size, 3): the mark (trimmed: preprocess.mark_of) shrunk
     to each size, prepared."""

@@ -88,12 +88,11 @@ def verify(root: str | Path) -> VerifyReport:
             f"{len(faiss_ids - catalog_ids)} FAISS ids have no catalog row and "
             f"{len(catalog_ids - faiss_ids)} catalog rows have no vector")
     report.checked.append(f"{len(faiss_ids)} ids in FAISS and catalog")
-    small = lowres.LowResConfig.from_dict(manifest.lowres)
-    for name in small.files() if small else []:
+    for name in lowres.files(manifest.lowres):
         report.problems += _small_copy_problems(vdir / name, faiss_ids)
-    if small:
-        report.checked.append(f"small copies ({', '.join(map(str, small.copy_px))} px) of "
-                              "each mark")
+    if manifest.lowres:
+        report.checked.append(f"small copies ({', '.join(map(str, manifest.lowres['copy_px']))}"
+                              " px) of each mark")
     enc = manifest.encoder
     if not all(enc.get(k) for k in ("name", "weights_sha256", "preprocess", "descriptor_dim")):
         report.problems.append(f"encoder identity is incomplete: {enc}")
