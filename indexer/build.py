@@ -241,7 +241,8 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
     # marks stay out of the fit so that they score like unseen marks.
     dim = min(opts.dim, encoder.descriptor_dim)
     projection = fit_pca(np.delete(desc, held, axis=0), dim, opts.whiten) if opts.pca else None
-    vecs = encoder.with_projection(projection).project(desc)
+    paired = encoder.with_projection(projection)
+    vecs = paired.project(desc)
     with store.write_version(out_dir, new=True) as writer:
         catalog = Catalog(writer.path / store.CATALOG_FILE)
         ids, _ = catalog.upsert(enc.marks)
@@ -253,13 +254,12 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
         reranker = None
         if opts.lowres:
             small = [lowres.new_index(dim) for _ in opts.lowres.copy_px]
-            _add_small_copies(writer.path, opts.lowres, small, ids, [
-                encoder.with_projection(projection).project(m)
-                for m in enc.small_copy_matrices()])
+            _add_small_copies(writer.path, opts.lowres, small, ids,
+                              [paired.project(m) for m in enc.small_copy_matrices()])
             reranker = lowres.Reranker(small, opts.lowres)
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
-        cal = calibrate_index(index, encoder.with_projection(projection),
+        cal = calibrate_index(index, paired,
                               [(ids[i], enc.marks[i].source) for i in held], opts,
                               stored_as_queries=not opts.registry_variants, reranker=reranker)
         manifest = store.Manifest(

@@ -80,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"mild variants ({', '.join(variants.EDITS)}): edited copies are found "
                         "more often, each mark costs 1 + len(NAMES) encoder passes to index; "
                         "`none` for the fastest build (default: %(default)s)")
+    small = lowres.LowResConfig()
     g.add_argument("--no-lowres", dest="lowres", action="store_const", const=None,
-                   default=lowres.LowResConfig(),
-                   help="store no small copies of the marks (they cost "
-                        f"{len(lowres.LowResConfig().copy_px)} encoder passes and 1 KB each per "
-                        "mark): queries whose mark is under "
-                        f"{lowres.LowResConfig().below_px} px are then not re-ranked by them")
+                   default=small,
+                   help=f"store no small copies of the marks (they cost {len(small.copy_px)} "
+                        "encoder passes and 1 KB each per mark): queries whose mark is under "
+                        f"{small.below_px} px are then not re-ranked by them")
     _add_calibration_args(b)
     add_encoder_args(b)
 
