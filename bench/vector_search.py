@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from indexer import vectors
+from indexer.faiss_gpu import usable_gpus
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def run(config: ScaleConfig, on_row=None, on_vectors=None) -> list[Row]:
     on_row = on_row or (lambda row: None)
     on_vectors = on_vectors or (lambda n, db: None)
     rows = []
-    gpu = vectors.gpu_count() > 0
+    gpu = usable_gpus() > 0
     import torch
     torch_gpu = torch.cuda.is_available()
     for n in config.sizes:

@@ -7,6 +7,7 @@ Normalisation to the network's input range happens later, on the batch tensor.
 """
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import asdict, dataclass
@@ -203,7 +204,7 @@ def _plain_box(small: Image.Image, tol: int):
     do not count as mark. All of it in Pillow's C code.
     """
     dist = _distance(small, _border_colour(small))
-    far = np.asarray(_majority(dist.point(lambda v: 255 if v > tol else 0))) > 0
+    far = np.asarray(_majority(dist.point(_above(tol)))) > 0
     if _border(far, 1).mean() > 0.1:
         return _NOT_PLAIN
     ys, xs = np.nonzero(far)
@@ -214,7 +215,22 @@ def _plain_box(small: Image.Image, tol: int):
 
 def _majority(mask: Image.Image) -> Image.Image:
     """A 0/255 "L" mask -> the same, set where most of the 3 x 3 neighbourhood is set."""
-    return mask.filter(ImageFilter.BoxBlur(1)).point(lambda v: 255 if v >= 128 else 0)
+    return mask.filter(ImageFilter.BoxBlur(1)).point(_above(127))
+
+
+# Pillow's point() turns a function into a 256-entry table by calling it 256 times, in
+# Python, holding the GIL: a quarter of a mark's preprocessing, and what capped the
+# decoding threads of a GPU server. The tables are made once instead.
+@functools.cache
+def _above(level: int) -> list[int]:
+    """Lookup table of an "L" image thresholded: 255 above `level`, else 0."""
+    return [255 if v > level else 0 for v in range(256)]
+
+
+@functools.cache
+def _ink_table(darkest: int) -> list[int]:
+    """Lookup table from a distance to its grey: `darkest` and beyond are black."""
+    return [255 - min(255, v * 255 // darkest) for v in range(256)]
 
 
 def _border_colour(im: Image.Image) -> tuple[int, ...]:
@@ -323,7 +339,7 @@ def ink(im: Image.Image) -> Image.Image:
     dist = _distance(im, _border_colour(im))
     counts = np.cumsum(dist.histogram())
     darkest = max(INK_MIN_CONTRAST, int(np.searchsorted(counts, 0.995 * counts[-1])))
-    return dist.point(lambda v: 255 - min(255, v * 255 // darkest)).convert("RGB")
+    return dist.point(_ink_table(darkest)).convert("RGB")
 
 
 # What the network can be shown of a mark (PreprocessConfig.views).

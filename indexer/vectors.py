@@ -23,6 +23,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from indexer.faiss_gpu import usable_gpus
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "flat"
@@ -94,11 +96,6 @@ def resolve(spec: str, n: int) -> IndexSpec:
     return IndexSpec(preset.factory(n), preset.name) if preset else IndexSpec(spec)
 
 
-def gpu_count() -> int:
-    # faiss-cpu has no get_num_gpus in some builds.
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
 def _ivf(index: faiss.Index):
     index = faiss.downcast_index(index)
     return index if isinstance(index, faiss.IndexIVF) else None
@@ -161,7 +158,7 @@ def train(index: faiss.Index, vectors: np.ndarray, sample: int = TRAIN_SAMPLE,
         # Polysemous codes only serve Hamming-distance filtering, which we never use,
         # and their training took 15x as long as the rest (50 s for 20k vectors).
         ivf.do_polysemous_training = False
-    if gpu_count() > 0 and ivf is not None:
+    if ivf is not None and usable_gpus() > 0:
         # Only the k-means of the coarse quantiser moves to the GPU; the codes stay put.
         log.info("training %s on the GPU with %d vectors", type(inner).__name__, len(vectors))
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
@@ -366,8 +363,8 @@ class Searcher:
         inner = _inner(index)
         set_search_params(inner, params or {})
         # FAISS has no GPU HNSW, and no GPU copy of a re-ranked index.
-        self.on_gpu = use_gpu and gpu_count() > 0 and not isinstance(
-            inner, (faiss.IndexHNSW, faiss.IndexRefine))
+        self.on_gpu = use_gpu and not isinstance(
+            inner, (faiss.IndexHNSW, faiss.IndexRefine)) and usable_gpus() > 0
         if self.on_gpu:
             self._res = faiss.StandardGpuResources()
             opts = faiss.GpuClonerOptions()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from indexer import vectors
+from indexer.faiss_gpu import usable_gpus
 from indexer.encoder import GPU_BATCH, load_encoder
 from server.engine import EngineConfig, SearchEngine
 from tests.conftest import SAMPLES, sample_queries
@@ -13,7 +14,7 @@ from tests.conftest import SAMPLES, sample_queries
 pytestmark = pytest.mark.gpu
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-needs_faiss_gpu = pytest.mark.skipif(vectors.gpu_count() == 0, reason="faiss has no GPU")
+needs_faiss_gpu = pytest.mark.skipif(usable_gpus() == 0, reason="FAISS has no usable GPU")
 
 
 @needs_cuda
@@ -52,7 +53,7 @@ def test_the_gpu_engine_answers_as_the_cpu_engine(engine, sample_index):
     assert gpu_encoder.default_batch == GPU_BATCH
     gpu = SearchEngine.open(sample_index, gpu_encoder, EngineConfig(gpu_index=True))
     try:
-        assert gpu.searcher.on_gpu == (vectors.gpu_count() > 0)
+        assert gpu.searcher.on_gpu == (usable_gpus() > 0)
         rows = sample_queries("known")[:GPU_BATCH]
         arrays = [engine.prepare(r["path"].read_bytes()) for r in rows]
         want = [engine.decide(h, engine.resolve_threshold(None), 5)
