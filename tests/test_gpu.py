@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from indexer import vectors
-from indexer.faiss_gpu import usable_gpus
 from indexer.encoder import GPU_BATCH, load_encoder
+from indexer.faiss_gpu import usable_gpus
 from server.engine import EngineConfig, SearchEngine
 from tests.conftest import SAMPLES, sample_queries
 
