@@ -52,14 +52,23 @@ class SameConv2d(nn.Conv2d):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
         left, right, top, bottom = pads
+        weight = self.weight
         if left == right and top == bottom:
             # Even padding (every stride-1 layer) is the convolution's own: F.pad would
-            # copy the whole activation first, 16% of the network's time on a CPU.
+            # copy the whole activation first.
             padding = (top, left)
+        elif (self.groups > 1 and right == left + 1 and bottom == top + 1
+              and x.device.type == "cpu"):
+            # A strided depthwise layer pads one more at the end than at the start. The
+            # same output comes from the kernel grown by a zero row and column in front
+            # and padded evenly by the larger side: each window starts one pixel earlier,
+            # on a tap of weight 0. On a CPU, copying a 112 x 112 x 96-channel activation
+            # to pad it took 10x as long as this convolution (channels-last, 2-core EPYC).
+            # Not measured on a GPU, where the copy is cheap: there it stays as it was.
+            weight, padding = F.pad(weight, (1, 0, 1, 0)), (bottom, right)
         else:
-            x, padding = F.pad(x, pads), 0
-        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
-                        self.groups)
+            x, padding = F.pad(x, pads), 0  # the stem: 3 channels, cheap to copy
+        return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -141,10 +150,10 @@ _CONV_BN = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"), ("_expand_conv", "_b
 
 def fold_batchnorms(net: nn.Module) -> nn.Module:
     """An inference copy of `net` with every EfficientNet-Lite BatchNorm folded into the
-    convolution before it: the same function (to float rounding) without the BatchNorm
-    pass over each activation, ~20% of the network's time on a CPU. `net` is untouched
-    (training needs its BatchNorms); a network without Lite modules (a TorchScript
-    encoder) is returned as it is."""
+    convolution before it: the same function (to float rounding) without a BatchNorm
+    pass over each activation, ~1.15x faster on a CPU. `net` is untouched (training
+    needs its BatchNorms); a network without Lite modules (a TorchScript encoder) is
+    returned as it is."""
     if not any(isinstance(m, EfficientNetLite) for m in net.modules()):
         return net
     folded = copy.deepcopy(net).eval()

@@ -170,7 +170,7 @@ class Encoder:
                  device: torch.device, projection: Projection | None = None):
         self.net = net.to(device).eval()
         # What encodes: the same network with its BatchNorms folded into the convolutions
-        # (1.5-1.8x faster on a CPU). `net` stays as it is, for training and inspection.
+        # (~1.15x faster on a CPU). `net` stays as it is, for training and inspection.
         self._infer = fold_batchnorms(self.net)
         self.preprocess = preprocess
         self.identity = identity

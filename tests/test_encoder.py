@@ -199,3 +199,25 @@ def test_folded_batchnorms_change_nothing_but_the_speed(encoder):
         np.testing.assert_allclose(folded(x).numpy(), encoder.net(x).numpy(), atol=1e-5)
     scripted = torch.jit.script(torch.nn.Linear(4, 2))
     assert fold_batchnorms(scripted) is scripted  # nothing to fold: used as it is
+
+
+@pytest.mark.parametrize("size", [224, 113, 56, 7])
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_same_padding_matches_tensorflow(size, kernel, stride, depthwise):
+    """SameConv2d pads inside the convolution (evenly, or by a grown kernel on strided
+    depthwise layers); the oracle is TensorFlow's rule written out: pad, then convolve."""
+    from indexer.efficientnet import SameConv2d
+    torch.manual_seed(size + kernel)
+    channels = 8
+    conv = SameConv2d(channels, channels, kernel, stride=stride,
+                      groups=channels if depthwise else 1, bias=False)
+    x = torch.randn(2, channels, size, size).contiguous(memory_format=torch.channels_last)
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    pads = [total // 2, total - total // 2] * 2
+    want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, pads), conv.weight,
+                                      None, stride, 0, 1, conv.groups)
+    with torch.no_grad():
+        got = conv(x)
+    assert got.shape == want.shape == (2, channels, -(-size // stride), -(-size // stride))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
