@@ -219,8 +219,8 @@ def _majority(mask: Image.Image) -> Image.Image:
 
 
 # Pillow's point() turns a function into a 256-entry table by calling it 256 times, in
-# Python, holding the GIL: a quarter of a mark's preprocessing, and what capped the
-# decoding threads of a GPU server. The tables are made once instead.
+# Python, holding the GIL, at every call. The tables are made once instead (~3% of a
+# mark's preprocessing).
 @functools.cache
 def _above(level: int) -> list[int]:
     """Lookup table of an "L" image thresholded: 255 above `level`, else 0."""
