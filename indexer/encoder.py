@@ -203,7 +203,8 @@ class Encoder:
         """What encodes: `net` with its BatchNorms folded into the convolutions (~1.15x
         faster on a CPU; `net` stays as it is, for training and inspection). Made at the
         first encoding (40 ms), so that encoders that never encode (`_with_tuning`'s
-        base, the one a server pairs with its index's projection) never pay for it."""
+        base; on a CPU, the one a server pairs with its index's projection) never pay
+        for it."""
         return fold_batchnorms(self.net)
 
     def with_projection(self, projection: Projection | None) -> "Encoder":
