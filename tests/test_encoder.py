@@ -221,3 +221,27 @@ def test_same_padding_matches_tensorflow(size, kernel, stride, depthwise):
         got = conv(x)
     assert got.shape == want.shape == (2, channels, -(-size // stride), -(-size // stride))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("images", [1, 6, 16])
+def test_pointwise_convolution_through_onednn_matches_conv2d(images):
+    """1x1 convolutions at inference go straight to oneDNN (PyTorch's single-threaded
+    dispatch would take its slower im2col path for fewer than 16 images): same output
+    as F.conv2d, with and without a gradient to record, at any thread count."""
+    from indexer.efficientnet import SameConv2d
+    torch.manual_seed(images)
+    conv = SameConv2d(24, 144, 1, bias=True)
+    x = torch.randn(images, 24, 28, 28)
+    want = torch.nn.functional.conv2d(x, conv.weight, conv.bias).detach()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.inference_mode():
+                torch.testing.assert_close(conv(x), want, atol=1e-5, rtol=1e-5)
+        got = conv(x)  # training: PyTorch's own dispatch, gradients flow
+        got.sum().backward()
+        assert conv.weight.grad is not None
+        torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
