@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a busy server waits to fill a batch; a lone request never "
                         "waits (default: %(default)s)")
     g.add_argument("--decode-workers", type=int, default=BatchConfig.decode_workers,
-                   help="threads that decode a batch; 0 decodes in the encoder's thread, "
+                   help="threads that decode a batch; 0 decodes in the encoder lane's thread, "
                         "fastest on 2 cores (default: cores beyond two, here %(default)s)")
+    g.add_argument("--lanes", type=int, default=None,
+                   help="encoder lanes: batches encoded side by side, each with its share of "
+                        "--threads (default: 2 on a CPU with 2+ threads, 1 on a GPU)")
     g.add_argument("--stream-batch", type=int, default=None,
                    help=f"stream items decoded and submitted together (default: {CPU_BATCH} "
                         f"on CPU, {GPU_BATCH} on a GPU)")
@@ -141,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_lanes(device_type: str, threads: int) -> int:
+    """Encoder lanes (server/batcher.py): 2 on a CPU, measured on 2 cores only; 1 on a
+    GPU, which runs one batch at a time anyway."""
+    return 1 if device_type == "cuda" else min(2, threads)
+
+
+def set_encoder_threads(n: int) -> None:
+    """The calling thread's OpenMP threads, torch's and FAISS's (each library has its own
+    OpenMP runtime; both keep the count per thread). An encoder lane calls it."""
+    import faiss
+    import torch
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
 def serve(args: argparse.Namespace) -> int:
     import torch
     t0 = time.perf_counter()
@@ -151,7 +169,7 @@ def serve(args: argparse.Namespace) -> int:
                    if args.tls_cert else None)
     token = read_token(args.token_file)
     admin_token = read_token(args.admin_token_file, ADMIN_TOKEN_ENV)
-    # Only the batcher's thread runs the encoder with several threads. libgomp throttles
+    # Only the batcher's first lane runs the encoder with several threads. libgomp throttles
     # its idle-thread spinning once OpenMP teams hold more threads than there are cores,
     # and a second team (the main thread's, formed while loading) made every image take
     # twice as long (33 vs 17 ms on 2 cores). So loading runs single-threaded.
@@ -164,12 +182,13 @@ def serve(args: argparse.Namespace) -> int:
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)
 
+    threads = max(1, args.threads)
+    lanes = args.lanes or default_lanes(encoder.device.type, threads)
     batching = BatchConfig(args.max_batch or encoder.default_batch, args.max_wait_ms,
-                           args.decode_workers)
+                           args.decode_workers, lanes, threads)
     stream_batch = args.stream_batch or encoder.default_batch
 
     def encoder_thread_init() -> None:
-        torch.set_num_threads(max(1, args.threads))
         if encoder.pad_batches:  # requests that come meanwhile wait in the queue
             t, largest = time.perf_counter(), max(batching.max_batch, stream_batch)
             encoder.warm_up(largest)
@@ -178,7 +197,8 @@ def serve(args: argparse.Namespace) -> int:
 
     servicer = TrademarkSearchServicer(loader(), stream_batch=stream_batch, loader=loader,
                                        batching=batching,
-                                       encoder_thread_init=encoder_thread_init)
+                                       encoder_thread_init=encoder_thread_init,
+                                       set_threads=set_encoder_threads)
     host = f"[{args.host}]" if ":" in args.host else args.host
     server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
                                                   args.rpc_workers, token,

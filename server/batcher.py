@@ -1,17 +1,25 @@
 """Dynamic micro-batching: images from concurrent callers share one encoder + FAISS call.
 
-One worker thread owns the encoder and the FAISS index (GPU indexes must not be
-searched from two threads; batches use the hardware better). Callers (unary RPCs,
-stream chunks) submit image bytes and wait on a Future; the worker takes whatever is
-queued, up to `max_batch` images, decodes them in its thread pool, then encodes and
-searches them as one batch.
+Encoder lanes (threads) take the queued images, up to `max_batch` at a time, decode
+them, then encode and search them as one batch (batches use the hardware better).
+Callers (unary RPCs, stream chunks) submit image bytes and wait on a Future.
 
-Decoding and encoding take turns rather than overlap, on purpose: the encoder's
-OpenMP threads synchronise hundreds of times per image, and a decode thread that
-preempts one of them stalls the whole team. In turns, both phases have the cores alone.
+Decoding and encoding take turns in a lane rather than overlap, on purpose: the
+encoder's OpenMP threads synchronise hundreds of times per image, and a decode thread
+that preempts one of them stalls the whole team.
 
-A lone request does not wait for company: the worker waits `max_wait_ms` for more
-only when others are already queued behind the first, i.e. when the server is busy.
+Lanes and threads. On a CPU the first lane encodes with all the encoder's threads while
+it is the only one at work and nothing else is queued: a lone request gets every core.
+Under load each lane encodes with its share of the threads (one each on 2 cores),
+side by side: no OpenMP team spans the cores then, so nothing stalls at the team's
+barriers while another lane decodes or gRPC's threads run, and each lane's decoding
+overlaps the other's encoding. On 2 cores, 64 clients: 81-86 requests/s in two lanes,
+59-61 in one (bench.load, one run). The other lanes take work only while the first is
+busy on its share; the first never widens while another works, so the cores are never
+asked for more threads than they have. On a GPU there is one lane (see server.app).
+
+A lone request does not wait for company: a lane waits `max_wait_ms` for more only
+when others are already queued behind the first, i.e. when the server is busy.
 Under load, requests that arrive while a batch is being encoded pile up and form the
 next batch by themselves.
 """
@@ -19,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 from indexer.encoder import CPU_BATCH
 from indexer.preprocess import ImageDecodeError, Prepared
@@ -42,10 +51,12 @@ class BatchConfig:
     # passes its encoder's default_batch, GPU_BATCH on a GPU.
     max_batch: int = CPU_BATCH
     max_wait_ms: float = 2.0
-    # Threads that decode a batch; 0 decodes in the encoder thread. On 2 cores that was
+    # Threads that decode a batch; 0 decodes in the lane's thread. On 2 cores that was
     # fastest (16 clients: 58 vs 49 requests/s with a 2-thread pool): the pool's hand-offs
     # cost more than its parallelism gave. Cores beyond two go to the pool.
     decode_workers: int = max(0, (os.cpu_count() or 1) - 2)
+    lanes: int = 1  # encoder lanes (see the module's docstring)
+    threads: int = 1  # the encoder's threads in all lanes together
 
 
 # What a job gets back for each of its images: its top-k hits, or why it was unreadable.
@@ -62,23 +73,35 @@ class _Job:
 
 
 class MicroBatcher:
-    """One worker thread that encodes and searches the queued images together."""
+    """Encoder lanes that encode and search the queued images together."""
 
-    def __init__(self, config: BatchConfig = BatchConfig(), on_batch=None, thread_init=None):
-        """`on_batch(n)` is told each batch's size; `thread_init()` runs first thing in
-        the worker thread (the server sets torch's thread count there, see server.app)."""
-        if config.max_batch < 1 or config.max_wait_ms < 0 or config.decode_workers < 0:
-            raise ValueError("max_batch must be >= 1, max_wait_ms and decode_workers >= 0, "
-                             f"got {config}")
+    def __init__(self, config: BatchConfig = BatchConfig(), on_batch=None, thread_init=None,
+                 set_threads: Callable[[int], None] | None = None):
+        """`on_batch(n)` is told each batch's size; `thread_init()` runs first thing in each
+        lane's thread; `set_threads(n)`, in a lane's thread, sets the threads it encodes and
+        searches with, whenever they change (the server sets torch's and FAISS's)."""
+        if (config.max_batch < 1 or config.max_wait_ms < 0 or config.decode_workers < 0
+                or config.lanes < 1 or config.threads < 1):
+            raise ValueError("max_batch, lanes and threads must be >= 1, max_wait_ms and "
+                             f"decode_workers >= 0, got {config}")
         self.config = config
         self._on_batch = on_batch or (lambda n: None)
         self._thread_init = thread_init or (lambda: None)
+        self._set_threads = set_threads or (lambda n: None)
         self._decode_pool = (ThreadPoolExecutor(config.decode_workers,
                                                 thread_name_prefix="decode")
                              if config.decode_workers > 0 else None)
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._worker = threading.Thread(target=self._run, name="encoder", daemon=True)
-        self._worker.start()
+        # All below under _cond: the queue, and what each lane is doing.
+        self._cond = threading.Condition()
+        self._pending: deque[_Job] = deque()
+        self._busy = [False] * config.lanes
+        self._wide = False  # lane 0 is encoding with all the threads
+        self._closed = False
+        self._lanes = [threading.Thread(target=self._run, args=(lane,), daemon=True,
+                                        name=f"encoder-{lane}")
+                       for lane in range(config.lanes)]
+        for t in self._lanes:
+            t.start()
 
     def submit(self, engine: SearchEngine, images: list[bytes], k: int,
                timeout: float | None = None) -> Future:
@@ -87,8 +110,13 @@ class MicroBatcher:
         job = _Job(engine, images, k, deadline)
         if not images:
             job.future.set_result([])
-        else:
-            self._queue.put(job)
+            return job.future
+        with self._cond:
+            if self._closed:
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+            else:
+                self._pending.append(job)
+                self._cond.notify_all()
         return job.future
 
     def search(self, engine: SearchEngine, images: list[bytes], k: int,
@@ -96,48 +124,80 @@ class MicroBatcher:
         return self.submit(engine, images, k, timeout).result()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._worker.join(timeout=10)
+        """Lanes finish the batch in hand; what is still queued fails."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._lanes:
+            t.join(timeout=10)
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            pending, self._pending = self._pending, deque()
+        for job in pending:
+            job.future.set_exception(RuntimeError("the server is shutting down"))
 
-    # -- the worker -----------------------------------------------------------------
-    def _run(self) -> None:
+    # -- the lanes --------------------------------------------------------------------
+    def _run(self, lane: int) -> None:
         self._thread_init()
-        carry: _Job | None = None
-        while True:
-            first = carry or self._queue.get()
-            if first is None:
-                break
-            jobs, carry = self._gather(first)
-            self._run_batch(jobs)
-        self._fail_pending()
+        narrow = max(1, self.config.threads // self.config.lanes)
+        threads = 0
+        while (taken := self._take(lane)) is not None:
+            jobs, wide = taken
+            want = self.config.threads if wide else narrow
+            if want != threads:
+                self._set_threads(want)
+                threads = want
+            try:
+                self._run_batch(jobs)
+            finally:
+                with self._cond:
+                    self._busy[lane] = False
+                    self._wide = self._wide and lane != 0
+                    self._cond.notify_all()
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None]:
-        """`first` plus queued jobs up to max_batch images; a job that does not fit is
-        carried to the next batch (a job is never split)."""
-        jobs, size = [first], len(first.images)
+    def _may_take(self, lane: int) -> bool:
+        # Lane 0 first, so that a lone request gets all the threads; the others only
+        # while lane 0 works on its share of them.
+        return bool(self._pending) and (lane == 0 or (self._busy[0] and not self._wide))
+
+    def _take(self, lane: int) -> tuple[list[_Job], bool] | None:
+        """The next batch for `lane` and whether to encode it with all the threads (lane 0
+        alone at work, nothing else queued); None once closed."""
+        with self._cond:
+            while not self._closed and not self._may_take(lane):
+                self._cond.wait()
+            if self._closed:
+                return None
+            jobs = self._gather()
+            wide = lane == 0 and not self._pending and not any(self._busy)
+            self._busy[lane] = True
+            self._wide = self._wide or wide
+            self._cond.notify_all()
+            return jobs, wide
+
+    def _gather(self) -> list[_Job]:
+        """The first queued job plus more up to max_batch images; a job that does not fit
+        stays first in the queue (a job is never split). Holds _cond (waits on it)."""
+        jobs = [self._pending.popleft()]
+        size = len(jobs[0].images)
         wait_until = None
         while size < self.config.max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
+            if not self._pending:
                 # Wait for company only if company was already there: busy server.
-                if len(jobs) == 1 or self.config.max_wait_ms == 0:
+                if len(jobs) == 1 or self.config.max_wait_ms == 0 or self._closed:
                     break
                 wait_until = wait_until or time.monotonic() + self.config.max_wait_ms / 1e3
-                try:
-                    job = self._queue.get(timeout=max(0.0, wait_until - time.monotonic()))
-                except queue.Empty:
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0:
                     break
-            if job is None:
-                self._queue.put(None)  # stop after this batch
+                self._cond.wait(remaining)
+                continue
+            if size + len(self._pending[0].images) > self.config.max_batch:
                 break
-            if size + len(job.images) > self.config.max_batch:
-                return jobs, job
-            jobs.append(job)
-            size += len(job.images)
-        return jobs, None
+            jobs.append(self._pending.popleft())
+            size += len(jobs[-1].images)
+        return jobs
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         now = time.monotonic()
@@ -190,12 +250,3 @@ class MicroBatcher:
             for i, hits in zip(good, engine.search([results[i] for i in good], k)):
                 results[i] = hits
         return results
-
-    def _fail_pending(self) -> None:
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                job.future.set_exception(RuntimeError("the server is shutting down"))

@@ -1,14 +1,14 @@
 """The search engine behind the RPCs, free of gRPC: images in, decisions and matches out.
 
-Encoding and FAISS search run under one lock. Both use all cores for a batch
-already, and FAISS GPU indexes are not thread-safe; the server's MicroBatcher
-(server/batcher.py) gathers concurrent callers' images into one `search` call.
+Thread-safe: the server's encoder lanes (server/batcher.py) call `search` side by side,
+each with a batch of concurrent callers' images; searches of a GPU index take turns.
 """
 from __future__ import annotations
 
 import logging
 import math
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,9 @@ class SearchEngine:
             index.manifest.threshold if config.threshold is None else config.threshold)
         params = index.manifest.search_params | (config.search_params or {})
         self.searcher = vectors.Searcher(index.index, params, use_gpu=config.gpu_index)
-        self._lock = threading.Lock()
+        # FAISS GPU indexes must not be searched from two threads; CPU indexes may be,
+        # and the server's encoder lanes (server/batcher.py) do.
+        self._search_lock = threading.Lock() if self.searcher.on_gpu else nullcontext()
         log.info("serving %s: %d marks, %s %s%s, threshold %.4f on the %s", index.path,
                  index.index.ntotal, index.manifest.index_type, params or "exact",
                  " on the GPU" if self.searcher.on_gpu else "", self.threshold,
@@ -119,10 +121,10 @@ class SearchEngine:
         if not queries:
             return []
         kk = min(self.hits_needed(k), self.index.index.ntotal)
-        with self._lock:
-            vecs = self.encoder.encode([q.array for q in queries])
-            if kk == 0:
-                return [[] for _ in queries]
+        vecs = self.encoder.encode([q.array for q in queries])
+        if kk == 0:
+            return [[] for _ in queries]
+        with self._search_lock:
             scores, ids = lowres.search(self.searcher.search, vecs,
                                         [q.mark_px for q in queries], kk, self.index.reranker)
         refs = self.index.catalog.refs(sorted({int(i) for i in ids.ravel() if i >= 0}))

@@ -52,14 +52,15 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
     def __init__(self, engine: SearchEngine | None, stream_batch: int = CPU_BATCH,
                  metrics: Metrics | None = None,
                  loader: Callable[[], SearchEngine] | None = None,
-                 batching: BatchConfig = BatchConfig(), encoder_thread_init=None):
+                 batching: BatchConfig = BatchConfig(), encoder_thread_init=None,
+                 set_threads: Callable[[int], None] | None = None):
         self.engine = engine
         self.stream_batch = stream_batch
         self.metrics = metrics or Metrics()
         self._loader = loader
         self._reload_lock = threading.Lock()
         self.batcher = MicroBatcher(batching, on_batch=self.metrics.batch_size.observe,
-                                    thread_init=encoder_thread_init)
+                                    thread_init=encoder_thread_init, set_threads=set_threads)
         if engine is not None:
             self.metrics.set_index(engine.index.index.ntotal, engine.index.manifest.version)
 

@@ -35,10 +35,12 @@ def images():
     return _marks(24)
 
 
-def test_concurrent_jobs_are_batched_and_each_gets_its_own_hits(engine, images):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_concurrent_jobs_are_batched_and_each_gets_its_own_hits(engine, images, lanes):
     oracle = engine.search([engine.prepare(b) for b in images], 5)  # one call, no batcher
     rec = Recorder()
-    batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=50), on_batch=rec)
+    batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=50, lanes=lanes, threads=2),
+                           on_batch=rec)
     try:
         with ThreadPoolExecutor(12) as pool:
             got = list(pool.map(lambda a: batcher.search(engine, [a], 5)[0], images))
@@ -48,6 +50,49 @@ def test_concurrent_jobs_are_batched_and_each_gets_its_own_hits(engine, images):
                                                           for hits in oracle]
     assert sum(rec.sizes) == len(images)
     assert max(rec.sizes) > 1 and max(rec.sizes) <= 8  # shared, and never past max_batch
+
+
+class ThreadLog:
+    """What each lane was told to use: (lane's thread name, threads), in order."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, n: int) -> None:
+        self.calls.append((threading.current_thread().name, n))
+
+
+def test_a_lone_request_gets_all_the_threads_in_the_first_lane(engine, images):
+    told = ThreadLog()
+    batcher = MicroBatcher(BatchConfig(max_batch=8, lanes=2, threads=2), set_threads=told)
+    try:
+        for image in images[:3]:  # one at a time: the server is never busy
+            assert batcher.search(engine, [image], 3)[0]
+    finally:
+        batcher.close()
+    assert told.calls == [("encoder-0", 2)]  # set once, kept while it did not change
+
+
+def test_under_load_the_lanes_encode_side_by_side_on_their_share(engine, images):
+    told, rec = ThreadLog(), Recorder()
+    lanes_used = set()
+
+    def on_batch(n: int) -> None:
+        rec(n)
+        lanes_used.add(threading.current_thread().name)
+
+    oracle = engine.search([engine.prepare(b) for b in images[:12]], 3)
+    batcher = MicroBatcher(BatchConfig(max_batch=2, max_wait_ms=0, lanes=2, threads=2),
+                           on_batch=on_batch, set_threads=told)
+    try:
+        futures = [batcher.submit(engine, [image], 3) for image in images[:12]]
+        got = [f.result()[0] for f in futures]
+    finally:
+        batcher.close()
+    assert [[h.serial for h in g] for g in got] == [[h.serial for h in o] for o in oracle]
+    assert lanes_used == {"encoder-0", "encoder-1"} and sum(rec.sizes) == 12
+    assert ("encoder-0", 1) in told.calls  # the first lane narrows while others wait
+    assert {n for name, n in told.calls if name == "encoder-1"} == {1}  # never wide
 
 
 def test_each_job_gets_its_own_k_from_a_shared_batch(engine, images):
@@ -111,6 +156,8 @@ def test_bad_settings_are_refused():
         MicroBatcher(BatchConfig(max_batch=0))
     with pytest.raises(ValueError, match="decode_workers"):
         MicroBatcher(BatchConfig(decode_workers=-1))
+    with pytest.raises(ValueError, match="lanes"):
+        MicroBatcher(BatchConfig(lanes=0))
 
 
 def test_concurrent_clients_of_a_real_server_share_batches(sample_index, encoder):
