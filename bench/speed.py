@@ -27,8 +27,7 @@ from pathlib import Path
 
 from bench import load, startup, vector_search
 from bench.procs import run_build, start_server, stop_server
-from indexer.encoder import GPU_BATCH
-from server.app import default_lanes
+from indexer.encoder import GPU_BATCH, default_lanes
 
 log = logging.getLogger(__name__)
 

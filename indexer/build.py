@@ -12,17 +12,19 @@ import io
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from indexer import calibrate, lowres, store, variants, vectors
 from indexer.catalog import Catalog, Mark
-from indexer.encoder import Encoder
+from indexer.encoder import Encoder, default_lanes
 from indexer.index import OpenIndex, encoder_for, open_index
 from indexer.preprocess import ImageDecodeError, mark_of, open_image, views_of
 from indexer.projection import fit_pca
@@ -43,6 +45,9 @@ class BuildOptions:
     index_factory: str = vectors.DEFAULT_FACTORY
     batch_size: int | None = None  # None: the encoder's default_batch (CPU or GPU)
     workers: int = 4
+    # Batches encoded side by side, each with its share of torch's threads; None: the
+    # encoder's default (indexer.encoder.default_lanes).
+    lanes: int | None = None
     dim: int = DEFAULT_DIM
     whiten: float = 0.5
     pca: bool = True
@@ -133,24 +138,21 @@ def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
 def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
     """Backbone descriptors of every readable item; the rest are listed as skipped."""
     out = Encoded()
-    arrays: list[np.ndarray] = []
-    smalls: list[np.ndarray] = []
     bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="encoding")
 
-    def flush():
-        if arrays:
-            out.descriptors.append(encoder.mean_descriptors(arrays))
-            if smalls:
-                flat = encoder.descriptors([a for copies in smalls for a in copies])
-                out.small_copies.append(flat.reshape(len(smalls), len(smalls[0]), -1))
-            bar.update(len(arrays))
-            arrays.clear()
-            smalls.clear()
+    def collect(desc: np.ndarray, small: np.ndarray | None) -> None:
+        out.descriptors.append(desc)
+        if small is not None:
+            out.small_copies.append(small)
+        bar.update(len(desc))
 
     batch_size = opts.batch_size or encoder.default_batch
-    with ThreadPoolExecutor(max(1, opts.workers)) as pool:
+    with ThreadPoolExecutor(max(1, opts.workers)) as pool, \
+            _Lanes(encoder, opts.lanes, collect) as lanes:
         depth = max(2 * batch_size, 4 * opts.workers)
         load = partial(_load_one, encoder=encoder, opts=opts)
+        arrays: list[np.ndarray] = []
+        smalls: list[np.ndarray] = []
         for item, fut in prefetch(pool, load, items, depth):
             try:
                 array, small, mark = fut.result()
@@ -164,10 +166,63 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
                 smalls.append(small)
             out.marks.append(mark)
             if len(arrays) >= batch_size:
-                flush()
-        flush()
+                lanes.submit(arrays, smalls)
+                arrays, smalls = [], []
+        if arrays:
+            lanes.submit(arrays, smalls)
     bar.close()
     return out
+
+
+def _encode_batch(encoder: Encoder, arrays: list[np.ndarray], smalls: list[np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch's mean descriptors, and its small copies' (marks, sizes, dim) if any."""
+    desc = encoder.mean_descriptors(arrays)
+    if not smalls:
+        return desc, None
+    flat = encoder.descriptors([a for copies in smalls for a in copies])
+    return desc, flat.reshape(len(smalls), len(smalls[0]), -1)
+
+
+class _Lanes:
+    """Batches encoded in `lanes` threads side by side, each with its share of torch's
+    threads, as the server's encoder lanes do (indexer.encoder.default_lanes); results
+    go to `collect` in submission order. With one lane, batches are encoded in the
+    calling thread: another thread with its own OpenMP team of all the threads would
+    make libgomp throttle both (see server.app)."""
+
+    def __init__(self, encoder: Encoder, lanes: int | None, collect):
+        threads = torch.get_num_threads()
+        self.lanes = lanes or default_lanes(encoder.device.type, threads)
+        if self.lanes < 1:
+            raise BuildError(f"lanes must be >= 1, got {self.lanes}")
+        self.encoder, self._collect = encoder, collect
+        self._pool = (ThreadPoolExecutor(self.lanes, thread_name_prefix="encoder",
+                                         initializer=torch.set_num_threads,
+                                         initargs=(max(1, threads // self.lanes),))
+                      if self.lanes > 1 else None)
+        self._in_flight: deque[Future] = deque()
+
+    def submit(self, arrays: list[np.ndarray], smalls: list[np.ndarray]) -> None:
+        if self._pool is None:
+            self._collect(*_encode_batch(self.encoder, arrays, smalls))
+            return
+        self._in_flight.append(self._pool.submit(_encode_batch, self.encoder, arrays, smalls))
+        # At most a batch per lane in flight: memory stays bounded, and decoding runs
+        # no further ahead than its prefetch depth.
+        while len(self._in_flight) > self.lanes:
+            self._collect(*self._in_flight.popleft().result())
+
+    def __enter__(self) -> "_Lanes":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            while self._in_flight and exc_type is None:
+                self._collect(*self._in_flight.popleft().result())
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],

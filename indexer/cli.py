@@ -39,6 +39,9 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
                         f"{GPU_BATCH} on a GPU)")
     g.add_argument("--workers", type=int, default=4, help="decoding threads "
                                                           "(default: %(default)s)")
+    g.add_argument("--lanes", type=int, default=None,
+                   help="batches encoded side by side, each with its share of --threads "
+                        "(default: 2 on a CPU with 2+ threads, 1 on a GPU)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -57,6 +57,14 @@ CPU_BATCH = 8
 GPU_BATCH = 64
 
 
+def default_lanes(device_type: str, threads: int) -> int:
+    """Batches encoded side by side, each with its share of `threads`: 2 on a CPU (on 2
+    cores, one thread each beat one batch at a time on both: no OpenMP team spans the
+    cores, so decoding and other threads stall nothing; measured on 2 cores only), 1 on
+    a GPU, which runs one batch at a time anyway."""
+    return 1 if device_type == "cuda" else min(2, threads)
+
+
 def padded_size(n: int) -> int:
     """The batch size a GPU encoder runs `n` images at: the next power of two.
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from indexer.cli import add_encoder_args
-from indexer.encoder import CPU_BATCH, GPU_BATCH, EncoderError, load_encoder
+from indexer.encoder import CPU_BATCH, GPU_BATCH, EncoderError, default_lanes, load_encoder
 from indexer.store import IndexFormatError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
@@ -142,12 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
-
-
-def default_lanes(device_type: str, threads: int) -> int:
-    """Encoder lanes (server/batcher.py): 2 on a CPU, measured on 2 cores only; 1 on a
-    GPU, which runs one batch at a time anyway."""
-    return 1 if device_type == "cuda" else min(2, threads)
 
 
 def set_encoder_threads(n: int) -> None:

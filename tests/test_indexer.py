@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ from indexer.cli import main
 from indexer.index import OpenIndex, open_index
 from indexer.sources import prefetch
 from server.engine import EngineConfig, SearchEngine
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, quiet
 
 
 def first_marks(tmp_path: Path, n: int, start: int = 0) -> Path:
@@ -48,6 +49,21 @@ def test_prefetch_keeps_order_and_only_depth_loads_in_flight():
             assert len(pulled) <= item + 3  # never more than `depth` ahead of the consumer
             got.append((item, fut.result()))
     assert got == [(i, i * i) for i in range(50)]
+
+
+def test_encoding_in_lanes_gives_one_lanes_vectors_in_order(encoder, sample_items):
+    """Two lanes encode batches side by side (one torch thread each); the vectors, small
+    copies included, come back in the items' order, as one lane encodes them."""
+    from indexer.build import encode_items
+    items = sample_items[:17]  # 5 batches of 4 marks, the last one short
+    one, two = (encode_items(items, encoder, quiet(batch_size=4, lanes=n)) for n in (1, 2))
+    assert [m.serial for m in two.marks] == [m.serial for m in one.marks] == [
+        i.serial for i in items]
+    np.testing.assert_allclose(two.matrix(encoder.descriptor_dim),
+                               one.matrix(encoder.descriptor_dim), atol=1e-5)
+    for a, b in zip(two.small_copy_matrices(), one.small_copy_matrices(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert torch.get_num_threads() == 2  # the lanes' own counts stay in their threads
 
 
 def test_build_info_and_skip_report(tmp_path, capsys):
