@@ -145,11 +145,16 @@ class MicroBatcher:
         while (taken := self._take(lane)) is not None:
             jobs, wide = taken
             want = self.config.threads if wide else narrow
-            if want != threads:
-                self._set_threads(want)
-                threads = want
             try:
+                if want != threads:
+                    self._set_threads(want)
+                    threads = want
                 self._run_batch(jobs)
+            except Exception as e:  # noqa: BLE001 - a lane must not leave callers waiting
+                log.exception("encoder lane %d failed a batch", lane)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(e)
             finally:
                 with self._cond:
                     self._busy[lane] = False

@@ -95,6 +95,24 @@ def test_under_load_the_lanes_encode_side_by_side_on_their_share(engine, images)
     assert {n for name, n in told.calls if name == "encoder-1"} == {1}  # never wide
 
 
+def test_a_lane_that_fails_tells_its_callers_and_goes_on(engine, images):
+    calls = []
+
+    def broken_once(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            raise RuntimeError("cannot set threads")
+
+    batcher = MicroBatcher(BatchConfig(max_batch=8, lanes=1, threads=2),
+                           set_threads=broken_once)
+    try:
+        with pytest.raises(RuntimeError, match="cannot set threads"):
+            batcher.search(engine, [images[0]], 3)
+        assert batcher.search(engine, [images[1]], 3)[0]  # the lane still serves
+    finally:
+        batcher.close()
+
+
 def test_each_job_gets_its_own_k_from_a_shared_batch(engine, images):
     batcher = MicroBatcher(BatchConfig(max_batch=32, max_wait_ms=20))
     try:
