@@ -20,6 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -176,8 +177,14 @@ class Encoder:
     """Batches of preprocessed images -> L2-normalised float32 vectors."""
 
     def __init__(self, net: nn.Module, preprocess: PreprocessConfig, identity: EncoderIdentity,
-                 device: torch.device, projection: Projection | None = None):
+                 device: torch.device, projection: Projection | None = None,
+                 folded: Callable[[], nn.Module] | None = None):
         self.net = net.to(device).eval()
+        # What encodes: `net` with its BatchNorms folded into the convolutions (~1.15x
+        # faster on a CPU; `net` stays as it is, for training and inspection), made at the
+        # first encoding (40 ms) and shared with the encoders `with_projection` makes of
+        # this one (a server pairs a new one with each index it loads).
+        self._folded = folded or functools.cache(functools.partial(fold_batchnorms, self.net))
         self.preprocess = preprocess
         self.identity = identity
         self.device = device
@@ -206,20 +213,16 @@ class Encoder:
     def dim(self) -> int:
         return self.projection.out_dim if self.projection else self.descriptor_dim
 
-    @functools.cached_property
+    @property
     def _infer(self) -> nn.Module:
-        """What encodes: `net` with its BatchNorms folded into the convolutions (~1.15x
-        faster on a CPU; `net` stays as it is, for training and inspection). Made at the
-        first encoding (40 ms), so that encoders that never encode (`_with_tuning`'s
-        base; on a CPU, the one a server pairs with its index's projection) never pay
-        for it."""
-        return fold_batchnorms(self.net)
+        return self._folded()
 
     def with_projection(self, projection: Projection | None) -> "Encoder":
         if projection is not None and projection.in_dim != self.descriptor_dim:
             raise EncoderError(f"projection expects {projection.in_dim}-d descriptors, "
                                f"encoder gives {self.descriptor_dim}-d")
-        return Encoder(self.net, self.preprocess, self.identity, self.device, projection)
+        return Encoder(self.net, self.preprocess, self.identity, self.device, projection,
+                       self._folded)
 
     def input_batch(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
         """(N, V, S, S, 3) uint8 (V views of each image, as `prepare` makes them) -> the
