@@ -183,11 +183,15 @@ def serve(args: argparse.Namespace) -> int:
     stream_batch = args.stream_batch or encoder.default_batch
 
     def encoder_thread_init() -> None:
-        if encoder.pad_batches:  # requests that come meanwhile wait in the queue
-            t, largest = time.perf_counter(), max(batching.max_batch, stream_batch)
-            encoder.warm_up(largest)
-            log.info("encoder warmed up for batches of up to %d in %.1f s", largest,
-                     time.perf_counter() - t)
+        # Before the first request (those that come meanwhile wait in the queue): the
+        # first encoding folds the network (Encoder._infer, 40 ms) and sets up oneDNN's
+        # kernels for a lone request's batch; on a GPU, every padded batch size, as cuDNN
+        # plans each new shape slowly.
+        t = time.perf_counter()
+        largest = max(batching.max_batch, stream_batch) if encoder.pad_batches else 1
+        encoder.warm_up(largest)
+        log.info("encoder warmed up for batches of up to %d in %.2f s", largest,
+                 time.perf_counter() - t)
 
     servicer = TrademarkSearchServicer(loader(), stream_batch=stream_batch, loader=loader,
                                        batching=batching,
