@@ -193,7 +193,7 @@ class _Lanes:
 
     def __init__(self, encoder: Encoder, lanes: int | None, collect):
         threads = torch.get_num_threads()
-        self.lanes = lanes or default_lanes(encoder.device.type, threads)
+        self.lanes = default_lanes(encoder.device.type, threads) if lanes is None else lanes
         if self.lanes < 1:
             raise BuildError(f"lanes must be >= 1, got {self.lanes}")
         self.encoder, self._collect = encoder, collect

@@ -177,10 +177,12 @@ def serve(args: argparse.Namespace) -> int:
         return SearchEngine.open(args.index, encoder, config)
 
     threads = max(1, args.threads)
-    lanes = args.lanes or default_lanes(encoder.device.type, threads)
-    batching = BatchConfig(args.max_batch or encoder.default_batch, args.max_wait_ms,
-                           args.decode_workers, lanes, threads)
-    stream_batch = args.stream_batch or encoder.default_batch
+    lanes = default_lanes(encoder.device.type, threads) if args.lanes is None else args.lanes
+    batching = BatchConfig(encoder.default_batch if args.max_batch is None else args.max_batch,
+                           args.max_wait_ms, args.decode_workers, lanes, threads)
+    stream_batch = encoder.default_batch if args.stream_batch is None else args.stream_batch
+    if stream_batch < 1:
+        raise ValueError(f"--stream-batch must be >= 1, got {stream_batch}")
 
     def encoder_thread_init() -> None:
         # Before the first request (those that come meanwhile wait in the queue): the

@@ -58,6 +58,14 @@ class BatchConfig:
     lanes: int = 1  # encoder lanes (see the module's docstring)
     threads: int = 1  # the encoder's threads in all lanes together
 
+    def __post_init__(self):
+        least = {"max_batch": 1, "lanes": 1, "threads": 1, "max_wait_ms": 0,
+                 "decode_workers": 0}
+        bad = [f"{name} must be >= {low}, got {getattr(self, name)}"
+               for name, low in least.items() if getattr(self, name) < low]
+        if bad:
+            raise ValueError("; ".join(bad))
+
 
 # What a job gets back for each of its images: its top-k hits, or why it was unreadable.
 Result = list[Hit] | ImageDecodeError
@@ -80,10 +88,6 @@ class MicroBatcher:
         """`on_batch(n)` is told each batch's size; `thread_init()` runs first thing in each
         lane's thread; `set_threads(n)`, in a lane's thread, sets the threads it encodes and
         searches with, whenever they change (the server sets torch's and FAISS's)."""
-        if (config.max_batch < 1 or config.max_wait_ms < 0 or config.decode_workers < 0
-                or config.lanes < 1 or config.threads < 1):
-            raise ValueError("max_batch, lanes and threads must be >= 1, max_wait_ms and "
-                             f"decode_workers >= 0, got {config}")
         self.config = config
         self._on_batch = on_batch or (lambda n: None)
         self._thread_init = thread_init or (lambda: None)

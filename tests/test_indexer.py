@@ -66,6 +66,13 @@ def test_encoding_in_lanes_gives_one_lanes_vectors_in_order(encoder, sample_item
     assert torch.get_num_threads() == 2  # the lanes' own counts stay in their threads
 
 
+def test_build_refuses_zero_lanes(tmp_path, capsys):
+    out = tmp_path / "index"
+    assert run("build", "--images", str(first_marks(tmp_path, 3)), "--out", str(out),
+               "--lanes", "0", "--no-progress") == 2
+    assert "lanes must be >= 1" in capsys.readouterr().err and not out.exists()
+
+
 def test_build_info_and_skip_report(tmp_path, capsys):
     marks = first_marks(tmp_path, 12)
     (marks / "nested").mkdir()

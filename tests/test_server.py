@@ -194,6 +194,17 @@ def test_server_refuses_a_directory_that_is_no_index(tmp_path):
     assert proc.returncode == 2 and "not an index directory" in proc.stderr
 
 
+@pytest.mark.parametrize("flag,message", [
+    ("--lanes", "lanes must be >= 1, got 0"), ("--max-batch", "max_batch must be >= 1"),
+    ("--stream-batch", "--stream-batch must be >= 1")])
+def test_server_refuses_batching_settings_of_zero(sample_index, flag, message):
+    proc = subprocess.run([sys.executable, "-m", "server", "--index", str(sample_index),
+                           "--port", "0", flag, "0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "serving" not in proc.stderr  # refused before the index was loaded
+
+
 def test_server_refuses_a_truncated_index(index_copy):
     from indexer.index import open_index
     faiss_file = open_index(index_copy).path / "index.faiss"
