@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from client.api import SearchClient
-from indexer.encoder import Encoder
+from indexer.encoder import Encoder, lane_threads
 from indexer.sources import iter_image_files
 from proto import trademark_search_pb2 as pb
 
@@ -40,13 +40,13 @@ def model_images_per_s(encoder: Encoder, arrays: list[np.ndarray], batch: int,
 def lanes_images_per_s(encoder: Encoder, arrays: list[np.ndarray], batch: int, lanes: int,
                        threads: int, min_images: int = 64) -> float:
     """Images/s of `lanes` threads side by side, each encoding batches of `batch` with
-    `threads // lanes` torch threads: the server's encoder lanes under load
+    their share of `threads` (lane_threads): the server's encoder lanes under load
     (server/batcher.py), without the server."""
     rounds = max(1, min_images // (lanes * batch))
     ready, finished = threading.Barrier(lanes + 1), threading.Barrier(lanes + 1)
 
     def lane(i: int) -> None:
-        torch.set_num_threads(max(1, threads // lanes))  # this thread's own count
+        torch.set_num_threads(lane_threads(threads, lanes))  # this thread's own count
         encoder.encode(arrays[:batch])  # warm-up
         ready.wait()
         for r in range(rounds):

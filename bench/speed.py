@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench import load, startup, vector_search
 from bench.procs import run_build, start_server, stop_server
-from indexer.encoder import GPU_BATCH, default_lanes
+from indexer.encoder import GPU_BATCH, default_lanes, lane_threads
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def markdown(res: dict) -> str:
     lines = [f"Machine: {res['machine']}", "",
              f"| encoder, model only (no decoding), images/s | one batch at a time, "
              f"{threads} threads | {res['lanes']} lanes side by side, "
-             f"{max(1, threads // res['lanes'])} thread(s) each |", "|---|---|---|"]
+             f"{lane_threads(threads, res['lanes'])} thread(s) each |", "|---|---|---|"]
     lines += [f"| batch {b} | {v:.1f} | {lanes[b]:.1f} |" if b in lanes else
               f"| batch {b} | {v:.1f} | |" for b, v in one.items()]
     lines += [f"| one image, ms | {res['model_single_ms']:.1f} | |", "",

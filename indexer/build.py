@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from indexer import calibrate, lowres, store, variants, vectors
 from indexer.catalog import Catalog, Mark
-from indexer.encoder import Encoder, default_lanes
+from indexer.encoder import Encoder, default_lanes, lane_threads
 from indexer.index import OpenIndex, encoder_for, open_index
 from indexer.preprocess import ImageDecodeError, mark_of, open_image, views_of
 from indexer.projection import fit_pca
@@ -199,7 +199,7 @@ class _Lanes:
         self.encoder, self._collect = encoder, collect
         self._pool = (ThreadPoolExecutor(self.lanes, thread_name_prefix="encoder",
                                          initializer=torch.set_num_threads,
-                                         initargs=(max(1, threads // self.lanes),))
+                                         initargs=(lane_threads(threads, self.lanes),))
                       if self.lanes > 1 else None)
         self._in_flight: deque[Future] = deque()
 

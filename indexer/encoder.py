@@ -66,6 +66,11 @@ def default_lanes(device_type: str, threads: int) -> int:
     return 1 if device_type == "cuda" else min(2, threads)
 
 
+def lane_threads(threads: int, lanes: int) -> int:
+    """Each lane's share of `threads` while the lanes encode side by side."""
+    return max(1, threads // lanes)
+
+
 def padded_size(n: int) -> int:
     """The batch size a GPU encoder runs `n` images at: the next power of two.
 

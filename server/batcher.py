@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from indexer.encoder import CPU_BATCH
+from indexer.encoder import CPU_BATCH, lane_threads
 from indexer.preprocess import ImageDecodeError, Prepared
 from server.engine import Hit, SearchEngine
 
@@ -144,7 +144,7 @@ class MicroBatcher:
     # -- the lanes --------------------------------------------------------------------
     def _run(self, lane: int) -> None:
         self._thread_init()
-        narrow = max(1, self.config.threads // self.config.lanes)
+        narrow = lane_threads(self.config.threads, self.config.lanes)
         threads = 0
         while (taken := self._take(lane)) is not None:
             jobs, wide = taken
