@@ -162,7 +162,8 @@ class MicroBatcher:
             finally:
                 with self._cond:
                     self._busy[lane] = False
-                    self._wide = self._wide and lane != 0
+                    if lane == 0:
+                        self._wide = False
                     self._cond.notify_all()
 
     def _may_take(self, lane: int) -> bool:
@@ -181,7 +182,8 @@ class MicroBatcher:
             jobs = self._gather()
             wide = lane == 0 and not self._pending and not any(self._busy)
             self._busy[lane] = True
-            self._wide = self._wide or wide
+            if lane == 0:
+                self._wide = wide
             self._cond.notify_all()
             return jobs, wide
 
