@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -64,6 +65,19 @@ def default_lanes(device_type: str, threads: int) -> int:
     cores, so decoding and other threads stall nothing; measured on 2 cores only), 1 on
     a GPU, which runs one batch at a time anyway."""
     return 1 if device_type == "cuda" else min(2, threads)
+
+
+def _once(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """`make()`'s result, made at the first call and returned ever after. Unlike a bare
+    functools.cache, threads that ask while it is being made wait for it: a server's
+    lanes all encode their first batch at start, and each would fold its own copy."""
+    lock = threading.Lock()
+    made = functools.cache(make)
+
+    def get() -> nn.Module:
+        with lock:
+            return made()
+    return get
 
 
 def lane_threads(threads: int, lanes: int) -> int:
@@ -189,7 +203,7 @@ class Encoder:
         # faster on a CPU; `net` stays as it is, for training and inspection), made at the
         # first encoding (40 ms) and shared with the encoders `with_projection` makes of
         # this one (a server pairs a new one with each index it loads).
-        self._folded = folded or functools.cache(functools.partial(fold_batchnorms, self.net))
+        self._folded = folded or _once(functools.partial(fold_batchnorms, self.net))
         self.preprocess = preprocess
         self.identity = identity
         self.device = device

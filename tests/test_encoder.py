@@ -213,6 +213,18 @@ def test_the_folded_copy_is_made_once_for_an_encoder_and_those_paired_with_it(en
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in paired._infer.modules())
 
 
+def test_lanes_asking_at_once_share_one_folded_copy(encoder):
+    """A server's lanes encode their first batch together at start: one fold, not one
+    each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from indexer.encoder import Encoder
+    fresh = Encoder(encoder.net, encoder.preprocess, encoder.identity, encoder.device)
+    with ThreadPoolExecutor(4) as pool:
+        copies = list(pool.map(lambda _: fresh._infer, range(4)))
+    assert all(c is copies[0] for c in copies) and copies[0] is not encoder._infer
+
+
 @pytest.mark.parametrize("size", [224, 113, 56, 7])
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
 @pytest.mark.parametrize("depthwise", [True, False])
