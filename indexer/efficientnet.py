@@ -71,7 +71,7 @@ class SameConv2d(nn.Conv2d):
         if self.kernel_size == (1, 1) and _onednn_inference(x):
             # PyTorch sends a 1x1 convolution on fewer than 16 images to its im2col
             # fallback when it runs single-threaded ("faster than MKLDNN" per its
-            # comment). Not for this network: one thread encoded 1-6 marks 1.35-1.6x
+            # comment). Not for this network: one thread encoded 1-6 marks 1.35-1.75x
             # faster through oneDNN (2-core EPYC), the path PyTorch itself takes with
             # more threads or images. Same arithmetic: identical descriptors.
             return torch.mkldnn_convolution(x, weight, self.bias, padding, self.stride,
