@@ -14,9 +14,9 @@ Under load each lane encodes with its share of the threads (one each on 2 cores)
 side by side: no OpenMP team spans the cores then, so nothing stalls at the team's
 barriers while another lane decodes or gRPC's threads run, and each lane's decoding
 overlaps the other's encoding. On 2 cores, 64 clients: 81-99 requests/s in two lanes,
-59-80 in one (bench.load, two A/B runs of two rounds). The other lanes take work only while the first is
-busy on its share; the first never widens while another works, so the cores are never
-asked for more threads than they have. On a GPU there is one lane (see server.app).
+59-80 in one (bench.load, two A/B runs of two rounds). The other lanes take work only
+while the first is busy on its share; the first never widens while another works, so the
+cores are never asked for more threads than they have. On a GPU there is one lane (see server.app).
 
 A lone request does not wait for company: a lane waits `max_wait_ms` for more only
 when others are already queued behind the first, i.e. when the server is busy.
