@@ -26,7 +26,7 @@ from indexer import calibrate, lowres, store, variants, vectors
 from indexer.catalog import Catalog, Mark
 from indexer.encoder import Encoder, default_lanes, lane_threads
 from indexer.index import OpenIndex, encoder_for, open_index
-from indexer.preprocess import ImageDecodeError, mark_of, open_image, views_of
+from indexer.preprocess import ImageDecodeError, mark_of, open_scaled, views_of
 from indexer.projection import fit_pca
 from indexer.sources import ImageItem, prefetch
 
@@ -122,7 +122,7 @@ def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
     """The mark's prepared array with its registry variants, its small copies' (where the
     index keeps them), all made in the decoding threads, and its catalog row."""
     data = item.path.read_bytes()
-    im = open_image(data, encoder.preprocess.max_pixels)
+    im = open_scaled(data, encoder.preprocess).image
     mark_im = mark_of(im, encoder.preprocess)
     array = variants.expand(views_of(mark_im, encoder.preprocess), opts.registry_variants)
     small = lowres.small_copies(mark_im, encoder.preprocess, opts.lowres.copy_px) \
