@@ -6,7 +6,8 @@
    time with all threads, and in the server's encoder lanes side by side (server/batcher.py);
    the better of the two is the limit at that batch size;
 2. indexing: `python -m indexer build` of the sample registry vs the model at its batch;
-3. the real server: one client's Search latency (vs one image through the model),
+3. the real server: one client's Search latency (vs one image through the model), and
+   of 12 Mpx JPEG photos of sample marks (bench.photos; decoding included, no ratio),
    throughput with 1/4/16/64 clients and one SearchStream (vs the model at that batch),
    each model figure measured right beside the server's (bench.load.ModelReference);
 4. vector search at each N: presets, naive numpy/torch, Milvus Lite (bench.vector_search);
@@ -16,6 +17,7 @@ Writes report.md, bench.json, bench.png and server.log in --out; prints the repo
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -25,7 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from bench import load, startup, vector_search
+from bench.photos import photo_jpeg
 from bench.procs import run_build, start_server, stop_server
 from indexer.encoder import GPU_BATCH, default_lanes, lane_threads
 
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 MODEL_BATCHES = (1, 4, 8, 16, 32)
 CLIENTS = (1, 4, 16, 64)
+PHOTO_MARK_PX = 1200  # marks pasted into phone-sized photos (bench.photos)
 
 
 def machine() -> str:
@@ -107,10 +113,12 @@ def service(index: Path, seconds: float, model: load.ModelReference, batch: int,
     """The server's figures, each with the model-only figure measured beside it; `batch`:
     the server's default --max-batch and --stream-batch; its log goes to `log_path`."""
     payloads = load.read_payloads([SAMPLES / "registry", SAMPLES / "queries"])
+    photos = [photo_jpeg(Image.open(io.BytesIO(p)), PHOTO_MARK_PX) for p in payloads[:10]]
     proc, address, startup_s = start_server(index, log_path=log_path)
     try:
         out = {"startup_s": startup_s,
-               "latency": load.latency_ms(address, payloads, model=model), "clients": []}
+               "latency": load.latency_ms(address, payloads, model=model),
+               "photo_latency": load.latency_ms(address, photos, calls=30), "clients": []}
         for c in CLIENTS:
             # c clients keep at most c images in flight: 1 client cannot fill 2 lanes.
             out["clients"].append(beside(model, min(c, batch), lambda: load.throughput(
@@ -159,7 +167,10 @@ def markdown(res: dict) -> str:
               "|---|---|---|---|",
               f"| one client Search p50 / p99, ms | {svc['latency']['p50_ms']:.1f} / "
               f"{svc['latency']['p99_ms']:.1f} | {rat['lone_request_latency_vs_model']:.2f}x "
-              f"one image's model time ({svc['latency']['model_p50_ms']:.1f} ms) | |"]
+              f"one image's model time ({svc['latency']['model_p50_ms']:.1f} ms) | |",
+              f"| one client Search of a 12 Mpx JPEG photo (mark {PHOTO_MARK_PX} px wide) "
+              f"p50 / p99, ms | {svc['photo_latency']['p50_ms']:.1f} / "
+              f"{svc['photo_latency']['p99_ms']:.1f} | | |"]
     for row in svc["clients"]:
         c = row["clients"]
         lines.append(f"| {c} client{'s' * (c > 1)}, requests/s | {row['requests_per_s']:.1f} "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from bench.photos import photo_jpeg
 from indexer.preprocess import (WHITE, ImageDecodeError, Prepared, PreprocessConfig, ink,
                                  open_image, open_scaled, prepare, prepare_query, to_query,
                                  trim_background)
@@ -215,13 +216,10 @@ def test_ink_leaves_a_blank_image_blank_and_views_stack_in_order():
 VIEWS2 = PreprocessConfig(views=("rgb", "ink"))
 
 
-def _photo(mark_px: int, canvas=(3200, 2400), **save) -> bytes:
-    """A sample mark `mark_px` wide on a plain canvas the size of a phone photo, as JPEG."""
-    mark = Image.open(sorted(SAMPLES.glob("registry/*"))[0]).convert("RGB")
-    mark = mark.resize((mark_px, mark_px * mark.height // mark.width), Image.Resampling.BICUBIC)
-    im = Image.new("RGB", canvas, (238, 232, 220))
-    im.paste(mark, (canvas[0] // 5, canvas[1] // 4))
-    return encode(im, "JPEG", quality=92, **save)
+def _photo(mark_px: int, **save) -> bytes:
+    """A sample mark `mark_px` wide on a plain 3200 x 2400 canvas, as JPEG."""
+    mark = Image.open(sorted(SAMPLES.glob("registry/*"))[0])
+    return photo_jpeg(mark, mark_px, (3200, 2400), quality=92, **save)
 
 
 def _full_size(data: bytes, cfg: PreprocessConfig) -> Prepared:
