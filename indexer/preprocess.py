@@ -105,7 +105,8 @@ def _decode(data: bytes, max_pixels: int,
                     f"image is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the "
                     f"{max_pixels / 1e6:.0f} Mpx limit; downscale it before sending")
             if divisor is not None and im.format == "JPEG" and (d := divisor(im.size)) > 1:
-                im.draft(None, (width // d, height // d))
+                # At least 1 px: a side under d px is not reduced (Pillow divides by it).
+                im.draft(None, (max(1, width // d), max(1, height // d)))
             im.load()
             scale = im.width / width
             # In place: a copy only when the image is turned (a 12 Mpx photo's copy: 4-7 ms).

@@ -264,6 +264,14 @@ def test_a_reduced_jpeg_is_still_turned_by_its_exif_orientation():
     assert decoded.scale == 0.5 and decoded.image.size == (1200, 1600)
 
 
+def test_a_long_thin_jpeg_is_prepared_like_the_full_size_one():
+    for size in ((4000, 1), (1000, 10)):
+        data = encode(Image.new("RGB", size, (200, 30, 30)), "JPEG")
+        got, want = prepare_query(data, VIEWS2), _full_size(data, VIEWS2)
+        assert got.mark_px == want.mark_px == max(size)
+        assert np.array_equal(got.array, want.array)
+
+
 def test_a_truncated_large_jpeg_is_refused_clearly():
     data = _photo(1200)
     with pytest.raises(ImageDecodeError, match="cannot decode image"):
