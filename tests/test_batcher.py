@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+import server.engine
 from indexer.preprocess import ImageDecodeError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
@@ -167,6 +168,28 @@ def test_an_unreadable_image_fails_alone_in_its_batch(engine, images, decode_wor
     assert isinstance(results[1], ImageDecodeError)
     assert [r[0].serial for r in (results[0], results[2])] == [
         h[0].serial for h in engine.search([engine.prepare(b) for b in images[:2]], 1)]
+
+
+@pytest.mark.parametrize("decode_workers", [0, 2])
+def test_an_image_that_breaks_preprocessing_fails_alone(engine, images, decode_workers,
+                                                        monkeypatch):
+    real = server.engine.prepare_query
+
+    def prepare_query(data, cfg):  # as a 4000 x 1 JPEG once broke it
+        if data == images[1]:
+            raise ZeroDivisionError("integer division or modulo by zero")
+        return real(data, cfg)
+    monkeypatch.setattr(server.engine, "prepare_query", prepare_query)
+    batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=0, decode_workers=decode_workers))
+    try:
+        results = batcher.search(engine, images[:3], 3)
+    finally:
+        batcher.close()
+    assert isinstance(results[1], ImageDecodeError)
+    assert "ZeroDivisionError" in str(results[1])
+    assert [r[0].serial for r in (results[0], results[2])] == [
+        h[0].serial for h in engine.search([real(b, engine.encoder.preprocess)
+                                            for b in (images[0], images[2])], 1)]
 
 
 def test_bad_settings_are_refused():
