@@ -72,6 +72,8 @@ class Decoded:
 # A JPEG is decoded reduced only as far as its mark keeps this many times the network's
 # input size on its longer side: Pillow's own thumbnail() default (reducing_gap=2.0).
 DRAFT_GAP = 2.0
+# MPO: a JPEG with more pictures after the first (many phone cameras write them).
+JPEGS = ("JPEG", "MPO")
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -104,7 +106,7 @@ def _decode(data: bytes, max_pixels: int,
                 raise ImageDecodeError(
                     f"image is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the "
                     f"{max_pixels / 1e6:.0f} Mpx limit; downscale it before sending")
-            if divisor is not None and im.format == "JPEG" and (d := divisor(im.size)) > 1:
+            if divisor is not None and im.format in JPEGS and (d := divisor(im.size)) > 1:
                 # At least 1 px: a side under d px is not reduced (Pillow divides by it).
                 im.draft(None, (max(1, width // d), max(1, height // d)))
             im.load()

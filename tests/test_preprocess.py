@@ -257,6 +257,16 @@ def test_only_jpegs_are_reduced_and_untrimmed_images_by_their_size():
     assert open_scaled(_photo(300), untrimmed).scale == 0.25
 
 
+def test_a_phone_mpo_is_reduced_like_a_jpeg_from_its_first_picture():
+    first, second = (Image.open(io.BytesIO(_photo(px))) for px in (1200, 300))
+    data = encode(first, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    assert open_scaled(data, VIEWS2).scale == 0.5
+    got, want = prepare_query(data, VIEWS2), _full_size(data, VIEWS2)
+    assert abs(got.mark_px - want.mark_px) <= 0.02 * want.mark_px
+    assert np.abs(got.array.astype(int) - want.array).mean() < 2.0
+
+
 def test_a_reduced_jpeg_is_still_turned_by_its_exif_orientation():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
