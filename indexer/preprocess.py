@@ -194,9 +194,8 @@ def trim_background(im: Image.Image, tol: int = 32, margin: float = 0.04,
     (`lift_off_surface`) so that the mark is compared on white, as registered.
     """
     small, scale = _probe(im, probe)
-    box = _plain_box(small, tol)
-    if box is _NOT_PLAIN:
-        box = _textured_box(small, tol)
+    box, textured = _first_box(small, tol)
+    if textured:
         if box is None:
             return im
         box = [v / scale for v in box]
@@ -211,14 +210,21 @@ def trim_background(im: Image.Image, tol: int = 32, margin: float = 0.04,
     return _crop(im, [v / scale for v in box], margin)
 
 
-def _mark_extent(im: Image.Image, tol: int = 32, probe: int = 128) -> float:
-    """The longer side, in `im`'s pixels, of the box trim_background starts from (on a
-    plain or a textured background); the whole image's when it finds none."""
-    small, scale = _probe(im, probe)
+def _first_box(small: Image.Image, tol: int):
+    """The mark's box on a probe, as trim_background first finds it, and whether the
+    background is textured: (box or None, textured)."""
     box = _plain_box(small, tol)
-    if box is _NOT_PLAIN:
-        box = _textured_box(small, tol)
-    if box is None or box is _NOT_PLAIN:
+    if box is not _NOT_PLAIN:
+        return box, False
+    return _textured_box(small, tol), True
+
+
+def _mark_extent(im: Image.Image, tol: int = 32, probe: int = 128) -> float:
+    """The longer side, in `im`'s pixels, of the box trim_background starts from; the
+    whole image's when it finds none."""
+    small, scale = _probe(im, probe)
+    box, _ = _first_box(small, tol)
+    if box is None:
         return max(im.size)
     return max(box[2] - box[0], box[3] - box[1]) / scale
 
@@ -442,10 +448,11 @@ def to_input(im: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return views_of(mark_of(im, cfg), cfg)
 
 
-def to_query(im: Image.Image, cfg: PreprocessConfig) -> Prepared:
-    """Decoded RGB image -> its network input and its mark's size in pixels."""
+def to_query(im: Image.Image, cfg: PreprocessConfig, scale: float = 1.0) -> Prepared:
+    """Decoded RGB image -> its network input and its mark's size in pixels of the file
+    (`scale`: the image's size over the file's, Decoded.scale)."""
     mark = mark_of(im, cfg)
-    return Prepared(views_of(mark, cfg), max(mark.size))
+    return Prepared(views_of(mark, cfg), round(max(mark.size) / scale))
 
 
 def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
@@ -456,8 +463,7 @@ def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
 def prepare_query(data: bytes, cfg: PreprocessConfig) -> Prepared:
     """Image bytes -> its network input and its mark's size; ImageDecodeError if unreadable."""
     decoded = open_scaled(data, cfg)
-    mark = mark_of(decoded.image, cfg)
-    return Prepared(views_of(mark, cfg), round(max(mark.size) / decoded.scale))
+    return to_query(decoded.image, cfg, decoded.scale)
 
 
 def prepare_file(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
