@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.encoder import load_backbone_encoder
-from indexer.preprocess import PreprocessConfig, open_image, prepare
+from indexer.network.encoder import load_backbone_encoder
+from indexer.network.preprocess import PreprocessConfig, open_image, prepare
 
 K = 10
 

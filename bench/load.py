@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from client.api import SearchClient
-from indexer.encoder import Encoder, lane_threads
+from indexer.network.encoder import Encoder, lane_threads
 from indexer.sources import iter_image_files
 from proto import trademark_search_pb2 as pb
 

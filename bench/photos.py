@@ -2,7 +2,7 @@
 
 A registry's marks are small files (LogoBench's are at most 725 px); queries from the
 field are often photos of 12 Mpx and more, where decoding and preprocessing, not the
-network, set the latency (see indexer.preprocess.open_scaled).
+network, set the latency (see indexer.network.preprocess.open_scaled).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from PIL import Image
 from bench import load, startup, vector_search
 from bench.photos import photo_jpeg
 from bench.procs import run_build, start_server, stop_server
-from indexer.encoder import GPU_BATCH, default_lanes, lane_threads
+from indexer.network.encoder import GPU_BATCH, default_lanes, lane_threads
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def encoder_limit(threads: int) -> tuple[dict, dict, load.ModelReference]:
     reference that measures both again beside each server figure."""
     import torch
 
-    from indexer.encoder import load_encoder
-    from indexer.preprocess import prepare
+    from indexer.network.encoder import load_encoder
+    from indexer.network.preprocess import prepare
     torch.set_num_threads(threads)
     encoder = load_encoder()
     arrays = [prepare(p, encoder.preprocess)
@@ -99,7 +99,7 @@ def indexing(work: Path, model: load.ModelReference, batch: int) -> dict:
         # The build also fits the PCA and calibrates (encodes 2 edited copies of its
         # held-out marks); images/s counts the registry images only: a lower bound. Each
         # image goes through the encoder once, once per registry variant and once per
-        # small copy (indexer.lowres).
+        # small copy (indexer.index.lowres).
         return {"index": str(index), "images": report["indexed"], "wall_s": wall,
                 "images_per_s": report["images_per_s"],
                 "encode_images_per_s": report["encode_images_per_s"],

@@ -15,10 +15,10 @@ import faiss
 import numpy as np
 
 from bench.procs import rss_mb, start_server, stop_server
-from indexer import store, vectors
-from indexer.catalog import Catalog, Mark
-from indexer.encoder import Encoder
-from indexer.projection import Projection
+from indexer.index import store, vectors
+from indexer.index.catalog import Catalog, Mark
+from indexer.network.encoder import Encoder
+from indexer.network.projection import Projection
 
 CATALOG_CHUNK = 100_000  # catalog rows written per transaction
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from bench import startup, synthetic
 from bench.vector_search import K, Row, qps, recall
-from indexer import vectors
-from indexer.encoder import load_encoder
+from indexer.index import vectors
+from indexer.network.encoder import load_encoder
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer import vectors
-from indexer.faiss_gpu import usable_gpus
+from indexer.index import vectors
+from indexer.index.faiss_gpu import usable_gpus
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer import calibrate, lowres, store, variants, vectors
-from indexer.catalog import Catalog, Mark
-from indexer.encoder import Encoder, default_lanes, lane_threads
-from indexer.index import OpenIndex, encoder_for, open_index
-from indexer.preprocess import ImageDecodeError, mark_of, open_scaled, views_of
-from indexer.projection import fit_pca
+from indexer import calibrate, variants
+from indexer.index import lowres, store, vectors
+from indexer.index.catalog import Catalog, Mark
+from indexer.index.reader import OpenIndex, encoder_for, open_index
+from indexer.network.encoder import Encoder, default_lanes, lane_threads
+from indexer.network.preprocess import ImageDecodeError, mark_of, open_scaled, views_of
+from indexer.network.projection import fit_pca
 from indexer.sources import ImageItem, prefetch
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class BuildOptions:
     batch_size: int | None = None  # None: the encoder's default_batch (CPU or GPU)
     workers: int = 4
     # Batches encoded side by side, each with its share of torch's threads; None: the
-    # encoder's default (indexer.encoder.default_lanes).
+    # encoder's default (indexer.network.encoder.default_lanes).
     lanes: int | None = None
     dim: int = DEFAULT_DIM
     whiten: float = 0.5
@@ -58,7 +59,7 @@ class BuildOptions:
     # Each registered mark is stored as the mean of its descriptors over these mild
     # variants and itself (indexer.variants); `add` uses the ones the index records.
     registry_variants: tuple[str, ...] = variants.DEFAULT
-    # More vectors per mark, of small copies of it, for small queries (indexer.lowres);
+    # More vectors per mark, of small copies of it, for small queries (indexer.index.lowres);
     # None: none. `add` uses what the index records.
     lowres: lowres.LowResConfig | None = field(default_factory=lowres.LowResConfig)
 
@@ -186,7 +187,7 @@ def _encode_batch(encoder: Encoder, arrays: list[np.ndarray], smalls: list[np.nd
 
 class _Lanes:
     """Batches encoded in `lanes` threads side by side, each with its share of torch's
-    threads, as the server's encoder lanes do (indexer.encoder.default_lanes); results
+    threads, as the server's encoder lanes do (indexer.network.encoder.default_lanes); results
     go to `collect` in submission order. With one lane, batches are encoded in the
     calling thread: another thread with its own OpenMP team of all the threads would
     make libgomp throttle both (see server.app)."""

@@ -3,7 +3,7 @@
 Queries for registered marks are edited copies of them; queries for unregistered
 marks are other marks, clean or edited the same way. Both can be simulated with the
 registry alone: take a sample of indexed marks, make edited copies of them
-(indexer.augment), and search each copy and each clean mark.
+(indexer.network.augment), and search each copy and each clean mark.
 - A copy's score against its own mark is a *positive*: what a registered mark scores
   after an edit.
 - The best score against the *other* marks is a *negative*: what the mark would score if
@@ -32,10 +32,11 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from indexer import decision, lowres
-from indexer.augment import random_edit
-from indexer.encoder import CPU_BATCH, Encoder
-from indexer.preprocess import ImageDecodeError, open_image, to_query
+from indexer import decision
+from indexer.index import lowres
+from indexer.network.augment import random_edit
+from indexer.network.encoder import CPU_BATCH, Encoder
+from indexer.network.preprocess import ImageDecodeError, open_image, to_query
 
 log = logging.getLogger(__name__)
 

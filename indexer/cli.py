@@ -9,8 +9,15 @@ import sys
 from pathlib import Path
 
 from indexer import build as pipeline
-from indexer import decision, lowres, store, variants, vectors
-from indexer.encoder import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, EncoderError, load_encoder
+from indexer import decision, variants
+from indexer.index import lowres, store, vectors
+from indexer.network.encoder import (
+    CPU_BATCH,
+    DEFAULT_ENCODER,
+    GPU_BATCH,
+    EncoderError,
+    load_encoder,
+)
 from indexer.sources import ManifestError, read_manifest, scan_folder
 
 log = logging.getLogger(__name__)
@@ -190,7 +197,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from indexer.verify import verify
+    from indexer.index.verify import verify
     report = verify(args.index)
     for item in report.checked:
         print(f"ok: {item}")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from indexer.preprocess import WHITE
+from indexer.network.preprocess import WHITE
 
 
 def _blur(im: Image.Image) -> Image.Image:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine is wanted for, in one run of about 8 minutes (README,
-# "On a GPU"): whether FAISS can run on the GPU (indexer.faiss_gpu), the `gpu` tests,
+# "On a GPU"): whether FAISS can run on the GPU (indexer.index.faiss_gpu), the `gpu` tests,
 # and bench.speed's encoder, service and vector-search figures on that machine.
 #
 # Through the device tool, from the repository root: the machine has torch, numpy,
@@ -29,7 +29,7 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 "$py" -c "import logging; logging.basicConfig(level=logging.INFO)
-from indexer.faiss_gpu import usable_gpus
+from indexer.index.faiss_gpu import usable_gpus
 print('FAISS GPUs usable:', usable_gpus())" 2>&1 | tee "$out/faiss_gpu.txt"
 timeout 150 "$py" -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.txt"
 timeout 330 "$py" -m bench.speed --out "$out" --sizes "${SIZES:-10000,100000}" \

@@ -15,8 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from indexer.cli import add_encoder_args
-from indexer.encoder import CPU_BATCH, GPU_BATCH, EncoderError, default_lanes, load_encoder
-from indexer.store import IndexFormatError
+from indexer.index.store import IndexFormatError
+from indexer.network.encoder import CPU_BATCH, GPU_BATCH, EncoderError, default_lanes, load_encoder
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.auth import ADMIN_TOKEN_ENV, TOKEN_ENV, BearerTokenInterceptor, TokenError, read_token

@@ -34,8 +34,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from indexer.encoder import CPU_BATCH, lane_threads
-from indexer.preprocess import ImageDecodeError, Prepared
+from indexer.network.encoder import CPU_BATCH, lane_threads
+from indexer.network.preprocess import ImageDecodeError, Prepared
 from server.engine import Hit, SearchEngine
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class DeadlinePassed(TimeoutError):
 
 @dataclass(frozen=True)
 class BatchConfig:
-    # The encoder's fastest batch on 2 CPU cores (indexer.encoder.CPU_BATCH); the server
+    # The encoder's fastest batch on 2 CPU cores (indexer.network.encoder.CPU_BATCH); the server
     # passes its encoder's default_batch, GPU_BATCH on a GPU.
     max_batch: int = CPU_BATCH
     max_wait_ms: float = 2.0

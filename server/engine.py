@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import decision, lowres, vectors
-from indexer.encoder import Encoder
-from indexer.index import OpenIndex, encoder_for, open_index
-from indexer.preprocess import Prepared, prepare_query
+from indexer import decision
+from indexer.index import lowres, vectors
+from indexer.index.reader import OpenIndex, encoder_for, open_index
+from indexer.network.encoder import Encoder
+from indexer.network.preprocess import Prepared, prepare_query
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class SearchEngine:
 
     def search(self, queries: list[Prepared], k: int) -> list[list[Hit]]:
         """Top `hits_needed(k)` hits for each prepared image, one encoder batch and one
-        FAISS call (small marks' candidates re-ranked: indexer.lowres); `decide` cuts
+        FAISS call (small marks' candidates re-ranked: indexer.index.lowres); `decide` cuts
         them to k."""
         if not queries:
             return []

@@ -11,9 +11,9 @@ from typing import Callable
 
 import grpc
 
-from indexer.encoder import CPU_BATCH
-from indexer.preprocess import ImageDecodeError
-from indexer.store import IndexFormatError
+from indexer.index.store import IndexFormatError
+from indexer.network.encoder import CPU_BATCH
+from indexer.network.preprocess import ImageDecodeError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.batcher import BatchConfig, DeadlinePassed, MicroBatcher

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from indexer.build import BuildOptions, build
-from indexer.encoder import load_encoder
+from indexer.network.encoder import load_encoder
 from indexer.sources import read_manifest
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.app import create_server

@@ -1,4 +1,4 @@
-"""indexer.allocator keeps freed blocks in the heap instead of handing them back."""
+"""indexer.network.allocator keeps freed blocks in the heap instead of handing them back."""
 from __future__ import annotations
 
 import platform
@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 SCRIPT = """
 import os, sys
 import numpy as np
-from indexer.allocator import keep_freed_memory
+from indexer.network.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def rss():

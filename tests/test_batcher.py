@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 import server.engine
-from indexer.preprocess import ImageDecodeError
+from indexer.network.preprocess import ImageDecodeError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.app import create_server

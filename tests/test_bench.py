@@ -77,7 +77,7 @@ def test_synthetic_startup_index_answers_image_queries(tmp_path, encoder):
 
 def test_engine_refuses_an_index_of_another_dimension(tmp_path, encoder, monkeypatch):
     from bench import startup, synthetic
-    from indexer.store import IndexFormatError
+    from indexer.index.store import IndexFormatError
     from server.engine import SearchEngine
     root = tmp_path / "index"
     # 512-d vectors and no projection from the encoder's 1024-d descriptors.

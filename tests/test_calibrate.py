@@ -7,7 +7,7 @@ import numpy as np
 
 from indexer import calibrate
 from indexer.cli import main
-from indexer.index import open_index
+from indexer.index.reader import open_index
 
 
 def test_edited_copies_score_above_strangers_and_threshold_lies_between(engine, sample_items):

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from indexer import store
-from indexer.verify import verify
+from indexer.index import store
+from indexer.index.verify import verify
 from proto import trademark_search_pb2 as pb
 from tests.conftest import ROOT, SAMPLES
 
@@ -63,7 +63,7 @@ def test_sigkill_at_random_moments_leaves_old_or_new_version(tmp_path, sample_in
 
 
 def _serials(idx) -> set[str]:
-    from indexer.index import open_index
+    from indexer.index.reader import open_index
     opened = open_index(idx)
     try:
         return {ref.serial for ref in opened.catalog.refs(opened.catalog.all_ids()).values()}

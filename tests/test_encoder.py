@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.encoder import EncoderError, load_encoder, padded_size
-from indexer.preprocess import PreprocessConfig, prepare_file
+from indexer.network.encoder import EncoderError, load_encoder, padded_size
+from indexer.network.preprocess import PreprocessConfig, prepare_file
 from tests.conftest import DATA, SAMPLES
 
 # ImageNet classes: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso.
@@ -34,7 +34,7 @@ def test_imagenet_weights_classify_real_photos(encoder):
 
 def test_random_weights_would_not(encoder):
     # Guards the test above: an untrained network of the same shape gets the cat wrong.
-    from indexer.efficientnet import efficientnet_lite0
+    from indexer.network.efficientnet import efficientnet_lite0
     torch.manual_seed(0)
     net = efficientnet_lite0()
     with torch.inference_mode():
@@ -144,8 +144,8 @@ def test_pca_encoder_is_the_backbone_alone_and_differs_in_identity(encoder):
 
 
 def test_missing_or_foreign_weights_say_how_to_fix(tmp_path):
-    from indexer.encoder import _load_lite0, _with_tuning, pick_device
-    with pytest.raises(EncoderError, match="python -m indexer.train"):
+    from indexer.network.encoder import _load_lite0, _with_tuning, pick_device
+    with pytest.raises(EncoderError, match="python -m indexer.network.train"):
         _with_tuning(_load_lite0(pick_device("cpu")), tmp_path / "nope.pt")
     torch.save({"proj.weight": torch.zeros(4, 1280)}, tmp_path / "old.pt")
     with pytest.raises(EncoderError, match="no similarity head"):
@@ -157,7 +157,7 @@ def test_missing_or_foreign_weights_say_how_to_fix(tmp_path):
 
 
 def test_tuned_weights_replace_the_imagenet_blocks_they_name(tmp_path):
-    from indexer.encoder import Head, _load_lite0, _with_tuning, pick_device, tuned_state
+    from indexer.network.encoder import Head, _load_lite0, _with_tuning, pick_device, tuned_state
     base = _load_lite0(pick_device("cpu"))
     imagenet = base.net.backbone._blocks[15]._project_conv.weight.clone()
     state = tuned_state(base.net.backbone, 15, Head(1280, 8))
@@ -185,7 +185,7 @@ def test_folded_batchnorms_change_nothing_but_the_speed(encoder):
     """The encoder runs a copy with each BatchNorm folded into its convolution: the same
     ImageNet answers and the same descriptors as the network as loaded, which keeps its
     BatchNorms (training needs them)."""
-    from indexer.efficientnet import fold_batchnorms
+    from indexer.network.efficientnet import fold_batchnorms
     folded = fold_batchnorms(encoder.net)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.net.modules()) == 49
@@ -204,7 +204,7 @@ def test_folded_batchnorms_change_nothing_but_the_speed(encoder):
 def test_the_folded_copy_is_made_once_for_an_encoder_and_those_paired_with_it(encoder):
     """A server pairs a new encoder with each index it loads (with_projection): it must
     not fold the network again (40 ms of the first request after each reload)."""
-    from indexer.projection import Projection
+    from indexer.network.projection import Projection
     dim = encoder.descriptor_dim
     paired = encoder.with_projection(Projection(np.zeros(dim, np.float32),
                                                 np.eye(dim, dtype=np.float32), 0.0))
@@ -218,7 +218,7 @@ def test_lanes_asking_at_once_share_one_folded_copy(encoder):
     each."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from indexer.encoder import Encoder
+    from indexer.network.encoder import Encoder
     fresh = Encoder(encoder.net, encoder.preprocess, encoder.identity, encoder.device)
     with ThreadPoolExecutor(4) as pool:
         copies = list(pool.map(lambda _: fresh._infer, range(4)))
@@ -231,7 +231,7 @@ def test_lanes_asking_at_once_share_one_folded_copy(encoder):
 def test_same_padding_matches_tensorflow(size, kernel, stride, depthwise):
     """SameConv2d pads inside the convolution (evenly, or by a grown kernel on strided
     depthwise layers); the oracle is TensorFlow's rule written out: pad, then convolve."""
-    from indexer.efficientnet import SameConv2d
+    from indexer.network.efficientnet import SameConv2d
     torch.manual_seed(size + kernel)
     channels = 8
     conv = SameConv2d(channels, channels, kernel, stride=stride,
@@ -252,7 +252,7 @@ def test_pointwise_convolution_through_onednn_matches_conv2d(images):
     """1x1 convolutions at inference go straight to oneDNN (PyTorch's single-threaded
     dispatch would take its slower im2col path for fewer than 16 images): same output
     as F.conv2d, with and without a gradient to record, at any thread count."""
-    from indexer.efficientnet import SameConv2d
+    from indexer.network.efficientnet import SameConv2d
     torch.manual_seed(images)
     conv = SameConv2d(24, 144, 1, bias=True)
     x = torch.randn(images, 24, 28, 28)

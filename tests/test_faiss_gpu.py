@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from indexer import faiss_gpu, vectors
+from indexer.index import faiss_gpu, vectors
 
 
 def test_a_child_that_aborts_is_reported_and_the_parent_goes_on():

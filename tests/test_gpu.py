@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import vectors
-from indexer.encoder import GPU_BATCH, load_encoder
-from indexer.faiss_gpu import usable_gpus
+from indexer.index import vectors
+from indexer.index.faiss_gpu import usable_gpus
+from indexer.network.encoder import GPU_BATCH, load_encoder
 from server.engine import EngineConfig, SearchEngine
 from tests.conftest import SAMPLES, sample_queries
 

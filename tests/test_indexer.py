@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import store, vectors
 from indexer.cli import main
-from indexer.index import OpenIndex, open_index
+from indexer.index import store, vectors
+from indexer.index.reader import OpenIndex, open_index
 from indexer.sources import prefetch
 from server.engine import EngineConfig, SearchEngine
 from tests.conftest import ROOT, SAMPLES, quiet
@@ -289,7 +289,7 @@ def test_verify_passes_a_good_index_and_names_each_problem(index_copy, capsys):
         open_index(index_copy)
     (vdir / store.INDEX_FILE).write_bytes(data)
     # A catalog row without a vector (checksums re-recorded, as a buggy writer would).
-    from indexer.catalog import Catalog, Mark
+    from indexer.index.catalog import Catalog, Mark
     cat = Catalog(vdir / store.CATALOG_FILE)
     cat.upsert([Mark("ORPHAN")])
     cat.close()

@@ -1,4 +1,4 @@
-"""Small queries re-ranked by small copies of the registered marks (indexer.lowres)."""
+"""Small queries re-ranked by small copies of the registered marks (indexer.index.lowres)."""
 from __future__ import annotations
 
 import io
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import lowres, store, vectors
 from indexer.cli import main
-from indexer.index import open_index
-from indexer.preprocess import mark_of, to_input
+from indexer.index import lowres, store, vectors
+from indexer.index.reader import open_index
+from indexer.network.preprocess import mark_of, to_input
 from tests.conftest import SAMPLES
 
 

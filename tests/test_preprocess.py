@@ -10,9 +10,19 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bench.photos import photo_jpeg
-from indexer.preprocess import (WHITE, ImageDecodeError, Prepared, PreprocessConfig, ink,
-                                 open_image, open_scaled, prepare, prepare_query, to_query,
-                                 trim_background)
+from indexer.network.preprocess import (
+    WHITE,
+    ImageDecodeError,
+    Prepared,
+    PreprocessConfig,
+    ink,
+    open_image,
+    open_scaled,
+    prepare,
+    prepare_query,
+    to_query,
+    trim_background,
+)
 from tests.conftest import SAMPLES
 
 CFG = PreprocessConfig()

@@ -11,8 +11,8 @@ import time
 import grpc
 import pytest
 
-from indexer import store
 from indexer.cli import main as indexer_main
+from indexer.index import store
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.app import create_server

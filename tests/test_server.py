@@ -206,7 +206,7 @@ def test_server_refuses_batching_settings_of_zero(sample_index, flag, message):
 
 
 def test_server_refuses_a_truncated_index(index_copy):
-    from indexer.index import open_index
+    from indexer.index.reader import open_index
     faiss_file = open_index(index_copy).path / "index.faiss"
     faiss_file.write_bytes(faiss_file.read_bytes()[:1000])
     proc = subprocess.run([sys.executable, "-m", "server", "--index", str(index_copy), "--port",

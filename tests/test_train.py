@@ -1,4 +1,4 @@
-"""`python -m indexer.train` on a few real marks: loadable weights and an honest record."""
+"""`python -m indexer.network.train` on a few real marks: loadable weights and an honest record."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import augment
-from indexer.encoder import _load_lite0, _with_tuning, pick_device
-from indexer.train import TrainConfig, cache_key, main
+from indexer.network import augment
+from indexer.network.encoder import _load_lite0, _with_tuning, pick_device
+from indexer.network.train import TrainConfig, cache_key, main
 from tests.conftest import SAMPLES
 
 

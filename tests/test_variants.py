@@ -7,8 +7,8 @@ from PIL import Image
 
 from indexer import variants
 from indexer.cli import main as indexer_main
-from indexer.index import open_index
-from indexer.preprocess import prepare
+from indexer.index.reader import open_index
+from indexer.network.preprocess import prepare
 from tests.conftest import SAMPLES
 from tests.test_indexer import first_marks
 

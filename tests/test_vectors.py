@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer import vectors
-from indexer.projection import Projection, fit_pca
+from indexer.index import vectors
+from indexer.network.projection import Projection, fit_pca
 
 
 def unit(rng, n, d):

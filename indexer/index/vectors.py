@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.faiss_gpu import usable_gpus
+from indexer.index.faiss_gpu import usable_gpus
 
 log = logging.getLogger(__name__)
 

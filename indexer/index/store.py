@@ -69,7 +69,7 @@ class Manifest:
     # Registered marks are stored as the mean over these variants and the image itself
     # (indexer.variants); manifests written before them mean the image alone.
     registry_variants: list = field(default_factory=list)
-    # Small-copy vectors for small queries (indexer.lowres.LowResConfig); empty: none,
+    # Small-copy vectors for small queries (indexer.index.lowres.LowResConfig); empty: none,
     # as in manifests written before them.
     lowres: dict = field(default_factory=dict)
 

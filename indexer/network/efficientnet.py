@@ -139,7 +139,7 @@ class EfficientNetLite(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_from(self.stem_to(x, len(self._blocks)), len(self._blocks))
 
-    # The two halves of `features`, split before block `n`: training (indexer.train)
+    # The two halves of `features`, split before block `n`: training (indexer.network.train)
     # caches the frozen first half and runs only the second.
     def stem_to(self, x: torch.Tensor, n: int) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)

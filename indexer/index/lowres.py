@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from indexer.preprocess import PreprocessConfig, views_of
+from indexer.network.preprocess import PreprocessConfig, views_of
 
 log = logging.getLogger(__name__)
 

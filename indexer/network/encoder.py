@@ -28,17 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indexer.allocator import keep_freed_memory
-from indexer.efficientnet import efficientnet_lite0, fold_batchnorms
-from indexer.preprocess import PreprocessConfig
-from indexer.projection import Projection
+from indexer.network.allocator import keep_freed_memory
+from indexer.network.efficientnet import efficientnet_lite0, fold_batchnorms
+from indexer.network.preprocess import PreprocessConfig
+from indexer.network.projection import Projection
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "efficientnet-lite0"
 # The backbone alone: 1280-d descriptors, projected by a PCA learned at build time.
 PCA_ENCODER = "efficientnet-lite0-pca"
-# The similarity network's trained part (indexer.train): the last backbone stages and
+# The similarity network's trained part (indexer.network.train): the last backbone stages and
 # the head, over the ImageNet weights of everything before them.
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "lite0_similarity.pt"
 # A TorchScript encoder may carry its preprocessing in this extra file (JSON with the
@@ -158,7 +158,7 @@ class LiteDescriptor(nn.Module):
 
 
 class Head(nn.Module):
-    """The trained similarity head (indexer.train): linear map of descriptors, L2-normalised."""
+    """The trained similarity head (indexer.network.train): linear map of descriptors, L2-normalised."""
 
     def __init__(self, in_dim: int = 1280, dim: int = 512):
         super().__init__()
@@ -306,7 +306,7 @@ class Encoder:
 
 def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Encoder:
     """`efficientnet-lite0`, or the path of a TorchScript file."""
-    keep_freed_memory()  # up to 1.6x faster on a CPU: see indexer.allocator
+    keep_freed_memory()  # up to 1.6x faster on a CPU: see indexer.network.allocator
     dev = pick_device(device)
     if spec == DEFAULT_ENCODER:
         return _with_tuning(_load_lite0(dev), WEIGHTS_FILE)
@@ -341,7 +341,7 @@ def _load_lite0(device: torch.device) -> Encoder:
 
 
 def tuned_state(backbone: nn.Module, tune_from: int, head: Head) -> dict[str, torch.Tensor]:
-    """What indexer.train saves: backbone blocks from `tune_from` on, the head conv, the head."""
+    """What indexer.network.train saves: backbone blocks from `tune_from` on, the head conv, the head."""
     kept = (f"_blocks.{i}." for i in range(tune_from, len(backbone._blocks)))
     prefixes = (*kept, "_conv_head.", "_bn1.")
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items() if k.startswith(prefixes)}
@@ -352,13 +352,13 @@ def tuned_state(backbone: nn.Module, tune_from: int, head: Head) -> dict[str, to
 def _with_tuning(base: Encoder, path: Path) -> Encoder:
     if not path.is_file():
         raise EncoderError(f"the trained weights {path} are missing: restore them from the "
-                           f"repository or train them with `python -m indexer.train`")
+                           f"repository or train them with `python -m indexer.network.train`")
     state = torch.load(path, map_location="cpu", weights_only=True)
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     tuned = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     if "proj.weight" not in head_state:
         raise EncoderError(f"{path} holds no similarity head (head.proj.weight); retrain it "
-                           "with `python -m indexer.train`")
+                           "with `python -m indexer.network.train`")
     backbone = base.net.backbone
     unknown = set(tuned) - set(backbone.state_dict())
     if unknown:
@@ -389,7 +389,7 @@ def _load_torchscript(path: Path, device: torch.device) -> Encoder:
         except (TypeError, ValueError) as e:
             raise EncoderError(f"{path}: its {TORCHSCRIPT_PREPROCESS_FILE} does not describe "
                                f"preprocessing ({e}); it takes the fields of "
-                               "indexer.preprocess.PreprocessConfig") from e
+                               "indexer.network.preprocess.PreprocessConfig") from e
     with torch.inference_mode():
         probe = net(torch.zeros(1, 3, cfg.size, cfg.size))
     if probe.ndim != 2:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import faiss
 
-from indexer import lowres, store, vectors
-from indexer.catalog import Catalog
-from indexer.encoder import Encoder, EncoderIdentity
-from indexer.projection import Projection
-from indexer.verify import checksum_problems
+from indexer.index import lowres, store, vectors
+from indexer.index.catalog import Catalog
+from indexer.index.verify import checksum_problems
+from indexer.network.encoder import Encoder, EncoderIdentity
+from indexer.network.projection import Projection
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Train the similarity network copy-detection style: the last backbone stages and a head.
 
-    python -m indexer.train --images data/train-marks --out indexer/weights/lite0_similarity.pt
+    python -m indexer.network.train --images data/train-marks --out indexer/network/weights/lite0_similarity.pt
 
 Each mark is seen clean (what a registry holds) and through `views` random edits
-(indexer.augment: what queries go through), each of them through the encoder's image
-views (`image_views`: the colours and the ink, indexer.preprocess.VIEWS); the loss is
+(indexer.network.augment: what queries go through), each of them through the encoder's image
+views (`image_views`: the colours and the ink, indexer.network.preprocess.VIEWS); the loss is
 taken on the descriptor the encoder ships, the views' unit vectors side by side. The
 early stages of the backbone stay frozen: ImageNet's edges and textures serve any mark,
 and freezing them is what makes training affordable on a CPU. Their output for every
@@ -43,10 +43,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from indexer import augment, decision, preprocess
-from indexer.encoder import CPU_BATCH, TUNED_VIEWS, GeM, Head, load_backbone_encoder, tuned_state
-from indexer.preprocess import open_image, to_input
-from indexer.projection import fit_pca
+from indexer import decision
+from indexer.network import augment, preprocess
+from indexer.network.encoder import (
+    CPU_BATCH,
+    TUNED_VIEWS,
+    GeM,
+    Head,
+    load_backbone_encoder,
+    tuned_state,
+)
+from indexer.network.preprocess import open_image, to_input
+from indexer.network.projection import fit_pca
 from indexer.sources import iter_image_files, prefetch
 
 log = logging.getLogger(__name__)
@@ -315,7 +323,7 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m indexer.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m indexer.network.train", description=__doc__.split("\n")[0])
     p.add_argument("--images", type=Path, required=True, help="folder of clean marks")
     p.add_argument("--out", type=Path, required=True, help="weights file (.pt)")
     p.add_argument("--describe", default="", help="where the marks came from, for the record")

@@ -5,7 +5,7 @@ Checks, in order, stopping at the first that makes the rest meaningless:
 - every file the manifest lists is there with the SHA-256 it recorded;
 - the FAISS index loads with the manifest's count and dimension;
 - the catalog holds the same count, and exactly the ids the FAISS index holds;
-- the small-copy vectors (if any, indexer.lowres) are there for exactly those ids;
+- the small-copy vectors (if any, indexer.index.lowres) are there for exactly those ids;
 - the projection (if any) maps the encoder's descriptors to the index dimension;
 - the encoder identity names a model, a weights hash and its preprocessing.
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer import lowres, store, vectors
-from indexer.catalog import Catalog
-from indexer.projection import Projection
+from indexer.index import lowres, store, vectors
+from indexer.index.catalog import Catalog
+from indexer.network.projection import Projection
 
 
 @dataclass

@@ -14,7 +14,7 @@ import string
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from indexer.preprocess import WHITE
+from indexer.network.preprocess import WHITE
 
 
 def _rand_color(rng: random.Random) -> tuple[int, int, int]:
