@@ -57,9 +57,14 @@ BAD = {
             "known format"),
     "pdf": (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "known format"),
     "text": (b"this is a trademark, honest", "known format"),
+    # Decodes, but holds no mark: it would match every blank file perfectly.
+    "blank white": (_encoded(Image.new("RGB", (64, 64), "white"), "PNG"), "blank"),
+    "blank transparent": (_encoded(Image.new("RGBA", (64, 64), (9, 9, 9, 0)), "PNG"), "blank"),
+    "blank jpeg paper": (_encoded(Image.new("RGB", (64, 64), (251, 252, 250)), "JPEG"), "blank"),
 }
 GOOD_ODD = {
     "1x1": _encoded(Image.new("RGB", (1, 1), "red"), "PNG"),
+    "one flat colour (a colour mark)": _encoded(Image.new("RGB", (64, 64), (10, 90, 200)), "PNG"),
     "animated gif": b"",  # filled below
     "cmyk jpeg": _encoded(MARK.convert("CMYK"), "JPEG"),
     "16-bit png": _encoded(Image.fromarray((np.asarray(MARK.convert("L")).astype(np.uint16)

@@ -27,6 +27,18 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this service can read; the message says why."""
 
 
+class BlankImageError(ImageDecodeError):
+    """The image decodes, but there is no mark in it: every pixel is white (or transparent,
+    which is flattened onto white). Such a file matches every other blank one perfectly,
+    so it is neither indexed nor searched. A flat colour other than white is a mark (a
+    colour mark) and is kept."""
+
+
+# How far from white (per channel, 0-255) a pixel may be and still count as blank paper:
+# JPEG and scanner noise on an empty page stays within it.
+BLANK_LEVELS = 8
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How an image becomes the network's input; travels with the encoder weights."""
@@ -432,8 +444,15 @@ class Prepared:
 
 
 def mark_of(im: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """The part of a decoded image the network is shown: the mark, trimmed when `cfg.trim`."""
-    return trim_background(im) if cfg.trim else im
+    """The part of a decoded image the network is shown: the mark, trimmed when `cfg.trim`.
+    BlankImageError if there is none."""
+    mark = trim_background(im) if cfg.trim else im
+    extrema = mark.getextrema()  # per band; one (lo, hi) pair for a one-band image
+    lows = [lo for lo, _ in extrema] if isinstance(extrema[0], tuple) else [extrema[0]]
+    if min(lows) >= 255 - BLANK_LEVELS:
+        raise BlankImageError(f"the image ({im.width}x{im.height}) is blank: every pixel is "
+                              "white or transparent, so there is no mark to search for")
+    return mark
 
 
 def views_of(mark: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
