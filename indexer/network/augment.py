@@ -165,3 +165,21 @@ def random_edit(im: Image.Image, rng: random.Random) -> Image.Image:
     if rng.random() < 0.25:
         out = EDITS[rng.choice(names)](out, rng)
     return out
+
+
+# The calibration's copies: the mark untouched, each edit alone, and two random edits in
+# a row, in equal shares. Training draws edits at random (`random_edit`), which makes a
+# copy of two edits a quarter of all copies and an untouched one none; the calibration
+# measures what a register's queries score, and most of those are one plain edit.
+CYCLE = ("identity", *EDITS, "two")
+
+
+def nth_edit(im: Image.Image, n: int, rng: random.Random) -> Image.Image:
+    """The `n`-th copy of the cycle (`CYCLE[n % len(CYCLE)]`); `rng` draws its details."""
+    name = CYCLE[n % len(CYCLE)]
+    if name == "identity":
+        return im
+    if name == "two":
+        names = list(EDITS)
+        return EDITS[rng.choice(names)](EDITS[rng.choice(names)](im, rng), rng)
+    return EDITS[name](im, rng)
