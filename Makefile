@@ -10,7 +10,7 @@ STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
 .PHONY: install proto demo test test-slow eval bench bench-10m soak clean
-LOGOBENCH ?= ../shared/logobench
+EVAL_DATA ?= ../shared/logobench ../shared/logobench-families
 
 install: $(STAMP) $(STUBS)
 
@@ -42,7 +42,7 @@ test-slow: install $(DEV_STAMP)
 	$(PY) -m pytest -m "slow" -q
 
 eval: install $(DEV_STAMP)
-	$(PY) -m bench.eval --data $(LOGOBENCH) --out $(OUT)/eval
+	$(PY) -m bench.eval --data $(EVAL_DATA) --out $(OUT)/eval
 
 # Speed against the encoder's limit and against peers; BENCH_SIZES=10000,100000 for a quick
 # run, HNSW_MAX_N=1000000 to add HNSW at 1 M (its build alone takes ~6 min on 2 cores).

@@ -67,43 +67,64 @@ def tpr_at_fpr(top: np.ndarray, correct: np.ndarray, known: np.ndarray, fpr: flo
 
 
 def score(queries: dict[str, dict], results: list[dict]) -> dict:
+    """Scores of one method's answers. Where queries.csv has a `family` column (a register
+    of several renditions per mark, e.g. LogoBench families), a known query is answered
+    right when its top match is any registered rendition of its mark (`family`), and the
+    exact mark's recall is reported beside it; `similar` queries (an unregistered
+    rendition of a registered mark) are scored on their own."""
     rows = []
     for r in results:
         q = queries[str(Path(r["file"]).resolve())]
         serials = [m["serial"] for m in r["matches"]]
-        rows.append({"transform": q["transform"], "known": q["kind"] == "known",
-                     "expected": q["expected_serial"], "serials": serials,
-                     "exists": r["exists"], "error": r["error"],
+        expected = q["expected_serial"].split("|")
+        rows.append({"transform": q["transform"], "kind": q["kind"], "expected": expected,
+                     "family": set((q.get("family") or q["expected_serial"]).split("|")),
+                     "serials": serials, "exists": r["exists"], "error": r["error"],
                      # the decision score (the baselines have only their top score)
                      "top": r.get("confidence", r["top_score"])})
-    known = np.array([x["known"] for x in rows])
-    r1 = np.array([bool(x["serials"]) and x["serials"][0] == x["expected"] for x in rows])
-    r10 = np.array([x["expected"] in x["serials"][:10] for x in rows])
+    kind = np.array([x["kind"] for x in rows])
+    known, unknown, similar = kind == "known", kind == "unknown", kind == "similar"
+    first = [x["serials"][0] if x["serials"] else None for x in rows]
+    exact = np.array([f == x["expected"][0] for f, x in zip(first, rows)])
+    r1 = np.array([f in x["family"] for f, x in zip(first, rows)])  # = exact without families
+    r10 = np.array([bool(x["family"] & set(x["serials"][:10])) for x in rows])
     exists = np.array([x["exists"] for x in rows])
     top = np.array([x["top"] for x in rows])
+    decided = known | unknown  # the ROC's population: similar queries are neither
     per, per_tpr = defaultdict(list), defaultdict(list)
     for x, hit, said in zip(rows, r1, exists):
-        if x["known"]:
+        if x["kind"] == "known":
             per[x["transform"]].append(hit)
             per_tpr[x["transform"]].append(hit and said)
-    return {
-        "queries": len(rows), "known": int(known.sum()), "unknown": int((~known).sum()),
+    out = {
+        "queries": len(rows), "known": int(known.sum()), "unknown": int(unknown.sum()),
         "errors": sum(x["error"] is not None for x in rows),
         "recall@1": float(r1[known].mean()), "recall@10": float(r10[known].mean()),
         "recall@1_by_transform": {t: float(np.mean(v)) for t, v in sorted(per.items())},
-        "tpr": float((exists & r1)[known].mean()), "fpr": float(exists[~known].mean()),
+        "tpr": float((exists & r1)[known].mean()), "fpr": float(exists[unknown].mean()),
         "tpr_by_transform": {t: float(np.mean(v)) for t, v in sorted(per_tpr.items())},
-        "tpr@fpr1%": tpr_at_fpr(top, r1, known, 0.01),
-        "auc": auc(top, known),
-        "_roc": roc(top, r1, known),
+        "tpr@fpr1%": tpr_at_fpr(top[decided], r1[decided], known[decided], 0.01),
+        "auc": auc(top[decided], known[decided]),
+        "_roc": roc(top[decided], r1[decided], known[decided]),
     }
+    if any(len(x["family"]) > 1 for x in rows):
+        out["recall@1_exact_mark"] = float(exact[known].mean())
+    if similar.any():
+        out |= {"similar": int(similar.sum()),
+                "similar_recall@1": float(r1[similar].mean()),
+                "similar_recall@10": float(r10[similar].mean()),
+                "similar_exists_with_sibling": float((exists & r1)[similar].mean())}
+    return out
 
 
 def _timed_build(data: Path, index: Path) -> dict:
     wall, info, report = run_build(baselines.registry_root(data), data / "registry.csv", index)
+    cal = info["calibration"]
     return {"build_wall_s": wall, "build_pipeline_s": report["seconds"],
-            "indexed": report["indexed"], "build_images_per_s": report["images_per_s"],
-            "index_bytes": info["bytes_on_disk"], "threshold": info["threshold"]}
+            "indexed": report["indexed"], "skipped": len(report["skipped"]),
+            "build_images_per_s": report["images_per_s"],
+            "index_bytes": info["bytes_on_disk"], "threshold": info["threshold"],
+            "estimated_tpr": cal.get("estimated_tpr"), "estimated_fpr": cal.get("estimated_fpr")}
 
 
 def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], float]:
@@ -115,9 +136,13 @@ def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], floa
     return [json.loads(l) for l in out.read_text().splitlines()], wall
 
 
-SERVICE_KEYS = ("indexed", "build_images_per_s", "index_bytes", "server_startup_s",
-                "search_p50_ms", "search_p99_ms", "batch_queries_per_s", "threshold")
-SCORE_KEYS = ("recall@1", "recall@10", "tpr", "fpr", "tpr@fpr1%", "auc")
+SERVICE_KEYS = ("indexed", "skipped", "build_images_per_s", "index_bytes", "server_startup_s",
+                "search_p50_ms", "search_p99_ms", "batch_queries_per_s", "threshold",
+                "estimated_tpr", "estimated_fpr")
+SCORE_KEYS = ("recall@1", "recall@1_exact_mark", "recall@10", "tpr", "fpr", "tpr@fpr1%", "auc",
+              "similar_recall@1", "similar_recall@10", "similar_exists_with_sibling")
+# Only the service decides; the baselines have a ranking and a ROC, no threshold.
+DECIDED_KEYS = ("tpr", "fpr", "similar_exists_with_sibling")
 
 
 def _fmt(v) -> str:
@@ -130,8 +155,8 @@ def report_markdown(service: dict, methods: dict[str, dict]) -> str:
     lines = ["| service | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(service[k])} |" for k in SERVICE_KEYS if k in service]
     lines += ["", "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for k in SCORE_KEYS:
-        cells = [_fmt(methods[n][k]) if n == names[0] or k not in ("tpr", "fpr") else "–"
+    for k in (k for k in SCORE_KEYS if k in methods[names[0]]):
+        cells = [_fmt(methods[n][k]) if n == names[0] or k not in DECIDED_KEYS else "–"
                  for n in names]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     transforms = sorted(methods[names[0]]["recall@1_by_transform"])
@@ -144,7 +169,7 @@ def report_markdown(service: dict, methods: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_roc(methods: dict[str, dict], service: dict, path: Path) -> None:
+def plot_roc(methods: dict[str, dict], service: dict, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -161,57 +186,68 @@ def plot_roc(methods: dict[str, dict], service: dict, path: Path) -> None:
     ax.axvline(0.01, color="grey", lw=0.5, ls="--")
     ax.set_xlabel("FPR (unknown marks said to exist)")
     ax.set_ylabel("TPR (known marks: right serial first, above threshold)")
-    ax.set_title("LogoBench existence decision")
+    ax.set_title(f"{title}: existence decision")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, required=True,
-                   help="folder with registry.csv, registry/, queries.csv, queries/")
-    p.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder")
-    p.add_argument("--latency-rounds", type=int, default=50, help="sequential Search calls")
-    p.add_argument("--no-baselines", action="store_true", help="score the service only")
-    args = p.parse_args(argv)
-    missing = [n for n in ("registry.csv", "queries.csv") if not (args.data / n).is_file()]
-    if missing:
-        p.error(f"{args.data} has no {' or '.join(missing)}: --data takes a LogoBench-style "
-                "folder (../shared/logobench, or samples)")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    metrics = _timed_build(args.data, args.out / "index")
-    proc, address, startup = start_server(args.out / "index", log_path=args.out / "server.log")
+def evaluate(data: Path, out: Path, latency_rounds: int, baselines_too: bool
+             ) -> tuple[dict, dict[str, dict]]:
+    """One register, end to end: (service figures, {method: scores})."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = _timed_build(data, out / "index")
+    proc, address, startup = start_server(out / "index", log_path=out / "server.log")
     try:
         metrics["server_startup_s"] = startup
-        registry = sorted((args.data / "registry").glob("*.png"))[:args.latency_rounds]
-        lat = latency_ms(address, [p.read_bytes() for p in registry], args.latency_rounds)
+        registry = sorted((data / "registry").glob("*.png"))[:latency_rounds]
+        lat = latency_ms(address, [p.read_bytes() for p in registry], latency_rounds)
         metrics |= {"search_p50_ms": lat["p50_ms"], "search_p99_ms": lat["p99_ms"]}
-        results, wall = _batch(address, args.data / "queries.csv", args.out / "results.jsonl")
+        results, wall = _batch(address, data / "queries.csv", out / "results.jsonl")
         metrics["batch_queries_per_s"] = len(results) / wall
     finally:
         stop_server(proc)
-    queries = load_queries(args.data / "queries.csv")
+    queries = load_queries(data / "queries.csv")
     methods = {"service": score(queries, results)}
-    if not args.no_baselines:
+    if baselines_too:
         files = [Path(f) for f in queries]
-        methods["raw-pooled"] = score(queries, baselines.raw_pooled(args.data, files))
-        methods["phash"] = score(queries, baselines.phash(args.data, files))
-    written = [args.out / "report.md", args.out / "metrics.json"]
+        methods["raw-pooled"] = score(queries, baselines.raw_pooled(data, files))
+        methods["phash"] = score(queries, baselines.phash(data, files))
+    written = [out / "report.md", out / "metrics.json"]
     try:
-        plot_roc(methods, metrics, args.out / "roc.png")
-        written.append(args.out / "roc.png")
+        plot_roc(methods, metrics, out / "roc.png", data.resolve().name)
+        written.append(out / "roc.png")
     except ImportError:  # a dev dependency: the figures do not need it
         log.warning("no roc.png: matplotlib is not installed (pip install -r requirements-dev.txt)")
     report = report_markdown(metrics, methods)
     for m in methods.values():
         m.pop("_roc")
-    (args.out / "metrics.json").write_text(json.dumps(metrics | {"methods": methods}, indent=2))
-    (args.out / "report.md").write_text(report)
-    print(report)
+    (out / "metrics.json").write_text(json.dumps(metrics | {"methods": methods}, indent=2))
+    (out / "report.md").write_text(report)
+    print(f"## {data}\n\n{report}")
     print(f"written: {', '.join(map(str, written))}")
+    return metrics, methods
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="one or more folders with registry.csv, registry/, queries.csv, queries/ "
+                        "(each scored on its own, into --out/<folder name>)")
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder")
+    p.add_argument("--latency-rounds", type=int, default=50, help="sequential Search calls")
+    p.add_argument("--no-baselines", action="store_true", help="score the service only")
+    args = p.parse_args(argv)
+    for data in args.data:
+        missing = [n for n in ("registry.csv", "queries.csv") if not (data / n).is_file()]
+        if missing:
+            p.error(f"{data} has no {' or '.join(missing)}: --data takes LogoBench-style "
+                    "folders (../shared/logobench, ../shared/logobench-families, or samples)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    outs = [args.out / d.resolve().name for d in args.data] if len(args.data) > 1 else [args.out]
+    for data, out in zip(args.data, outs):
+        evaluate(data, out, args.latency_rounds, not args.no_baselines)
     return 0
 
 

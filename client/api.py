@@ -30,8 +30,8 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
         "top_score": round(resp.top_score, 6),
         "confidence": round(resp.confidence, 6),
         "threshold": round(resp.threshold, 6),
-        "matches": [{"serial": m.serial, "score": round(m.score, 6), "name": m.name}
-                    for m in resp.matches],
+        "matches": [{"serial": m.serial, "score": round(m.score, 6), "name": m.name,
+                     "same_mark": m.same_mark} for m in resp.matches],
         "error": error,
     }
 

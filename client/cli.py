@@ -68,7 +68,8 @@ def _print_answer(result: dict) -> None:
     print(f"top score {result['top_score']:.4f}, confidence {result['confidence']:.4f} "
           f"(threshold {result['threshold']:.4f})")
     for rank, m in enumerate(result["matches"], start=1):
-        print(f"{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}")
+        same = "  (same mark)" if m.get("same_mark") and rank > 1 else ""
+        print(f"{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}")
 
 
 def cmd_search(args, client: SearchClient) -> int:

@@ -26,6 +26,7 @@ from indexer import calibrate, variants
 from indexer.index import lowres, store, vectors
 from indexer.index.catalog import Catalog, Mark
 from indexer.index.reader import OpenIndex, encoder_for, open_index
+from indexer.network import background
 from indexer.network.encoder import Encoder, default_lanes, lane_threads
 from indexer.network.preprocess import ImageDecodeError, mark_of, open_scaled, views_of
 from indexer.network.projection import fit_pca
@@ -227,16 +228,13 @@ class _Lanes:
 
 
 def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],
-                    opts: BuildOptions, stored_as_queries: bool,
-                    reranker: lowres.Reranker | None = None) -> calibrate.Calibration:
-    """`stored_as_queries`: the index holds each mark as a query of it would be encoded,
-    so the clean marks need not be encoded again; not so with registry variants, whose
-    mean vectors would make clean strangers look unlike real (once-encoded) queries."""
-    marks = calibrate.load_marks(sources)
-    clean = calibrate.stored_vectors(index, [mid for mid, _ in marks]) \
-        if stored_as_queries else None
-    cal = calibrate.calibrate(index, encoder, marks, opts.target_fpr, opts.calibration_edits,
-                              clean=clean, reranker=reranker)
+                    opts: BuildOptions, reranker: lowres.Reranker | None = None
+                    ) -> calibrate.Calibration:
+    """The default threshold for `index`, from the marks at `sources` and the encoder's
+    background set (indexer.network.background)."""
+    cal = calibrate.calibrate(index, encoder, calibrate.load_marks(sources), opts.target_fpr,
+                              opts.calibration_edits, background=background.for_encoder(encoder),
+                              reranker=reranker)
     cal.held_out_ids = [mid for mid, _ in sources]
     return cal
 
@@ -256,9 +254,7 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
             sources = current.catalog.sources()
             sources = [sources[i] for i in calibrate.pick_held_out(len(sources),
                                                                     opts.calibration_marks)]
-        cal = calibrate_index(current.index, paired, sources, opts,
-                              stored_as_queries=not current.manifest.registry_variants,
-                              reranker=current.reranker)
+        cal = calibrate_index(current.index, paired, sources, opts, current.reranker)
         manifest = current.manifest
     finally:
         current.close()
@@ -266,7 +262,7 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
         writer.copy_from_base(store.INDEX_FILE, store.CATALOG_FILE, store.PROJECTION_FILE,
                               *lowres.files(manifest.lowres))
         manifest.threshold, manifest.threshold_method = cal.threshold, cal.method
-        manifest.decision = cal.decision
+        manifest.decision, manifest.family_similarity = cal.decision, cal.family_similarity
         manifest.calibration = cal.to_dict()
         writer.commit(manifest)
     return cal
@@ -315,15 +311,15 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             reranker = lowres.Reranker(small, opts.lowres)
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
-        cal = calibrate_index(index, paired,
-                              [(ids[i], enc.marks[i].source) for i in held], opts,
-                              stored_as_queries=not opts.registry_variants, reranker=reranker)
+        cal = calibrate_index(index, paired, [(ids[i], enc.marks[i].source) for i in held],
+                              opts, reranker)
         manifest = store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
             index_preset=spec.preset, search_params=spec.search_params,
             sampled_recall=round(spec.sampled_recall, 4),
             count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,
-            decision=cal.decision, calibration=cal.to_dict(),
+            decision=cal.decision, family_similarity=cal.family_similarity,
+            calibration=cal.to_dict(),
             projection=store.PROJECTION_FILE if projection else None,
             registry_variants=list(opts.registry_variants),
             lowres=opts.lowres.to_dict() if opts.lowres else {})

@@ -1,24 +1,33 @@
 """Default existence threshold, estimated from the registry itself (no labels).
 
-Queries for registered marks are edited copies of them; queries for unregistered
-marks are other marks, clean or edited the same way. Both can be simulated with the
-registry alone: take a sample of indexed marks, make edited copies of them
-(indexer.network.augment), and search each copy and each clean mark.
-- A copy's score against its own mark is a *positive*: what a registered mark scores
-  after an edit.
-- The best score against the *other* marks is a *negative*: what the mark would score if
-  it were left out of the index, i.e. what an unregistered mark scores.
-The threshold holds both kinds of unregistered query to `target_fpr`: it is the larger
-of the (1 - target_fpr) quantiles of the clean and of the edited negatives (edits lower
-every similarity, so clean strangers set the threshold on most registries: on
-LogoBench, calibrating on edited copies alone let 12% of clean unregistered marks
-through). The share of edited positives ranked first and above it is the estimated TPR.
+Queries for registered marks are edited copies of them; queries for unregistered marks
+are other marks, clean or edited the same way. Both are simulated:
+- *Positives*: a sample of indexed marks, each copied through the edits of
+  `augment.CYCLE` (the mark untouched, each edit alone, two in a row, in equal shares)
+  and searched. A copy's decision score, where its own mark (or a rendition of it) comes
+  first, is what a registered mark scores after an edit; their share above the
+  threshold is the estimated TPR.
+- *Negatives*: the background set (indexer.network.background), brand-free marks that
+  are in no register, untouched and edited, projected like queries and searched. The
+  threshold holds both kinds to `target_fpr`: it is the larger of the (1 - target_fpr)
+  quantiles of the clean and of the edited ones; their share above it is the estimated
+  FPR.
 
-The sampled marks are chosen before the index's PCA is learned and left out of its
-fit (`pick_held_out`): a projection whitened on a mark spreads that mark away from
-the others, so in-sample marks would score lower against strangers than truly
-unseen marks do, and the threshold would come out too low (on LogoBench: 2.5% FPR
-for a 1% target).
+The negatives used to be the sampled marks themselves, searched with their own mark
+left out. That fails on real registers, where most marks are filed in several
+renditions: with its siblings still indexed, a left-out mark scores like a registered
+one, and the threshold climbs until nothing is confirmed (LogoBench families: threshold
+0.67, 1% of registered marks confirmed). An encoder without a background set (a custom
+TorchScript file) still calibrates that way, and says so.
+
+The family margin (indexer.decision) needs the similarity from which two registered
+marks are renditions of one mark: the median similarity the positives keep to their own
+mark. Two registered marks closer than a typical edited copy is to its original are the
+same mark to this service.
+
+The sampled marks are chosen before the index's PCA is learned and left out of its fit
+(`pick_held_out`): a projection whitened on a mark spreads that mark away from the
+others, so in-sample marks would score lower against strangers than unseen marks do.
 """
 from __future__ import annotations
 
@@ -33,17 +42,22 @@ import numpy as np
 from PIL import Image
 
 from indexer import decision
-from indexer.index import lowres
-from indexer.network.augment import random_edit
+from indexer.index import lowres, vectors
+from indexer.network.augment import nth_edit
+from indexer.network.background import Background
 from indexer.network.encoder import CPU_BATCH, Encoder
-from indexer.network.preprocess import ImageDecodeError, open_image, to_query
+from indexer.network.preprocess import ImageDecodeError, Prepared, open_image, to_query
 
 log = logging.getLogger(__name__)
 
 # When the registry is too small to say anything: a copy must stand this far out.
-FALLBACK_THRESHOLD = {decision.TOP: 0.8, decision.MARGIN: 0.3}
+FALLBACK_THRESHOLD = {decision.TOP: 0.8, decision.MARGIN: 0.3, decision.FAMILY: 0.3}
 MIN_MARKS = 10
-METHOD = "edited copies of registered marks, leave-one-out negatives"
+# Under these, the estimate is too rough to trust, and the build says so.
+MIN_POSITIVES = 200
+MIN_NEGATIVES = 500
+METHOD = "edited copies of registered marks; background marks as unregistered ones"
+LEAVE_ONE_OUT = "edited copies of registered marks, leave-one-out negatives"
 
 
 @dataclass
@@ -54,106 +68,191 @@ class Calibration:
     positives: int
     negatives: int
     method: str = METHOD
-    decision: str = decision.MARGIN
+    decision: str = decision.FAMILY
+    family_similarity: float | None = None
+    estimated_fpr: float | None = None
     held_out_ids: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-def _split(scores: np.ndarray, ids: np.ndarray, mid: int, kind: str):
-    """One search row -> (own decision score or -1, own ranked first, stranger's score).
-
-    The stranger's score is what the row would give if `mid` were not in the index:
-    the decision score of the row without it.
-    """
-    mine = ids == mid
-    valid = ids >= 0
-    others = scores[valid & ~mine]
-    stranger = float(decision.decision_scores(kind, others[None])[0]) if len(others) else 0.0
-    if not mine.any():
-        return -1.0, False, stranger
-    row = np.concatenate([scores[mine][:1], others])
-    return float(decision.decision_scores(kind, row[None])[0]), bool(ids[0] == mid), stranger
+    @property
+    def rule(self) -> decision.Rule:
+        return decision.rule_of(self.decision, self.family_similarity)
 
 
-def _search_depth(kind: str) -> int:
-    return decision.neighbours_needed(kind) + 1  # one more: the mark itself may be among them
+@dataclass
+class Copies:
+    """The positives' search rows: scores, ids and each hit's similarity to the top hit,
+    plus the id of the mark each copy was made from."""
+    scores: np.ndarray
+    ids: np.ndarray
+    to_top: np.ndarray
+    marks: np.ndarray
 
 
-def copy_scores(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
-                edits: int, seed: int = 0, batch_size: int = CPU_BATCH,
-                kind: str = decision.MARGIN, reranker: lowres.Reranker | None = None):
-    """(own decision score, own ranked first, stranger's decision score) per copy.
+def prepare(images: list[Image.Image], encoder: Encoder) -> tuple[list[Prepared], list[int]]:
+    """The images as queries, and the positions of those that are; an edit can leave a
+    faint mark with nothing on it (BlankImageError), and that copy is left out."""
+    prepared, kept = [], []
+    for n, im in enumerate(images):
+        try:
+            prepared.append(to_query(im, encoder.preprocess))
+            kept.append(n)
+        except ImageDecodeError:
+            pass
+    return prepared, kept
 
-    `edits=0` searches each mark as it is; otherwise `edits` edited copies of each. The
-    copies are searched as the server searches queries (small ones re-ranked by
-    `reranker`), so the threshold fits the scores the server compares with it.
-    """
+
+def search(index: faiss.Index, encoder: Encoder, queries: list[Prepared], depth: int,
+           reranker: lowres.Reranker | None = None, batch_size: int = CPU_BATCH):
+    """Each query searched as the server searches one (small ones re-ranked by
+    `reranker`), so the threshold fits the scores the server compares with it."""
+    scores, ids = [], []
+    for start in range(0, len(queries), batch_size):
+        batch = queries[start:start + batch_size]
+        s, i = lowres.search(index.search, encoder.encode([q.array for q in batch]),
+                             [q.mark_px for q in batch], depth, reranker)
+        scores.append(s)
+        ids.append(i)
+    return np.concatenate(scores), np.concatenate(ids)
+
+
+def edited_copies(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
+                  edits: int, seed: int = 0, reranker: lowres.Reranker | None = None) -> Copies:
+    """`edits` copies of each mark, the i-th copy of all through edit i of the cycle."""
     rng = random.Random(seed)
-    rows = []
-    jobs = [(mid, im) for mid, im in marks for _ in range(max(edits, 1))]
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        queries = [to_query(random_edit(im, rng) if edits else im, encoder.preprocess)
-                   for _, im in chunk]
-        scores, ids = lowres.search(index.search, encoder.encode([q.array for q in queries]),
-                                    [q.mark_px for q in queries], _search_depth(kind), reranker)
-        rows += [_split(s, i, mid, kind) for (mid, _), s, i in zip(chunk, scores, ids)]
-    own, first, other = zip(*rows) if rows else ((), (), ())
-    return np.array(own), np.array(first, dtype=bool), np.array(other)
+    jobs = [(mid, im, n) for k, (mid, im) in enumerate(marks) for n in range(k * edits,
+                                                                             (k + 1) * edits)]
+    queries, kept = prepare([nth_edit(im, n, rng) for _, im, n in jobs], encoder)
+    scores, ids = search(index, encoder, queries, decision.FAMILY_DEPTH + 1, reranker)
+    return Copies(scores, ids, vectors.similarity_to_top(index, ids),
+                  np.array([jobs[n][0] for n in kept], dtype=np.int64))
 
 
-def nearest_other(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray,
-                  kind: str = decision.MARGIN) -> np.ndarray:
-    """Each indexed vector's decision score with itself left out of the index."""
-    scores, found = index.search(np.ascontiguousarray(vectors, dtype=np.float32),
-                                 _search_depth(kind))
-    return np.array([_split(s, f, mid, kind)[2] for s, f, mid in zip(scores, found, ids)])
+def own_similarity(copies: Copies) -> np.ndarray:
+    """Each copy's similarity to its own mark; NaN where the search did not return it."""
+    hit = copies.ids == copies.marks[:, None]
+    first = hit.argmax(axis=1)
+    return np.where(hit.any(axis=1), copies.scores[np.arange(len(first)), first], np.nan)
 
 
-def stored_vectors(index: faiss.Index, ids: list[int]) -> np.ndarray | None:
-    """The indexed vectors of `ids`, or None where the index type cannot give them back."""
-    if not ids:
-        return None
-    try:
-        return np.stack([index.reconstruct(int(i)) for i in ids])
-    except RuntimeError:
-        return None
+def family_similarity(copies: Copies) -> float:
+    own = own_similarity(copies)
+    return math.ceil(float(np.nanmedian(own)) * 1e4) / 1e4 if np.isfinite(own).any() else 1.0
+
+
+def positive_scores(index: faiss.Index, copies: Copies, rule: decision.Rule
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(decision score, own mark or a rendition of it ranked first) per copy."""
+    score = rule.scores(copies.scores, copies.to_top)
+    top = copies.ids[:, 0]
+    first = top == copies.marks
+    if rule.kind == decision.FAMILY:
+        # A rendition of the mark first is a right answer too: the top hit is at least
+        # as close to the copy's own mark as renditions are to each other.
+        pairs = np.stack([top, copies.marks], axis=1)
+        sims = vectors.similarity_to_top(index, pairs[top >= 0])[:, 1]
+        first[top >= 0] |= sims >= rule.family_similarity
+    return score, first
+
+
+def background_scores(index: faiss.Index, background: Background, encoder: Encoder,
+                      rule: decision.Rule) -> tuple[np.ndarray, np.ndarray]:
+    """The decision scores of the background marks, clean and edited, in this index."""
+    out = []
+    for raw in (background.clean, background.edited):
+        vecs = encoder.project(raw)  # unit length, as the index's vectors
+        scores, ids = index.search(np.ascontiguousarray(vecs, dtype=np.float32), rule.depth())
+        out.append(rule.scores(scores, vectors.similarity_to_top(index, ids)
+                               if rule.needs_vectors else None))
+    return out[0], out[1]
+
+
+def leave_one_out_scores(index: faiss.Index, encoder: Encoder,
+                         marks: list[tuple[int, Image.Image]], copies: Copies,
+                         rule: decision.Rule, reranker: lowres.Reranker | None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Without a background set: the sampled marks, clean and edited, each searched with
+    itself left out of the results."""
+    queries, kept = prepare([im for _, im in marks], encoder)
+    scores, ids = search(index, encoder, queries, rule.depth() + 1, reranker)
+    clean = Copies(scores, ids, vectors.similarity_to_top(index, ids),
+                   np.array([marks[n][0] for n in kept], dtype=np.int64))
+    return _without_own(index, clean, rule), _without_own(index, copies, rule)
+
+
+def _without_own(index: faiss.Index, copies: Copies, rule: decision.Rule) -> np.ndarray:
+    keep = copies.ids != copies.marks[:, None]
+    n = keep.sum(axis=1).min()
+    scores = np.stack([s[k][:n] for s, k in zip(copies.scores, keep)])
+    ids = np.stack([i[k][:n] for i, k in zip(copies.ids, keep)])
+    return rule.scores(scores, vectors.similarity_to_top(index, ids)
+                       if rule.needs_vectors else None)
 
 
 def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image.Image]],
               target_fpr: float = 0.01, edits: int = 2, seed: int = 0,
-              clean: np.ndarray | None = None, kind: str = decision.MARGIN,
+              background: Background | None = None,
               reranker: lowres.Reranker | None = None) -> Calibration:
-    """`clean`: the marks' indexed vectors when the caller has them (saves encoding them).
-
-    `kind`: the decision score the threshold applies to (indexer.decision); `reranker`:
-    the index's small-copy vectors, if it has them.
-    """
+    """`encoder`: paired with the index's projection; `background`: the background set
+    of this encoder, or None to fall back on leave-one-out negatives; `reranker`: the
+    index's small-copy vectors, if it has them."""
     if index.ntotal < MIN_MARKS or not marks:
         log.warning("only %d marks: using the fallback threshold %.2f", index.ntotal,
-                    FALLBACK_THRESHOLD[kind])
-        return Calibration(FALLBACK_THRESHOLD[kind], target_fpr, float("nan"), 0, 0, "fallback",
-                           decision=kind)
-    if clean is None:
-        _, _, clean_other = copy_scores(index, encoder, marks, 0, seed, kind=kind,
-                                        reranker=reranker)
+                    FALLBACK_THRESHOLD[decision.FAMILY])
+        return Calibration(FALLBACK_THRESHOLD[decision.FAMILY], target_fpr, float("nan"), 0, 0,
+                           "fallback", family_similarity=1.0,
+                           warnings=[f"only {index.ntotal} marks: a fixed threshold"])
+    copies = edited_copies(index, encoder, marks, edits, seed, reranker)
+    rule = decision.Rule(decision.FAMILY, family_similarity(copies))
+    own, first = positive_scores(index, copies, rule)
+    if background is not None:
+        clean_neg, edited_neg = background_scores(index, background, encoder, rule)
+        method = METHOD
     else:
-        clean_other = nearest_other(index, np.array([mid for mid, _ in marks]), clean, kind)
-    own, first, other = copy_scores(index, encoder, marks, edits, seed, kind=kind,
-                                    reranker=reranker)
-    threshold = float(max(np.quantile(clean_other, 1.0 - target_fpr),
-                          np.quantile(other, 1.0 - target_fpr)))
+        clean_neg, edited_neg = leave_one_out_scores(index, encoder, marks, copies, rule,
+                                                     reranker)
+        method = LEAVE_ONE_OUT
+    threshold = float(max(np.quantile(clean_neg, 1.0 - target_fpr),
+                          np.quantile(edited_neg, 1.0 - target_fpr)))
     # Stored to 4 decimals, rounded up: rounding down could let a stranger that scored
     # just below the quantile through.
     threshold = math.ceil(threshold * 1e4) / 1e4
     tpr = float((first & (own >= threshold)).mean())
-    log.info("calibrated on %d marks and %d edited copies: threshold %.4f on the %s, estimated "
-             "TPR %.3f at FPR %.3f", len(clean_other), len(own), threshold,
-             decision.describe(kind), tpr, target_fpr)
-    return Calibration(threshold, target_fpr, round(tpr, 4), len(own),
-                       len(other) + len(clean_other), decision=kind)
+    negatives = np.concatenate([clean_neg, edited_neg])
+    fpr = float((negatives >= threshold).mean())
+    cal = Calibration(threshold, target_fpr, round(tpr, 4), len(own), len(negatives), method,
+                      rule.kind, rule.family_similarity, round(fpr, 4))
+    cal.warnings = _warnings(cal, len(marks), edits)
+    log.info("calibrated on %d edited copies of %d marks and %d unregistered ones: threshold "
+             "%.4f on the %s, estimated TPR %.3f at FPR %.3f", len(own), len(marks),
+             len(negatives), threshold, rule.describe(), tpr, fpr)
+    for w in cal.warnings:
+        log.warning("calibration: %s", w)
+    return cal
+
+
+def _warnings(cal: Calibration, marks: int, edits: int) -> list[str]:
+    """What makes this estimate one not to rely on, in words a user can act on."""
+    out = []
+    if cal.positives < MIN_POSITIVES:
+        out.append(f"the estimate rests on {cal.positives} edited copies of {marks} marks "
+                   f"(fewer than {MIN_POSITIVES}): TPR {cal.estimated_tpr:.3f} is rough; index "
+                   f"more marks or raise --calibration-edits (now {edits})")
+    if cal.negatives < MIN_NEGATIVES:
+        out.append(f"only {cal.negatives} unregistered marks measured the threshold (fewer than "
+                   f"{MIN_NEGATIVES}): the false-positive rate it gives is rough")
+    if cal.method == LEAVE_ONE_OUT:
+        out.append("no background set for this encoder: unregistered marks were simulated by "
+                   "leaving registered ones out, which sets the threshold too high on a "
+                   "register of several renditions per mark")
+    if cal.estimated_tpr < 0.5:
+        out.append(f"at this threshold only {cal.estimated_tpr:.0%} of edited registered marks "
+                   f"would be confirmed: the encoder does not tell this register's marks from "
+                   f"unregistered ones at FPR {cal.target_fpr}")
+    return out
 
 
 def pick_held_out(n: int, count: int, seed: int = 0) -> list[int]:
@@ -173,3 +272,4 @@ def load_marks(sources: list[tuple[int, str]]) -> list[tuple[int, Image.Image]]:
         except (OSError, ImageDecodeError) as e:
             log.warning("calibration skips %s: %s", path, e)
     return out
+

@@ -191,8 +191,10 @@ def cmd_remove(args) -> int:
 def cmd_calibrate(args) -> int:
     cal = pipeline.recalibrate(args.index, _encoder(args), _options(args))
     print(f"threshold {cal.threshold:.4f} (estimated TPR {cal.estimated_tpr:.3f} at FPR "
-          f"{cal.target_fpr}, from {cal.positives} edited copies); index version "
-          f"{store.read_manifest(args.index).version}")
+          f"{cal.estimated_fpr}, from {cal.positives} edited copies and {cal.negatives} "
+          f"unregistered marks); index version {store.read_manifest(args.index).version}")
+    for w in cal.warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
     return 0
 
 
@@ -234,8 +236,9 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    enc = info["encoder"]
+    enc, cal = info["encoder"], info["calibration"]
     recall = info.get("measured_recall", info.get("sampled_recall"))
+    rule = decision.rule_of(info["decision"], info.get("family_similarity"))
     rows = [("path", info["path"]), ("version", info["version"]), ("marks", info["count"]),
             ("dim", info["dim"]), ("metric", info["metric"]),
             ("index type", f"{info['index_type']} ({info.get('index_preset') or 'factory'})"),
@@ -255,10 +258,12 @@ def cmd_info(args) -> int:
                               "{px} px copies".format(**info["lowres"], px="/".join(
                                   map(str, info["lowres"]["copy_px"])))
                               if info.get("lowres") else "not re-ranked"),
-            ("threshold", f"{info['threshold']} on the {decision.describe(info['decision'])} "
+            ("threshold", f"{info['threshold']} on the {rule.describe()} "
                           f"({info['threshold_method']})"),
-            ("est. TPR", f"{info['calibration'].get('estimated_tpr')} at FPR "
-                         f"{info['calibration'].get('target_fpr')}"),
+            ("estimate", f"TPR {cal.get('estimated_tpr')} at FPR {cal.get('estimated_fpr', '?')} "
+                         f"(target {cal.get('target_fpr')}), on {cal.get('positives')} edited "
+                         f"copies and {cal.get('negatives')} unregistered marks"),
+            *[("WARNING", w) for w in cal.get("warnings", [])],
             ("size on disk", f"{info['bytes_on_disk'] / 1e6:.1f} MB"),
             ("created", info["created"]), ("updated", info["updated"])]
     for k, v in rows:

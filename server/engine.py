@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import decision
 from indexer.index import lowres, vectors
 from indexer.index.reader import OpenIndex, encoder_for, open_index
 from indexer.network.encoder import Encoder
@@ -35,6 +34,11 @@ class Hit:
     serial: str
     name: str
     score: float
+    # The registered mark's similarity to the row's top hit (1.0 for the top hit), where
+    # the decision needs it (indexer.decision.FAMILY): renditions of the top match are
+    # not its runners-up.
+    to_top: float = 1.0
+    same_mark: bool = False  # a rendition of the top match (see indexer.decision)
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,10 @@ class SearchEngine:
         self.encoder = encoder_for(index, encoder)
         self.index = index
         self.max_k = config.max_k
-        self.decision = index.manifest.decision
+        self.rule = index.manifest.rule
         # Searches return at least this many hits, so the decision score is exact
         # whatever k the caller asked for.
-        self._depth = decision.neighbours_needed(self.decision)
+        self._depth = self.rule.depth()
         self.threshold = check_threshold(
             index.manifest.threshold if config.threshold is None else config.threshold)
         params = index.manifest.search_params | (config.search_params or {})
@@ -81,7 +85,7 @@ class SearchEngine:
         log.info("serving %s: %d marks, %s %s%s, threshold %.4f on the %s", index.path,
                  index.index.ntotal, index.manifest.index_type, params or "exact",
                  " on the GPU" if self.searcher.on_gpu else "", self.threshold,
-                 decision.describe(self.decision))
+                 self.rule.describe())
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: Encoder,
@@ -128,17 +132,23 @@ class SearchEngine:
         with self._search_lock:
             scores, ids = lowres.search(self.searcher.search, vecs,
                                         [q.mark_px for q in queries], kk, self.index.reranker)
+        # From the CPU index's stored vectors: a GPU copy need not be locked for it.
+        to_top = vectors.similarity_to_top(self.index.index, ids) \
+            if self.rule.needs_vectors else np.ones_like(scores)
         refs = self.index.catalog.refs(sorted({int(i) for i in ids.ravel() if i >= 0}))
-        return [[Hit(refs[i].serial, refs[i].name, float(s))
-                 for s, i in zip(row_s, row_i) if i >= 0 and i in refs]
-                for row_s, row_i in zip(scores, ids.tolist())]
+        same = self.rule.family(to_top) if self.rule.needs_vectors else \
+            np.arange(to_top.shape[1])[None, :] == 0
+        return [[Hit(refs[i].serial, refs[i].name, float(s), float(t), bool(m))
+                 for s, i, t, m in zip(row_s, row_i, row_t, row_m) if i >= 0 and i in refs]
+                for row_s, row_i, row_t, row_m in zip(scores, ids.tolist(), to_top, same)]
 
     def decide(self, hits: list[Hit], threshold: float, k: int) -> Answer:
         """The yes/no from all of `hits` (as `search` gave them), and the first k of them."""
         if not hits:
             return Answer(False, "", 0.0, 0.0, threshold, [])
         scores = np.array([[h.score for h in hits]], dtype=np.float32)
-        confidence = float(decision.decision_scores(self.decision, scores)[0])
+        to_top = np.array([[h.to_top for h in hits]], dtype=np.float32)
+        confidence = float(self.rule.scores(scores, to_top)[0])
         exists = confidence >= threshold
         return Answer(exists, hits[0].serial if exists else "", hits[0].score, confidence,
                       threshold, hits[:k])

@@ -44,8 +44,8 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
     return pb.SearchResponse(
         request_id=request_id, exists=answer.exists, matched_serial=answer.matched_serial,
         top_score=answer.top_score, confidence=answer.confidence, threshold=answer.threshold,
-        matches=[pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name)
-                 for r, h in enumerate(answer.hits, start=1)])
+        matches=[pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name,
+                          same_mark=h.same_mark) for r, h in enumerate(answer.hits, start=1)])
 
 
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
@@ -223,7 +223,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             encoder=engine.encoder.identity.short(), index_type=m.index_type,
             threshold=engine.threshold, index_version=m.version, created=m.created,
             max_k=engine.max_k, threshold_method=m.threshold_method,
-            decision=engine.decision)
+            decision=engine.rule.kind, family_similarity=engine.rule.family_similarity or 0.0)
 
     def GetThumbnails(self, request, context):
         with self.metrics.observe("GetThumbnails", context):

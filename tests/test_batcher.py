@@ -118,8 +118,12 @@ def test_each_job_gets_its_own_k_from_a_shared_batch(engine, images):
     batcher = MicroBatcher(BatchConfig(max_batch=32, max_wait_ms=20))
     try:
         futures = [batcher.submit(engine, [a], k) for a, k in zip(images[:6], [1, 3, 10, 2, 7, 5])]
-        # Each as many as the engine needs for its decision, at least 6 on a margin index.
-        assert [len(f.result()[0]) for f in futures] == [6, 6, 10, 6, 7, 6]
+        # Each as many as the engine needs for its decision: the family margin looks at
+        # the first 32 hits, so k up to 32 all get 32 (`decide` cuts them to k).
+        depth = engine.rule.depth()
+        assert depth == 32 and [len(f.result()[0]) for f in futures] == [depth] * 6
+        hits = futures[2].result()[0]
+        assert len(engine.decide(hits, engine.threshold, 10).hits) == 10
     finally:
         batcher.close()
 

@@ -159,3 +159,25 @@ def test_eval_says_what_a_data_folder_lacks(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "has no registry.csv or queries.csv" in capsys.readouterr().err
+
+
+def test_score_counts_any_rendition_of_the_mark_on_a_register_of_families(tmp_path):
+    # Two known queries (one answered with a sibling rendition, one with a stranger), one
+    # unregistered rendition of a registered mark (`similar`) and one unknown mark.
+    rows = [("k1.png", "11", "identity", "known", "11|12"),
+            ("k2.png", "21", "blur", "known", "21|22"),
+            ("s1.png", "11|12", "identity", "similar", ""),
+            ("u1.png", "", "identity", "unknown", "")]
+    queries = {str((tmp_path / f).resolve()): dict(zip(
+        ("file", "expected_serial", "transform", "kind", "family"), (f, *rest)))
+        for f, *rest in rows}
+    answers = {"k1.png": ("12", True), "k2.png": ("99", True), "s1.png": ("12", True),
+               "u1.png": ("99", False)}
+    results = [{"file": str(tmp_path / f), "matches": [{"serial": s}], "exists": e,
+                "error": None, "top_score": 0.5, "confidence": 0.5 if e else 0.1}
+               for f, (s, e) in answers.items()]
+    got = score(queries, results)
+    assert got["known"] == 2 and got["unknown"] == 1 and got["similar"] == 1
+    assert got["recall@1"] == 0.5 and got["recall@1_exact_mark"] == 0.0
+    assert got["tpr"] == 0.5 and got["fpr"] == 0.0
+    assert got["similar_recall@1"] == 1.0 and got["similar_exists_with_sibling"] == 1.0

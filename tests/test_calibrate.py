@@ -4,26 +4,66 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from indexer import calibrate
+from indexer import calibrate, decision
 from indexer.cli import main
 from indexer.index.reader import open_index
+from indexer.network import augment, background
 
 
-def test_edited_copies_score_above_strangers_and_threshold_lies_between(engine, sample_items):
+@pytest.fixture(scope="module")
+def held_marks(sample_items):
     sources = [(i, str(it.path)) for i, it in enumerate(sample_items, start=1)]
-    marks = calibrate.load_marks([sources[i] for i in calibrate.pick_held_out(300, 40, seed=3)])
-    own, first, other = calibrate.copy_scores(engine.index.index, engine.encoder, marks, 2,
-                                              seed=3)
-    assert len(own) == 80
-    assert first.mean() >= 0.8                      # edited copies are found first
-    assert np.median(own) > np.median(other) + 0.2  # and score well above strangers
-    cal = calibrate.calibrate(engine.index.index, engine.encoder, marks, 0.05, 2, seed=3)
-    assert np.median(other) < cal.threshold < np.median(own)
-    # Clean strangers are held to the target rate too.
-    _, _, clean_other = calibrate.copy_scores(engine.index.index, engine.encoder, marks, 0)
-    assert (clean_other >= cal.threshold).mean() <= 0.05 and cal.negatives == 120
-    assert 0.3 < cal.estimated_tpr <= 1.0 and cal.positives == 80
+    return calibrate.load_marks([sources[i] for i in calibrate.pick_held_out(300, 40, seed=3)])
+
+
+def test_edited_copies_score_above_background_marks_and_threshold_lies_between(engine,
+                                                                              held_marks):
+    index = engine.index.index
+    bg = background.for_encoder(engine.encoder)
+    assert bg is not None and len(bg) >= 1000  # the shipped set, for the shipped encoder
+    copies = calibrate.edited_copies(index, engine.encoder, held_marks, 2, seed=3)
+    assert len(copies.marks) == 80
+    rule = decision.Rule(decision.FAMILY, calibrate.family_similarity(copies))
+    own, first = calibrate.positive_scores(index, copies, rule)
+    clean_neg, edited_neg = calibrate.background_scores(index, bg, engine.encoder, rule)
+    assert first.mean() >= 0.8                             # edited copies are found first
+    assert np.median(own) > np.median(edited_neg) + 0.2    # and stand out far more
+    cal = calibrate.calibrate(index, engine.encoder, held_marks, 0.05, 2, seed=3, background=bg)
+    assert cal.method == calibrate.METHOD and cal.decision == decision.FAMILY
+    assert np.median(edited_neg) < cal.threshold < np.median(own)
+    # Both kinds of unregistered mark are held to the target rate, and the estimate says so.
+    assert (clean_neg >= cal.threshold).mean() <= 0.05 >= (edited_neg >= cal.threshold).mean()
+    assert cal.estimated_fpr <= 0.05 and cal.negatives == 2 * len(bg)
+    assert 0.5 < cal.estimated_tpr <= 1.0 and cal.positives == 80
+    # The renditions bound is what a typical copy keeps of its own mark.
+    assert cal.family_similarity == pytest.approx(np.nanmedian(calibrate.own_similarity(copies)),
+                                                  abs=1e-4)
+
+
+def test_the_copies_go_through_every_edit_in_equal_shares():
+    n = len(augment.CYCLE)
+    assert augment.CYCLE[0] == "identity" and augment.CYCLE[-1] == "two"
+    assert set(augment.CYCLE[1:-1]) == set(augment.EDITS)
+    # 40 marks x 2 copies: the i-th copy of all gets edit i of the cycle.
+    counts = np.bincount(np.arange(80) % n, minlength=n)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_without_a_background_set_the_calibration_says_so(engine, held_marks):
+    cal = calibrate.calibrate(engine.index.index, engine.encoder, held_marks[:20], 0.05, 2,
+                              seed=3, background=None)
+    assert cal.method == calibrate.LEAVE_ONE_OUT
+    text = " ".join(cal.warnings)
+    assert "no background set" in text and "40 edited copies" in text
+
+
+def test_calibration_is_deterministic(engine, held_marks):
+    bg = background.for_encoder(engine.encoder)
+    a, b = (calibrate.calibrate(engine.index.index, engine.encoder, held_marks[:15], 0.01, 2,
+                                seed=0, background=bg) for _ in range(2))
+    assert a.to_dict() == b.to_dict()
 
 
 def test_calibrate_command_writes_a_new_version(index_copy, capsys):
@@ -37,6 +77,8 @@ def test_calibrate_command_writes_a_new_version(index_copy, capsys):
     assert after.calibration["target_fpr"] == 0.05 and after.calibration["positives"] == 150
     assert after.calibration["held_out_ids"] == held  # the same marks the build held out
     assert after.threshold == after.calibration["threshold"]
+    assert after.decision == decision.FAMILY
+    assert after.family_similarity == after.calibration["family_similarity"]
 
 
 def test_tiny_registry_falls_back(tmp_path):
@@ -44,26 +86,4 @@ def test_tiny_registry_falls_back(tmp_path):
     index = faiss.IndexFlatIP(4)
     cal = calibrate.calibrate(index, None, [], 0.01)
     assert cal.threshold == calibrate.FALLBACK_THRESHOLD[cal.decision] and cal.method == "fallback"
-    assert json.dumps(cal.to_dict())
-
-
-def test_stored_vectors_stand_in_for_encoding_only_without_registry_variants(
-        tmp_path, engine, encoder, sample_items):
-    # Stored as queries are encoded (no registry variants), an indexed mark's vector gives
-    # the clean stranger's score that encoding the mark gives; stored as the mean over its
-    # variants (the shipped default, `engine`), it does not, so the build encodes them.
-    plain = open_index(_build(tmp_path, encoder, sample_items[:60], registry_variants=()))
-    for index, pipeline, same in ((plain.index, encoder.with_projection(plain.projection), True),
-                                  (engine.index.index, engine.encoder, False)):
-        ids = sorted(calibrate.pick_held_out(len(sample_items[:60]), 12, seed=5))
-        marks = calibrate.load_marks([(i + 1, str(sample_items[i].path)) for i in ids])
-        _, _, encoded = calibrate.copy_scores(index, pipeline, marks, 0)
-        stored = calibrate.stored_vectors(index, [mid for mid, _ in marks])
-        got = calibrate.nearest_other(index, np.array([mid for mid, _ in marks]), stored)
-        assert np.allclose(got, encoded, atol=1e-4) == same
-
-
-def _build(tmp_path, encoder, items, **kw):
-    from indexer.build import BuildOptions, build
-    build(items, tmp_path / "idx", encoder, BuildOptions(progress=False, **kw))
-    return tmp_path / "idx"
+    assert cal.warnings and json.dumps(cal.to_dict())

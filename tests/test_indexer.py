@@ -79,10 +79,12 @@ def test_build_info_and_skip_report(tmp_path, capsys):
     shutil.copy(sorted((SAMPLES / "registry").glob("*.png"))[20], marks / "nested" / "X1.png")
     (marks / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (marks / "notes.txt").write_text("ignored: not an image extension")
+    from PIL import Image
+    Image.new("RGBA", (256, 256), (0, 0, 0, 0)).save(marks / "blank.png")  # a render that failed
     assert run("build", "--images", str(marks), "--out", str(tmp_path / "idx"),
                "--no-lowres", "--no-progress") == 0
     out = capsys.readouterr().out
-    assert "indexed 13 marks" in out and "skipped 1" in out and "broken.png" in out
+    assert "indexed 13 marks" in out and "skipped 2" in out and "broken.png" in out
     opened = open_index(tmp_path / "idx")
     assert opened.index.ntotal == 13 and opened.manifest.dim == 512
     # --no-lowres: no small copies, and the index is served without them.
@@ -90,7 +92,8 @@ def test_build_info_and_skip_report(tmp_path, capsys):
     assert not list(opened.path.glob("lowres*"))
     assert opened.catalog.ids_for(["X1"])  # recursed into nested/
     report = json.loads((opened.path / store.REPORT_FILE).read_text())
-    assert [Path(s["file"]).name for s in report["skipped"]] == ["broken.png"]
+    assert sorted(Path(s["file"]).name for s in report["skipped"]) == ["blank.png", "broken.png"]
+    assert any("blank" in s["reason"] for s in report["skipped"])
     # Encoding is part of the build, so its rate is the higher one.
     assert 0 < report["encode_seconds"] < report["seconds"]
     assert report["encode_images_per_s"] > report["images_per_s"] > 0
@@ -113,19 +116,34 @@ def test_manifest_keeps_names_and_metadata(tmp_path, index_copy):
 def test_manifest_from_before_the_margin_score_decides_on_the_top_score(index_copy, encoder):
     path = store.current_version_dir(index_copy) / store.MANIFEST
     data = json.loads(path.read_text())
-    assert data["decision"] == "margin"
+    assert data["decision"] == "family-margin" and 0 < data["family_similarity"] < 1
+    image = (SAMPLES / "registry" / "86000000.png").read_bytes()
+    # Before families: the plain margin over the next five, whatever they are.
+    path.write_text(json.dumps(data | {"decision": "margin", "family_similarity": None}))
+    engine = SearchEngine.open(index_copy, encoder)
+    try:
+        hits = engine.search([engine.prepare(image)], 3)[0]
+        answer = engine.decide(hits, engine.threshold, 3)
+        assert engine.rule.kind == "margin" and len(hits) == 6
+        assert answer.confidence == pytest.approx(
+            hits[0].score - np.mean([h.score for h in hits[1:6]]), abs=1e-6)
+    finally:
+        engine.close()
+    # Before margins: the top similarity.
     del data["decision"]
     data["threshold"] = 0.9
     path.write_text(json.dumps(data))
     engine = SearchEngine.open(index_copy, encoder)
     try:
-        image = (SAMPLES / "registry" / "86000000.png").read_bytes()
         hits = engine.search([engine.prepare(image)], 3)[0]
         answer = engine.decide(hits, engine.threshold, 3)
-        assert engine.decision == "top" and answer.confidence == answer.top_score
+        assert engine.rule.kind == "top" and answer.confidence == answer.top_score
         assert answer.exists and len(answer.hits) == 3
     finally:
         engine.close()
+    path.write_text(json.dumps(data | {"decision": "family-margin", "family_similarity": None}))
+    with pytest.raises(store.IndexFormatError, match="records no family_similarity"):
+        open_index(index_copy)
     data["decision"] = "median"
     path.write_text(json.dumps(data))
     with pytest.raises(store.IndexFormatError, match="decision score 'median'"):

@@ -55,6 +55,8 @@ class Manifest:
     # What the threshold is compared with (indexer.decision); manifests written before
     # the margin score existed mean the top similarity.
     decision: str = decision.TOP
+    # For the family margin: the similarity from which a hit is a rendition of the top one.
+    family_similarity: float | None = None
     metric: str = "inner_product"
     projection: str | None = None
     version: str = ""
@@ -76,6 +78,10 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    @property
+    def rule(self) -> decision.Rule:
+        return decision.rule_of(self.decision, self.family_similarity)
+
     @classmethod
     def read(cls, path: Path) -> "Manifest":
         try:
@@ -90,6 +96,10 @@ class Manifest:
             raise IndexFormatError(
                 f"{path} has decision score {data['decision']!r}, which this program does not "
                 f"know ({', '.join(decision.KINDS)}): upgrade the server or rebuild the index")
+        if data.get("decision") == decision.FAMILY and data.get("family_similarity") is None:
+            raise IndexFormatError(f"{path} decides on the family margin but records no "
+                                   "family_similarity: recalibrate with `python -m indexer "
+                                   "calibrate`")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

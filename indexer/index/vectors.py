@@ -306,6 +306,28 @@ def all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     return ids, _decode(index, ids, np.arange(len(ids)))
 
 
+def similarity_to_top(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """(n, m) ids of search results -> each hit's similarity to its row's top hit, from
+    the stored vectors (decoded, so approximate for SQ/PQ codes); -1 where a row has no
+    hit there. What the family margin (indexer.decision) tells renditions apart with.
+
+    The ids must come from a search of this index: FAISS's reconstruct_batch ends the
+    process on an id it does not hold (see lowres._read)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.full(ids.shape, -1.0, dtype=np.float32)
+    found = ids >= 0
+    if not found.any():
+        return out
+    unique, inverse = np.unique(ids[found], return_inverse=True)
+    vecs = index.reconstruct_batch(np.ascontiguousarray(unique))
+    rows = np.full(ids.shape, -1, dtype=np.int64)
+    rows[found] = inverse
+    for r in np.flatnonzero(found[:, 0]):
+        hit = rows[r] >= 0
+        out[r, hit] = vecs[rows[r, hit]] @ vecs[rows[r, 0]]
+    return out
+
+
 def _decode(index: faiss.Index, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The stored vectors of ids[rows] (ids as `stored_ids` orders them), by id: IVF's
     direct map and IndexIDMap2's reverse map both find them."""
