@@ -43,6 +43,9 @@ def add_health(server: grpc.Server) -> health.HealthServicer:
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # One server per port: with SO_REUSEPORT (gRPC's default on Linux) a second server on a
+    # busy port starts too, and the two split the traffic, an old index answering on.
+    ("grpc.so_reuseport", 0),
     # Find dead peers of long streams: ping after 60 s idle, drop after 20 s unanswered,
     # and accept clients' own pings (every 30 s at most) even between calls.
     ("grpc.keepalive_time_ms", 60_000),
@@ -74,10 +77,15 @@ def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: 
     health_servicer = add_health(server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = (server.add_secure_port(address, credentials) if credentials
-            else server.add_insecure_port(address))
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials
+                else server.add_insecure_port(address))
+    except RuntimeError:  # gRPC's "Failed to bind to address": taken, by a server or not
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {address}")
+        server.stop(None)  # an unstarted gRPC server left to the garbage collector aborts
+        raise OSError(f"cannot listen on {address}: address already in use (another server "
+                      "running? pick a free --port), or not an address of this machine")
     return server, port, health_servicer
 
 
@@ -200,10 +208,14 @@ def serve(args: argparse.Namespace) -> int:
                                        encoder_thread_init=encoder_thread_init,
                                        set_threads=set_encoder_threads)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
-                                                  args.rpc_workers, token,
-                                                  args.max_concurrent_rpcs, admin_token,
-                                                  credentials)
+    try:
+        server, port, health_servicer = create_server(f"{host}:{args.port}", servicer,
+                                                      args.rpc_workers, token,
+                                                      args.max_concurrent_rpcs, admin_token,
+                                                      credentials)
+    except OSError:
+        servicer.close()
+        raise
     metrics_port = None
     if args.metrics_port is not None:
         metrics_port = servicer.metrics.serve(args.host, args.metrics_port)

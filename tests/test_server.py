@@ -188,6 +188,31 @@ def test_server_process_prints_address_and_stops_on_sigterm(sample_index):
             proc.kill()
 
 
+def test_a_second_server_on_a_busy_port_exits_2_and_the_first_keeps_serving(sample_index):
+    import socket
+    first = subprocess.Popen([sys.executable, "-m", "server", "--index", str(sample_index),
+                              "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    other = socket.socket()  # a port held by a program that is not a gRPC server
+    try:
+        address = first.stdout.readline().strip().split()[-1]
+        port = address.rsplit(":", 1)[1]
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        for busy in (port, str(other.getsockname()[1])):
+            second = subprocess.run([sys.executable, "-m", "server", "--index", str(sample_index),
+                                     "--port", busy], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=120)
+            assert second.returncode == 2, second.stderr[-500:]
+            assert "address already in use" in second.stderr and "listening" not in second.stdout
+        with grpc.insecure_channel(address) as ch:
+            resp = search(pb_grpc.TrademarkSearchStub(ch), registered("86000000"))
+            assert resp.matched_serial == "86000000"
+    finally:
+        other.close()
+        first.kill()
+        first.wait()
+
+
 def test_server_refuses_a_directory_that_is_no_index(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "server", "--index", str(tmp_path), "--port",
                            "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
