@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -21,25 +22,50 @@ from server.tls import TLSError, channel_credentials
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
+CONNECTION = {"server": DEFAULT_SERVER, "timeout": 30.0, "token_file": None, "tls": False,
+              "tls_ca": None, "tls_cert": None, "tls_key": None}
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    # Defaults are filled in after parsing (CONNECTION), so that the options may come
+    # before or after the subcommand without the subcommand's copy resetting them.
+    g = parser.add_argument_group("connection (before or after the command)")
+    g.add_argument("--server", default=argparse.SUPPRESS,
+                   help=f"HOST[:PORT] (default: {DEFAULT_SERVER}; port {DEFAULT_PORT} if none)")
+    g.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                   help=f"seconds per unary call (default: {CONNECTION['timeout']:g})")
+    g.add_argument("--token-file", type=Path, default=argparse.SUPPRESS,
+                   help="file holding the server's bearer token (default: $TRADEMARK_TOKEN)")
+    g.add_argument("--tls", action="store_true", default=argparse.SUPPRESS,
+                   help="use TLS (implied by the --tls-* flags)")
+    g.add_argument("--tls-ca", type=Path, default=argparse.SUPPRESS,
+                   help="PEM CA to trust (default: system roots)")
+    g.add_argument("--tls-cert", type=Path, default=argparse.SUPPRESS,
+                   help="PEM client certificate (mutual TLS)")
+    g.add_argument("--tls-key", type=Path, default=argparse.SUPPRESS, help="PEM key of --tls-cert")
+
+
+def target(server: str) -> str:
+    """A gRPC target from --server: HOST alone means HOST:50051 (not gRPC's 443)."""
+    if "://" in server:
+        return server  # dns:///name:port, unix:///path
+    if server.count(":") > 1 and not server.startswith("["):
+        return f"[{server}]:{DEFAULT_PORT}"  # a bare IPv6 address
+    if ":" in server.rpartition("]")[2]:
+        return server  # HOST:PORT, [v6]:PORT
+    return f"{server}:{DEFAULT_PORT}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client",
                                 description="Search a trademark search server.")
-    g = p.add_argument_group("connection")
-    g.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT (default: %(default)s)")
-    g.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds per unary call (default: %(default)s)")
-    g.add_argument("--token-file", type=Path,
-                   help="file holding the server's bearer token (default: $TRADEMARK_TOKEN)")
-    g.add_argument("--tls", action="store_true", help="use TLS (implied by the --tls-* flags)")
-    g.add_argument("--tls-ca", type=Path, help="PEM CA to trust (default: system roots)")
-    g.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
-    g.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    _connection_args(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search one image")
+    _connection_args(s)
     s.add_argument("--input-img", required=True, type=Path, help="image file to look up")
     s.add_argument("--retrievals-num", type=int, default=10, help="similar marks to list (k)")
     s.add_argument("--threshold", type=float, default=None,
@@ -48,15 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", type=Path, help="write a PNG of the query beside its matches")
 
     b = sub.add_parser("batch", help="search a folder or CSV through one SearchStream")
+    _connection_args(b)
     b.add_argument("input", type=Path, help="folder of images, or CSV with a `file` column "
-                                            "(paths relative to the CSV)")
+                                            "(paths relative to the CSV, or to --images)")
+    b.add_argument("--images", type=Path, help="folder the CSV's paths start from, as with "
+                                               "`python -m indexer build --manifest`")
     b.add_argument("--out", required=True, type=Path, help="JSONL file, one object per input")
     b.add_argument("--retrievals-num", type=int, default=10, help="similar marks per image")
     b.add_argument("--threshold", type=float, default=None, help="existence threshold")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sub.add_parser("info", help="what the server has loaded")
+    _connection_args(sub.add_parser("info", help="what the server has loaded"))
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    for name, default in CONNECTION.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.command == "search":
+        if args.plot and args.plot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            p.error(f"--plot {args.plot}: give the picture's file name with .png or .jpg")
+        if "://" in str(args.input_img) or str(args.input_img).startswith(("http:", "https:")):
+            p.error(f"--input-img {args.input_img}: a URL; download the image and give its file")
+        if args.input_img.is_dir():
+            p.error(f"--input-img {args.input_img} is a folder: search takes one image; "
+                    "use `batch` for a folder")
+    return args
 
 
 def _print_answer(result: dict) -> None:
@@ -88,11 +134,12 @@ def cmd_search(args, client: SearchClient) -> int:
     return 0
 
 
-def batch_inputs(path: Path) -> list[Path]:
+def batch_inputs(path: Path, images: Path | None = None) -> list[Path]:
     if path.is_dir():
         return iter_image_files(path)
     rows = read_csv_rows(path, required=("file",))
-    return [(path.parent / row["file"].strip()) for _, row in rows]
+    root = path.parent if images is None else images
+    return [(root / row["file"].strip()) for _, row in rows]
 
 
 def _error_line(file: Path, request_id: str, code: str, message: str) -> dict:
@@ -103,7 +150,7 @@ def _error_line(file: Path, request_id: str, code: str, message: str) -> dict:
 
 
 def cmd_batch(args, client: SearchClient) -> int:
-    files = batch_inputs(args.input)
+    files = batch_inputs(args.input, args.images)
     unread: dict[str, str] = {}
 
     def requests():
@@ -118,41 +165,59 @@ def cmd_batch(args, client: SearchClient) -> int:
                 req.threshold = args.threshold
             yield req
 
-    answered, failed, exists = set(), 0, 0
+    answered: set[str] = set()
+    exists, failures = 0, Counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as out, tqdm(total=len(files), unit="img",
                                           disable=args.no_progress) as bar:
+        written = 0  # lines go out in input order: the next input to write
+
         def write(line: dict) -> None:
+            nonlocal exists
+            if line["error"] is not None:
+                failures[line["error"]["code"]] += 1
+            exists += line["exists"]
             out.write(json.dumps(line) + "\n")
             out.flush()  # an interrupted batch keeps every answer it got
             bar.update(1)
 
+        def write_unread_before(end: int) -> None:
+            # Files that could not be read were never sent: their lines go in their place.
+            nonlocal written
+            for i in range(written, end):
+                if str(i) in unread:
+                    write(_error_line(files[i], str(i), "NOT_FOUND",
+                                      f"cannot read file: {unread[str(i)]}"))
+            written = max(written, end)
+
         try:
             for resp in client.search_stream(requests()):
-                line = {"file": str(files[int(resp.request_id)])} | response_to_dict(resp)
+                i = int(resp.request_id)
+                write_unread_before(i)
+                write({"file": str(files[i])} | response_to_dict(resp))
                 answered.add(resp.request_id)
-                failed += line["error"] is not None
-                exists += line["exists"]
-                write(line)
+                written = i + 1
         except grpc.RpcError as e:
             # Every input still gets a line: the ones the stream did not answer say why.
             log.error("stream ended early: %s %s", e.code().name, e.details())
-            for i, f in enumerate(files):
+            for i in range(written, len(files)):
+                write_unread_before(i + 1)
                 if str(i) not in answered and str(i) not in unread:
-                    failed += 1
-                    write(_error_line(f, str(i), e.code().name, e.details() or ""))
-        for rid, message in unread.items():
-            failed += 1
-            write(_error_line(files[int(rid)], rid, "NOT_FOUND", f"cannot read file: {message}"))
+                    write(_error_line(files[i], str(i), e.code().name, e.details() or ""))
+        write_unread_before(len(files))
+    failed = sum(failures.values())
+    reasons = ", ".join(f"{n} {code}" for code, n in failures.most_common())
     print(f"{len(files)} images: {exists} exist, {len(files) - exists - failed} not, "
-          f"{failed} failed; results in {args.out}")
-    return 0 if len(answered) + len(unread) == len(files) else 1
+          f"{failed} failed{f' ({reasons})' if reasons else ''}; results in {args.out}")
+    return 1 if failed else 0
 
 
 def cmd_info(args, client: SearchClient) -> int:
     info = client.info()
     for field in info.DESCRIPTOR.fields:
-        print(f"{field.name:>16}: {getattr(info, field.name)}")
+        value = getattr(info, field.name)
+        # float32 on the wire: 0.3406 would print as 0.34060001373291016
+        print(f"{field.name:>17}: {round(value, 4) if isinstance(value, float) else value}")
     return 0
 
 
@@ -160,18 +225,28 @@ COMMANDS = {"search": cmd_search, "batch": cmd_batch, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         credentials = None
         if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
             credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-        with SearchClient(args.server, args.timeout, read_token(args.token_file),
+        with SearchClient(target(args.server), args.timeout, read_token(args.token_file),
                           credentials) as client:
             return COMMANDS[args.command](args, client)
     except grpc.RpcError as e:
-        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+        hint = (f" (is a server running at {target(args.server)}? --server HOST:PORT)"
+                if e.code() == grpc.StatusCode.UNAVAILABLE else "")
+        return _fail(args, e.code().name, f"{e.details()}{hint}", 1)
     except (OSError, ManifestError, TokenError, TLSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, "INVALID_ARGUMENT" if isinstance(e, ManifestError) else "ERROR",
+                     str(e), 2)
+
+
+def _fail(args, code: str, message: str, status: int) -> int:
+    """The error on stderr; with `search --json`, also as the JSON object on stdout."""
+    print(f"error: {code}: {message}" if code != "ERROR" else f"error: {message}",
+          file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps(_error_line(args.input_img, "", code, message)))
+    return status

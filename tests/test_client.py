@@ -42,8 +42,9 @@ def test_batch_writes_one_line_per_input(server_address, tmp_path, capsys):
         shutil.copy(SAMPLES / "queries" / name, folder / name)
     (folder / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     out = tmp_path / "results.jsonl"
+    # Any failed item: exit 1, the failures counted by reason.
     assert main(["--server", server_address, "batch", str(folder), "--out", str(out),
-                 "--retrievals-num", "2", "--no-progress"]) == 0
+                 "--retrievals-num", "2", "--no-progress"]) == 1
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(lines) == 4 and len({l["request_id"] for l in lines}) == 4
     by_name = {l["file"].split("/")[-1]: l for l in lines}
@@ -53,24 +54,81 @@ def test_batch_writes_one_line_per_input(server_address, tmp_path, capsys):
     keys = {"file", "request_id", "exists", "matched_serial", "top_score", "confidence",
             "threshold", "matches", "error"}
     assert all(set(l) == keys for l in lines)
-    assert "4 images: 2 exist, 1 not, 1 failed" in capsys.readouterr().out
+    assert "4 images: 2 exist, 1 not, 1 failed (1 INVALID_ARGUMENT)" in capsys.readouterr().out
 
 
-def test_batch_from_csv_reports_missing_files(server_address, tmp_path):
+def test_batch_from_csv_reports_missing_files_in_input_order(server_address, tmp_path, capsys):
     csv = tmp_path / "list.csv"
-    csv.write_text(f"file,note\n{SAMPLES / 'queries' / 'q00042.jpg'}\nmissing.png,x\n")
+    q = SAMPLES / "queries"
+    csv.write_text(f"file,note\nmissing.png,x\n{q / 'q00042.jpg'},\nalso-missing.png,\n"
+                   f"{q / 'q00169.png'},\n")
     out = tmp_path / "r.jsonl"
     assert main(["--server", server_address, "batch", str(csv), "--out", str(out),
-                 "--no-progress"]) == 0
-    lines = {l["file"].split("/")[-1]: l for l in map(json.loads, out.read_text().splitlines())}
-    assert lines["q00042.jpg"]["exists"]
-    assert lines["missing.png"]["error"]["code"] == "NOT_FOUND"
+                 "--no-progress"]) == 1
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [l["file"].split("/")[-1] for l in lines] == [
+        "missing.png", "q00042.jpg", "also-missing.png", "q00169.png"]
+    assert [l["request_id"] for l in lines] == ["0", "1", "2", "3"]
+    assert lines[1]["exists"] and lines[0]["error"]["code"] == "NOT_FOUND"
+    assert "2 failed (2 NOT_FOUND)" in capsys.readouterr().out
+
+
+def test_batch_reads_an_indexer_manifest_with_images(server_address, tmp_path):
+    # The registry's own manifest names files relative to --images, as `indexer build` reads it.
+    out = tmp_path / "r.jsonl"
+    head = tmp_path / "head.csv"
+    head.write_text("".join((SAMPLES / "registry.csv").read_text().splitlines(True)[:4]))
+    assert main(["--server", server_address, "batch", str(head), "--images",
+                 str(SAMPLES / "registry"), "--out", str(out), "--no-progress"]) == 0
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(lines) == 3 and all(l["exists"] and l["error"] is None for l in lines)
+
+
+def test_connection_options_go_before_or_after_the_command(server_address, capsys):
+    img = str(SAMPLES / "queries" / "q00169.png")
+    assert main(["search", "--input-img", img, "--retrievals-num", "5",
+                 "--server", server_address]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Trade Mark Existed! - serial number: 86030192"
+    assert out[1].startswith("Serial Numbers of similar images: ['86030192', ")
+    assert main(["info", "--server", server_address]) == 0
+    threshold = next(l for l in capsys.readouterr().out.splitlines() if "threshold:" in l)
+    assert len(threshold.split(":")[1].strip()) <= 6  # 0.307, not 0.30700001120567322
+
+
+def test_a_host_without_port_means_the_default_port():
+    from client.cli import target
+    assert target("localhost") == "localhost:50051"
+    assert target("10.0.0.7:6000") == "10.0.0.7:6000"
+    assert target("[::1]") == "[::1]:50051" and target("::1") == "[::1]:50051"
+    assert target("[::1]:7000") == "[::1]:7000"
+    assert target("dns:///search.internal:50051") == "dns:///search.internal:50051"
+
+
+def test_usage_errors_say_how_to_fix_them(tmp_path, capsys):
+    img = str(SAMPLES / "queries" / "q00169.png")
+    for argv, message in (
+            (["search", "--input-img", img, "--plot", str(tmp_path / "out")], ".png or .jpg"),
+            (["search", "--input-img", str(SAMPLES / "queries")], "use `batch` for a folder"),
+            (["search", "--input-img", "https://example.org/mark.png"], "a URL")):
+        try:
+            main(argv)
+            raise AssertionError(f"{argv} was accepted")
+        except SystemExit as e:
+            assert e.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_unreachable_server_is_a_clear_error(capsys):
     rc = main(["--server", "127.0.0.1:1", "--timeout", "2", "search", "--input-img",
                str(SAMPLES / "queries" / "q00042.jpg")])
-    assert rc == 1 and "UNAVAILABLE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "UNAVAILABLE" in err and "--server HOST:PORT" in err
+    # With --json the error is a JSON object too.
+    rc = main(["--server", "127.0.0.1:1", "--timeout", "2", "search", "--json",
+               "--input-img", str(SAMPLES / "queries" / "q00042.jpg")])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 1 and result["error"]["code"] == "UNAVAILABLE" and result["exists"] is False
 
 
 def test_client_imports_neither_torch_nor_faiss():
