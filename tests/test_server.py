@@ -217,6 +217,7 @@ def test_server_refuses_a_directory_that_is_no_index(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "server", "--index", str(tmp_path), "--port",
                            "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not an index directory" in proc.stderr
+    assert f"--out {tmp_path}`" in proc.stderr and "{root}" not in proc.stderr
 
 
 @pytest.mark.parametrize("flag,message", [

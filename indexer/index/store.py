@@ -122,7 +122,7 @@ def current_version_dir(root: str | Path) -> Path:
     pointer = root / CURRENT
     if not pointer.is_file():
         raise IndexFormatError(f"{root} is not an index directory (no {CURRENT} file): build one "
-                               "with `python -m indexer build --images DIR --out {root}`")
+                               f"with `python -m indexer build --images DIR --out {root}`")
     name = pointer.read_text().strip()
     vdir = root / VERSIONS / name
     if not (vdir / MANIFEST).is_file():
