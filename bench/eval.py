@@ -129,9 +129,12 @@ def _timed_build(data: Path, index: Path) -> dict:
 
 def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], float]:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "client", "--server", address, "batch",
-                    str(queries_csv), "--out", str(out), "--retrievals-num", "10",
-                    "--no-progress"], check=True)
+    # Exit 1 means some inputs failed (a blank image, say): they are scored as errors.
+    done = subprocess.run([sys.executable, "-m", "client", "--server", address, "batch",
+                           str(queries_csv), "--out", str(out), "--retrievals-num", "10",
+                           "--no-progress"])
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"client batch exited {done.returncode}")
     wall = time.perf_counter() - t0
     return [json.loads(l) for l in out.read_text().splitlines()], wall
 

@@ -10,7 +10,7 @@ from indexer.cli import main as indexer_main
 from indexer.index.reader import open_index
 from indexer.network.preprocess import prepare
 from tests.conftest import SAMPLES
-from tests.test_indexer import first_marks
+from tests.indexer.test_indexer import first_marks
 
 
 def prepared(encoder, n: int) -> list[np.ndarray]:

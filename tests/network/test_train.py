@@ -62,7 +62,7 @@ def test_cached_views_are_not_reused_after_the_edits_change(tmp_path, monkeypatc
 
 def _renderer():
     spec = importlib.util.spec_from_file_location(
-        "render_training_marks", Path(__file__).parents[1] / "scripts/render_training_marks.py")
+        "render_training_marks", Path(__file__).parents[2] / "scripts/render_training_marks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
