@@ -29,7 +29,8 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 
 proto: $(STUBS)
 
-$(STUBS): proto/trademark_search.proto $(STAMP)
+# Committed; regenerated when the .proto changes (the venv only has to exist first).
+$(STUBS): proto/trademark_search.proto | $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. $<
 
 demo: install
@@ -62,4 +63,4 @@ soak: install
 	$(PY) -m bench.soak --index $(OUT)/demo/index --seconds 180 --clients 8 --out $(OUT)/soak.json
 
 clean:
-	rm -rf $(VENV) $(OUT) $(STUBS) proto/trademark_search_pb2.pyi .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,4 +1,4 @@
-"""The generated stubs are not committed; this proves the importable ones match the .proto."""
+"""The committed stubs are generated from the .proto: this fails when they are out of date."""
 from __future__ import annotations
 
 import subprocess
