@@ -358,8 +358,8 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
         catalog = Catalog(writer.path / store.CATALOG_FILE)
         ids, replaced = catalog.upsert(enc.marks)
         catalog.close()
-        if replaced:
-            log.warning("%d serial(s) were already indexed and have been replaced", replaced)
+        if replaced:  # the command line says so too (BuildResult.replaced)
+            log.info("%d serial(s) were already indexed and have been replaced", replaced)
         vectors.add(index, ids, vecs)
         vectors.save(index, writer.path / store.INDEX_FILE)
         if reranker is not None:

@@ -80,7 +80,8 @@ class Catalog:
         return self._all("SELECT id, source FROM marks ORDER BY id")
 
     def upsert(self, marks: list[Mark]) -> tuple[list[int], int]:
-        """Insert marks, replacing same-serial rows in place (keeping their id).
+        """Insert marks, replacing same-serial rows in place (keeping their id, and their
+        name and metadata where the new mark has none).
 
         Returns (ids in the order given, how many replaced an existing serial).
         """
@@ -91,9 +92,13 @@ class Catalog:
             for m in marks:
                 row = (m.name, m.source, m.sha256, m.thumbnail, json.dumps(m.metadata), now)
                 if m.serial in existing:
+                    # A mark added from a bare folder (no manifest) brings no name and no
+                    # metadata: the row keeps the ones it had.
                     self._db.execute(
-                        "UPDATE marks SET name=?, source=?, sha256=?, thumbnail=?, metadata=?, "
-                        "added_at=? WHERE serial=?", row + (m.serial,))
+                        "UPDATE marks SET name=COALESCE(NULLIF(?, ''), name), source=?, sha256=?, "
+                        "thumbnail=?, metadata=CASE WHEN ?='{}' THEN metadata ELSE ? END, "
+                        "added_at=? WHERE serial=?",
+                        (m.name, m.source, m.sha256, m.thumbnail, row[4], row[4], now, m.serial))
                     ids.append(existing[m.serial])
                 else:
                     cur = self._db.execute(

@@ -185,6 +185,29 @@ def test_add_replace_and_remove_keep_ids_stable(tmp_path, capsys):
     assert sorted(p.name for p in (idx / store.VERSIONS).iterdir()) == ["v000002", "v000003"]
 
 
+def test_add_without_a_manifest_keeps_a_replaced_marks_name_and_metadata(tmp_path, capsys):
+    marks = first_marks(tmp_path, 4)
+    files = sorted(p.name for p in marks.iterdir())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("serial,file,name,nice_classes\n" + "".join(
+        f"S{i},{f},Mark {i},9;42\n" for i, f in enumerate(files)))
+    idx = tmp_path / "idx"
+    assert run("build", "--images", str(marks), "--manifest", str(manifest), "--out", str(idx),
+               "--no-progress") == 0
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copy(marks / files[0], again / "S0.png")  # the serial is the stem: no manifest
+    capsys.readouterr()
+    assert run("add", "--images", str(again), "--index", str(idx), "--no-progress") == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("already indexed and have been replaced") == 1
+    catalog = open_index(idx).catalog
+    ref = next(iter(catalog.refs(list(catalog.ids_for(["S0"]).values())).values()))
+    assert ref.name == "Mark 0"
+    row = catalog._db.execute("SELECT metadata FROM marks WHERE serial='S0'").fetchone()
+    assert json.loads(row[0]) == {"name": "Mark 0", "nice_classes": "9;42"}
+
+
 def test_manifest_errors_write_nothing(tmp_path, capsys):
     marks = first_marks(tmp_path, 3)
     files = sorted(p.name for p in marks.iterdir())
