@@ -280,6 +280,7 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
     t0 = time.perf_counter()
     if not items:
         raise BuildError("no images to index: the folder or manifest is empty")
+    store.check_build_target(out_dir)
     variants.check(opts.registry_variants)
     enc = encode_items(items, encoder, opts)
     t_encode = time.perf_counter() - t0

@@ -11,6 +11,7 @@ from pathlib import Path
 from indexer import build as pipeline
 from indexer import decision, variants
 from indexer.index import lowres, store, vectors
+from indexer.index.verify import checksum_problems
 from indexer.network.encoder import (
     CPU_BATCH,
     DEFAULT_ENCODER,
@@ -215,6 +216,8 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
     manifest = store.Manifest.read(vdir / store.MANIFEST)
     info = json.loads(manifest.to_json())
     info["path"] = str(vdir)
+    # The checksums the server checks at open: info must not call a damaged index fine.
+    info["problems"] = checksum_problems(vdir, manifest)
     info["bytes_on_disk"] = sum(p.stat().st_size for p in vdir.iterdir())
     info["index_memory_bytes"] = vectors.memory_bytes(vdir / store.INDEX_FILE)
     mapped = vectors.mapped_memory_bytes(manifest.index_type, info["index_memory_bytes"],
@@ -224,7 +227,7 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
     if manifest.lowres:
         info["lowres_memory_bytes"] = sum(vectors.memory_bytes(vdir / n)
                                           for n in lowres.files(manifest.lowres))
-    if measure_recall:
+    if measure_recall and not info["problems"]:
         index = vectors.load(vdir / store.INDEX_FILE)
         recall = vectors.sampled_recall(index, params=manifest.search_params)
         info["measured_recall"] = round(recall, 4)
@@ -233,9 +236,13 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
 
 def cmd_info(args) -> int:
     info = index_info(args.index, args.measure_recall)
+    status = 1 if info["problems"] else 0
+    for problem in info["problems"]:
+        print(f"WARNING: {problem}: the server will refuse this version; run "
+              f"`python -m indexer verify --index {args.index}`", file=sys.stderr)
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return status
     enc, cal = info["encoder"], info["calibration"]
     recall = info.get("measured_recall", info.get("sampled_recall"))
     rule = decision.rule_of(info["decision"], info.get("family_similarity"))
@@ -268,7 +275,7 @@ def cmd_info(args) -> int:
             ("created", info["created"]), ("updated", info["updated"])]
     for k, v in rows:
         print(f"{k:>13}: {v}")
-    return 0
+    return status
 
 
 COMMANDS = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "calibrate": cmd_calibrate,

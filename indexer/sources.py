@@ -71,13 +71,27 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, 
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
             if missing:
                 raise ManifestError(f"{csv_path}: missing column(s) {', '.join(missing)}; "
-                                    f"the header must name {', '.join(required)}")
+                                    f"the header must name {', '.join(required)}"
+                                    f"{_header_hint(header, required)}")
             return [(i + 2, row) for i, row in enumerate(reader)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ManifestError(f"cannot read {csv_path}: {e}") from e
+
+
+def _header_hint(header: list[str], required: tuple[str, ...]) -> str:
+    """Why a header that looks right was not read: letter case, or another delimiter."""
+    if len(header) == 1 and any(d in header[0] for d in ";\t|"):
+        return (f" (the header {header[0]!r} is one column: the file must be comma-separated, "
+                "not split by ';', tabs or '|')")
+    lower = {h.strip().lower(): h for h in header}
+    near = [f"{lower[c]!r}" for c in required if c in lower and lower[c] not in required]
+    if near:
+        return f" (found {', '.join(near)}: column names are lower case, without spaces)"
+    return ""
 
 
 def _check_unique(items: list[ImageItem], what: str) -> None:

@@ -183,6 +183,18 @@ class VersionWriter:
         return name
 
 
+def check_build_target(root: str | Path) -> None:
+    """A build writes into a new or empty folder, or replaces an index; anything else is
+    refused before any work: the folder may be someone's data."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise IndexFormatError(f"--out {root} is a file: give a folder for the index")
+    if root.is_dir() and not (root / CURRENT).is_file() and any(
+            p.name not in (".lock", VERSIONS) for p in root.iterdir()):
+        raise IndexFormatError(f"--out {root} holds files and is not an index: give a new or "
+                               "empty folder, or an index to replace")
+
+
 @contextmanager
 def write_version(root: str | Path, *, new: bool = False):
     """Yield a VersionWriter under the writer lock; discard it unless committed.

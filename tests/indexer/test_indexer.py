@@ -208,6 +208,16 @@ def test_add_without_a_manifest_keeps_a_replaced_marks_name_and_metadata(tmp_pat
     assert json.loads(row[0]) == {"name": "Mark 0", "nice_classes": "9;42"}
 
 
+def test_build_refuses_a_folder_that_holds_other_files(tmp_path, capsys):
+    marks = first_marks(tmp_path, 3)
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("not an index")
+    assert run("build", "--images", str(marks), "--out", str(out), "--no-progress") == 2
+    assert "holds files and is not an index" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
+
+
 def test_manifest_errors_write_nothing(tmp_path, capsys):
     marks = first_marks(tmp_path, 3)
     files = sorted(p.name for p in marks.iterdir())
@@ -215,6 +225,9 @@ def test_manifest_errors_write_nothing(tmp_path, capsys):
         "dup.csv": (f"serial,file\nA,{files[0]}\nA,{files[1]}\n", "duplicate serial 'A'"),
         "escape.csv": ("serial,file\nA,../../etc/passwd\n", "points outside"),
         "nocol.csv": ("id,path\nA,x.png\n", "missing column(s) serial, file"),
+        "case.csv": (f"Serial,File\nA,{files[0]}\n", "found 'Serial', 'File': column names "
+                                                      "are lower case"),
+        "semicolons.csv": (f"serial;file\nA;{files[0]}\n", "must be comma-separated"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)

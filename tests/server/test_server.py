@@ -239,3 +239,11 @@ def test_server_refuses_a_truncated_index(index_copy):
                            "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "index.faiss does not match its recorded SHA-256" in proc.stderr
+    # `indexer info` says so too, and exits 1, where it printed the figures as if all was well.
+    from indexer.cli import main as indexer_main
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert indexer_main(["info", "--index", str(index_copy)]) == 1
+    assert "WARNING: index.faiss does not match its recorded SHA-256" in err.getvalue()
