@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -12,27 +11,11 @@ from indexer import build as pipeline
 from indexer import decision, variants
 from indexer.index import lowres, store, vectors
 from indexer.index.verify import checksum_problems
-from indexer.network.encoder import (
-    CPU_BATCH,
-    DEFAULT_ENCODER,
-    GPU_BATCH,
-    EncoderError,
-    load_encoder,
-)
+from indexer.network.encoder import CPU_BATCH, GPU_BATCH, EncoderError, load_encoder
+from indexer.network.options import add_encoder_args
 from indexer.sources import ManifestError, read_manifest, scan_folder
 
 log = logging.getLogger(__name__)
-
-
-def add_encoder_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("encoder")
-    g.add_argument("--encoder", default=DEFAULT_ENCODER,
-                   help=f"{DEFAULT_ENCODER!r} (built in) or a TorchScript file mapping a float "
-                        "batch (N,3,H,W) to (N,D) vectors (default: %(default)s)")
-    g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda "
-                                                  "(default: cuda when available)")
-    g.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="CPU threads for the encoder (default: %(default)s)")
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:

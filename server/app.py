@@ -9,21 +9,24 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from indexer.cli import add_encoder_args
 from indexer.index.store import IndexFormatError
-from indexer.network.encoder import CPU_BATCH, GPU_BATCH, EncoderError, default_lanes, load_encoder
+from indexer.network.options import CPU_BATCH, GPU_BATCH, add_encoder_args
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.auth import ADMIN_TOKEN_ENV, TOKEN_ENV, BearerTokenInterceptor, TokenError, read_token
-from server.batcher import BatchConfig
-from server.engine import DEFAULT_MAX_K, EngineConfig, SearchEngine
-from server.service import TrademarkSearchServicer
+from server.settings import DEFAULT_MAX_K, BatchConfig
 from server.tls import TLSError, server_credentials
+
+# The encoder, the engine and the service import torch and FAISS: serve imports them when
+# called, so that `--help` and bad arguments answer at once.
+if TYPE_CHECKING:
+    from server.service import TrademarkSearchServicer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,23 @@ SERVER_OPTIONS = [
 ]
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def add_reflection(server: grpc.Server, services: tuple[str, ...]) -> None:
+    """Server reflection in both protocols: v1alpha (grpcio-reflection) and v1, which
+    grpcurl and Postman ask first. grpcio-reflection has no v1 yet; the two protocols'
+    messages are the same on the wire, so the v1alpha servicer answers under v1's name."""
+    names = (*services, reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    servicer = reflection.ReflectionServicer(names)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
+
+
 def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: int = 16,
                   token: str | None = None, max_concurrent_rpcs: int | None = None,
                   admin_token: str | None = None,
@@ -75,8 +95,7 @@ def create_server(address: str, servicer: TrademarkSearchServicer, max_workers: 
         maximum_concurrent_rpcs=max_concurrent_rpcs)
     pb_grpc.add_TrademarkSearchServicer_to_server(servicer, server)
     health_servicer = add_health(server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     try:
         port = (server.add_secure_port(address, credentials) if credentials
                 else server.add_insecure_port(address))
@@ -114,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="RPCs in flight, queued ones included, before RESOURCE_EXHAUSTED "
                         "(default: %(default)s)")
+    g.add_argument("--grace", type=float, default=5.0,
+                   help="seconds in-flight RPCs get on SIGTERM (default: %(default)s)")
     g.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on HOST:PORT/metrics (0: a free port; "
                         "default: off)")
@@ -133,9 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream-batch", type=int, default=None,
                    help=f"stream items decoded and submitted together (default: {CPU_BATCH} "
                         f"on CPU, {GPU_BATCH} on a GPU)")
-    g = p.add_argument_group("network")
-    g.add_argument("--grace", type=float, default=5.0,
-                   help="seconds in-flight RPCs get on SIGTERM (default: %(default)s)")
     g = p.add_argument_group("access")
     g.add_argument("--token-file", type=Path,
                    help=f"require 'authorization: Bearer <token>' with the token in this file "
@@ -163,6 +181,10 @@ def set_encoder_threads(n: int) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     import torch
+
+    from indexer.network.encoder import default_lanes, load_encoder
+    from server.engine import EngineConfig, SearchEngine
+    from server.service import TrademarkSearchServicer
     t0 = time.perf_counter()
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and
                                                              not args.tls_cert):
@@ -197,11 +219,13 @@ def serve(args: argparse.Namespace) -> int:
         # first encoding folds the network (Encoder._infer, 40 ms) and sets up oneDNN's
         # kernels for a lone request's batch; on a GPU, every padded batch size, as cuDNN
         # plans each new shape slowly.
+        # Each lane warms its own threads; one line says it for all of them.
         t = time.perf_counter()
         largest = max(batching.max_batch, stream_batch) if encoder.pad_batches else 1
         encoder.warm_up(largest)
-        log.info("encoder warmed up for batches of up to %d in %.2f s", largest,
-                 time.perf_counter() - t)
+        level = logging.INFO if threading.current_thread().name.endswith("-0") else logging.DEBUG
+        log.log(level, "encoder warmed up for batches of up to %d in %.2f s (%s)", largest,
+                time.perf_counter() - t, threading.current_thread().name)
 
     servicer = TrademarkSearchServicer(loader(), stream_batch=stream_batch, loader=loader,
                                        batching=batching,
@@ -252,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from indexer.network.encoder import EncoderError
     try:
         return serve(args)
     except (IndexFormatError, EncoderError, ValueError, TokenError, TLSError,

@@ -37,34 +37,13 @@ from typing import Callable
 from indexer.network.encoder import CPU_BATCH, lane_threads
 from indexer.network.preprocess import ImageDecodeError, Prepared
 from server.engine import Hit, SearchEngine
+from server.settings import BatchConfig  # noqa: F401  (the batcher's settings, defined apart)
 
 log = logging.getLogger(__name__)
 
 
 class DeadlinePassed(TimeoutError):
     """The caller's deadline passed before its images reached the encoder."""
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    # The encoder's fastest batch on 2 CPU cores (indexer.network.encoder.CPU_BATCH); the server
-    # passes its encoder's default_batch, GPU_BATCH on a GPU.
-    max_batch: int = CPU_BATCH
-    max_wait_ms: float = 2.0
-    # Threads that decode a batch; 0 decodes in the lane's thread. On 2 cores that was
-    # fastest (16 clients: 58 vs 49 requests/s with a 2-thread pool): the pool's hand-offs
-    # cost more than its parallelism gave. Cores beyond two go to the pool.
-    decode_workers: int = max(0, (os.cpu_count() or 1) - 2)
-    lanes: int = 1  # encoder lanes (see the module's docstring)
-    threads: int = 1  # the encoder's threads in all lanes together
-
-    def __post_init__(self):
-        least = {"max_batch": 1, "lanes": 1, "threads": 1, "max_wait_ms": 0,
-                 "decode_workers": 0}
-        bad = [f"{name} must be >= {low}, got {getattr(self, name)}"
-               for name, low in least.items() if getattr(self, name) < low]
-        if bad:
-            raise ValueError("; ".join(bad))
 
 
 # What a job gets back for each of its images: its top-k hits, or why it was unreadable.

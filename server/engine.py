@@ -18,11 +18,11 @@ from indexer.index import lowres, vectors
 from indexer.index.reader import OpenIndex, encoder_for, open_index
 from indexer.network.encoder import Encoder
 from indexer.network.preprocess import Prepared, prepare_query
+from server.settings import DEFAULT_MAX_K
 
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 10
-DEFAULT_MAX_K = 1000  # FAISS GPU indexes cap k at 2048
 
 
 class InvalidRequest(ValueError):

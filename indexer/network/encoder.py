@@ -30,12 +30,12 @@ from torch import nn
 
 from indexer.network.allocator import keep_freed_memory
 from indexer.network.efficientnet import efficientnet_lite0, fold_batchnorms
+from indexer.network.options import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH  # noqa: F401
 from indexer.network.preprocess import PreprocessConfig
 from indexer.network.projection import Projection
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENCODER = "efficientnet-lite0"
 # The backbone alone: 1280-d descriptors, projected by a PCA learned at build time.
 PCA_ENCODER = "efficientnet-lite0-pca"
 # The similarity network's trained part (indexer.network.train): the last backbone stages and
@@ -50,13 +50,6 @@ TORCHSCRIPT_DEFAULT_PREPROCESS = PreprocessConfig(size=224, mean=123.7, std=58.4
 # colour alone loses recoloured, greyscale and inverted copies, ink alone loses detail.
 # On LogoBench this raised the TPR at 1% FPR from 0.76 to 0.81, for twice the encoding.
 TUNED_VIEWS = ("rgb", "ink")
-# Marks per forward pass where the encoder is fastest per image on 2 CPU cores: batches
-# of 4-8 marks (8-16 network images with two views); at 16 marks it is 1.5x slower per
-# image, at 32 nearly 2x, as activations outgrow the cache. GPU_BATCH on a GPU.
-CPU_BATCH = 8
-# On a GPU a pass of 64 marks costs about twice a pass of one (H200, fp16: 12 vs 6 ms,
-# 5,258 vs 169 images/s): launches, not arithmetic, set the time of small batches.
-GPU_BATCH = 64
 
 
 def default_lanes(device_type: str, threads: int) -> int:

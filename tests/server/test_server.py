@@ -153,6 +153,18 @@ def test_health_is_serving_and_reflection_lists_the_service(channel):
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
     names = {s.name for s in answer.list_services_response.service}
     assert "trademark.v1.TrademarkSearch" in names and "grpc.health.v1.Health" in names
+    # The v1 protocol too (grpcurl asks it first); its messages are v1alpha's on the wire.
+    v1 = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    answer = next(v1(iter([reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="trademark.v1.TrademarkSearch")]), timeout=5))
+    assert answer.file_descriptor_response.file_descriptor_proto  # the .proto, served
+    answer = next(v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                     timeout=5))
+    assert "trademark.v1.TrademarkSearch" in {s.name for s in
+                                              answer.list_services_response.service}
 
 
 def test_no_index_loaded_is_unavailable():
@@ -171,9 +183,21 @@ def test_no_index_loaded_is_unavailable():
         server.stop(None)
 
 
-def test_server_process_prints_address_and_stops_on_sigterm(sample_index):
+def test_server_help_answers_without_torch_and_names_each_group_once():
+    code = ("import sys, server.app; server.app.build_parser().format_help(); "
+            "bad = [m for m in ('torch', 'faiss') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+    text = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=ROOT, check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+    groups = [line for line in text.splitlines() if line.endswith(":") and not line[0].isspace()]
+    assert len(groups) == len(set(groups)) and "network:" in groups
+
+
+def test_server_process_prints_address_and_stops_on_sigterm(sample_index, tmp_path):
+    log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "server", "--index", str(sample_index),
-                             "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                             "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
+                            text=True)
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("listening on 127.0.0.1:")
@@ -183,6 +207,8 @@ def test_server_process_prints_address_and_stops_on_sigterm(sample_index):
         t0 = time.time()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0 and time.time() - t0 < 10
+        # Two encoder lanes warm up; the log says it once.
+        assert (tmp_path / "server.log").read_text().count("encoder warmed up") == 1
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,27 @@
+"""The encoder's settings a command line needs before anything heavy is imported: its
+name, its batch sizes, and the arguments that choose it. No torch here, so `--help` of
+the indexer and the server answers at once."""
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_ENCODER = "efficientnet-lite0"
+# Marks per forward pass where the encoder is fastest per image on 2 CPU cores: batches
+# of 4-8 marks (8-16 network images with two views); at 16 marks it is 1.5x slower per
+# image, at 32 nearly 2x, as activations outgrow the cache. GPU_BATCH on a GPU.
+CPU_BATCH = 8
+# On a GPU a pass of 64 marks costs about twice a pass of one (H200, fp16: 12 vs 6 ms,
+# 5,258 vs 169 images/s): launches, not arithmetic, set the time of small batches.
+GPU_BATCH = 64
+
+
+def add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help=f"{DEFAULT_ENCODER!r} (built in) or a TorchScript file mapping a float "
+                        "batch (N,3,H,W) to (N,D) vectors (default: %(default)s)")
+    g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda "
+                                                  "(default: cuda when available)")
+    g.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="CPU threads for the encoder (default: %(default)s)")
