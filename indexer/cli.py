@@ -141,6 +141,9 @@ def _encoder(args):
 
 def _print_build(result: pipeline.BuildResult) -> None:
     print(result.summary())
+    # Said again at the end, where a long build's log has scrolled them away.
+    for w in store.read_manifest(result.index_dir).calibration.get("warnings", []):
+        print(f"WARNING: {w}", file=sys.stderr)
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable image(s), listed in "
               f"{Path(result.index_dir) / store.VERSIONS / result.version / store.REPORT_FILE}")

@@ -83,8 +83,10 @@ def test_build_info_and_skip_report(tmp_path, capsys):
     Image.new("RGBA", (256, 256), (0, 0, 0, 0)).save(marks / "blank.png")  # a render that failed
     assert run("build", "--images", str(marks), "--out", str(tmp_path / "idx"),
                "--no-lowres", "--no-progress") == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "indexed 13 marks" in out and "skipped 2" in out and "broken.png" in out
+    assert "WARNING: the estimate rests on 6 edited copies of 3 marks" in captured.err
     opened = open_index(tmp_path / "idx")
     assert opened.index.ntotal == 13 and opened.manifest.dim == 512
     # --no-lowres: no small copies, and the index is served without them.
@@ -100,6 +102,11 @@ def test_build_info_and_skip_report(tmp_path, capsys):
     assert run("info", "--index", str(tmp_path / "idx"), "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 13 and info["metric"] == "inner_product"
+    # 13 marks calibrate on 3 of them: the estimate says how little it rests on.
+    assert any("rests on 6 edited copies of 3 marks" in w
+               for w in info["calibration"]["warnings"])
+    assert run("info", "--index", str(tmp_path / "idx")) == 0
+    assert "WARNING: the estimate rests on 6 edited copies" in capsys.readouterr().out
     assert info["encoder"]["name"] == "efficientnet-lite0-gem3-tuned512"
     assert 0 < info["threshold"] < 1 and info["bytes_on_disk"] > 0
 
