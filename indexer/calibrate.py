@@ -77,10 +77,6 @@ class Calibration:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def rule(self) -> decision.Rule:
-        return decision.rule_of(self.decision, self.family_similarity)
-
 
 @dataclass
 class Copies:

@@ -26,7 +26,6 @@ next batch by themselves.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -34,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from indexer.network.encoder import CPU_BATCH, lane_threads
+from indexer.network.encoder import lane_threads
 from indexer.network.preprocess import ImageDecodeError, Prepared
 from server.engine import Hit, SearchEngine
 from server.settings import BatchConfig  # noqa: F401  (the batcher's settings, defined apart)
