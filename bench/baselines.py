@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from indexer.network.encoder import load_backbone_encoder
-from indexer.network.preprocess import PreprocessConfig, open_image, prepare
+from indexer.network.preprocess import PreprocessConfig, open_image, views_of
 
 K = 10
 
@@ -56,7 +56,9 @@ def raw_pooled(data: Path, query_files: list[Path], batch_size: int = 64) -> lis
     def embed(files: list[Path]) -> np.ndarray:
         out = []
         for i in range(0, len(files), batch_size):
-            t = encoder.input_batch([prepare(f.read_bytes(), cfg)
+            # The whole image letterboxed, as LogoBench's reference protocol has it: no
+            # trimming, and no refusing blank images as the service does.
+            t = encoder.input_batch([views_of(open_image(f.read_bytes()), cfg)
                                      for f in files[i:i + batch_size]])
             out.append(torch.nn.functional.normalize(
                 encoder.net.backbone.features(t).mean(dim=(2, 3)), dim=1).numpy())
