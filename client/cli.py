@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -97,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.command == "search":
         if args.plot and args.plot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
             p.error(f"--plot {args.plot}: give the picture's file name with .png or .jpg")
-        if "://" in str(args.input_img) or str(args.input_img).startswith(("http:", "https:")):
+        # Path() folds "https://" to "https:/": any scheme before ":/" is a URL.
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(args.input_img)):
             p.error(f"--input-img {args.input_img}: a URL; download the image and give its file")
         if args.input_img.is_dir():
             p.error(f"--input-img {args.input_img} is a folder: search takes one image; "

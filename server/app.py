@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import signal
 import sys
@@ -214,16 +215,18 @@ def serve(args: argparse.Namespace) -> int:
     if stream_batch < 1:
         raise ValueError(f"--stream-batch must be >= 1, got {stream_batch}")
 
+    warmed = itertools.count()  # next() is atomic: exactly one lane draws 0
+
     def encoder_thread_init() -> None:
         # Before the first request (those that come meanwhile wait in the queue): the
         # first encoding folds the network (Encoder._infer, 40 ms) and sets up oneDNN's
         # kernels for a lone request's batch; on a GPU, every padded batch size, as cuDNN
         # plans each new shape slowly.
-        # Each lane warms its own threads; one line says it for all of them.
+        # Each lane warms its own threads; the first to finish says it for all of them.
         t = time.perf_counter()
         largest = max(batching.max_batch, stream_batch) if encoder.pad_batches else 1
         encoder.warm_up(largest)
-        level = logging.INFO if threading.current_thread().name.endswith("-0") else logging.DEBUG
+        level = logging.INFO if next(warmed) == 0 else logging.DEBUG
         log.log(level, "encoder warmed up for batches of up to %d in %.2f s (%s)", largest,
                 time.perf_counter() - t, threading.current_thread().name)
 

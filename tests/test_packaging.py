@@ -2,6 +2,7 @@
 weights, the three commands, and a base install light enough for a client-only machine."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,9 +15,16 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("indexer", "server", "client", "proto"):
+        shutil.copytree(ROOT / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(ROOT)], check=True, timeout=300)
+                    "--no-build-isolation", "-w", str(out), str(src)], check=True, timeout=300)
     (path,) = out.glob("trademark_search-*.whl")
     return zipfile.ZipFile(path)
 
