@@ -10,12 +10,13 @@ from pathlib import Path
 from indexer.cli import index_info
 
 
-def run_build(images: Path, manifest: Path, out: Path, quiet: bool = False
+def run_build(images: Path, manifest: Path, out: Path, *extra: str, quiet: bool = False
               ) -> tuple[float, dict, dict]:
-    """`python -m indexer build`: (wall seconds, `indexer info` of the result, its report)."""
+    """`python -m indexer build [EXTRA...]`: (wall seconds, `indexer info` of the result,
+    its report)."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "indexer", "build", "--images", str(images),
-                    "--manifest", str(manifest), "--out", str(out), "--no-progress"],
+                    "--manifest", str(manifest), "--out", str(out), "--no-progress", *extra],
                    check=True, stdout=subprocess.DEVNULL if quiet else None)
     wall = time.perf_counter() - t0
     info = index_info(out)

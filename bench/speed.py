@@ -3,9 +3,12 @@
     python -m bench.speed --out out/bench [--sizes 10000,100000,1000000] [--seconds 10]
 
 1. encoder limit: model-only images/s at batch 1, 4, 8, 16, 32 (bench.load), one batch at a
-   time with all threads, and in the server's encoder lanes side by side (server/batcher.py);
-   the better of the two is the limit at that batch size;
-2. indexing: `python -m indexer build` of the sample registry vs the model at its batch;
+   time with all threads, and in the server's encoder lanes side by side (server/batcher.py),
+   through each runtime (OpenVINO and PyTorch, indexer.network.encoder.load_encoder); the
+   best of them is the limit at that batch size, and the faster runtime is the reference
+   every service figure is divided by;
+2. indexing: `python -m indexer build` of the sample registry vs the model at its batch,
+   through the default runtime and through PyTorch, one after the other;
 3. the real server: one client's Search latency (vs one image through the model), and
    of 12 Mpx JPEG photos of sample marks (bench.photos; decoding included, no ratio),
    throughput with 1/4/16/64 clients and one SearchStream (vs the model at that batch),
@@ -52,27 +55,47 @@ def machine() -> str:
     return f"{os.cpu_count()} x {cpu}, {gpu}, Python {platform.python_version()}"
 
 
-def encoder_limit(threads: int) -> tuple[dict, dict, load.ModelReference]:
-    """Model-only images/s at each batch size: one batch at a time with all `threads`,
-    and in the server's encoder lanes side by side (empty with one lane); and the
-    reference that measures both again beside each server figure."""
+def encoder_limit(threads: int) -> tuple[dict[str, dict], load.ModelReference]:
+    """Model-only images/s at each batch size through each runtime the encoder can use:
+    {runtime: {"one_lane": {batch: images/s}, "lanes": {...}}}, one batch at a time with
+    all `threads` and in the server's encoder lanes side by side (empty with one lane);
+    and the reference, on the faster runtime, that measures both ways again beside each
+    server figure."""
     import torch
 
     from indexer.network.encoder import load_encoder
     from indexer.network.preprocess import prepare
     torch.set_num_threads(threads)
-    encoder = load_encoder()
-    arrays = [prepare(p, encoder.preprocess)
+    encoders = {"torch": load_encoder(runtime="torch")}
+    default = load_encoder(threads=threads)  # what the indexer and the server load
+    if default.runtime != "torch":
+        encoders[default.runtime] = default
+    arrays = [prepare(p, default.preprocess)
               for p in load.read_payloads([SAMPLES / "registry"], limit=64)]
-    model = load.ModelReference(encoder, arrays, default_lanes(encoder.device.type, threads),
-                                threads)
-    batches = MODEL_BATCHES + ((GPU_BATCH,) if encoder.device.type == "cuda" else ())
-    limit = {b: load.model_images_per_s(encoder, arrays, b) for b in batches}
-    lanes = ({b: load.lanes_images_per_s(encoder, arrays, b, model.lanes, threads)
-              for b in batches} if model.lanes > 1 else {})
-    log.info("model-only images/s: %s; in %d lanes: %s", {b: round(v, 1) for b, v in
-             limit.items()}, model.lanes, {b: round(v, 1) for b, v in lanes.items()})
-    return limit, lanes, model
+    lanes = default_lanes(default.device.type, threads)
+    batches = MODEL_BATCHES + ((GPU_BATCH,) if default.device.type == "cuda" else ())
+    runtimes: dict[str, dict] = {name: {"one_lane": {}, "lanes": {}} for name in encoders}
+    for b in batches:  # the runtimes side by side at each batch size: the machine drifts
+        for name, encoder in encoders.items():
+            runtimes[name]["one_lane"][b] = load.model_images_per_s(encoder, arrays, b)
+            if lanes > 1:
+                runtimes[name]["lanes"][b] = load.lanes_images_per_s(encoder, arrays, b,
+                                                                     lanes, threads)
+    for name, r in runtimes.items():
+        log.info("model-only images/s through %s: %s; in %d lanes: %s", name,
+                 {b: round(v, 1) for b, v in r["one_lane"].items()}, lanes,
+                 {b: round(v, 1) for b, v in r["lanes"].items()})
+    faster = max(runtimes, key=lambda name: best_of(runtimes[name])[CPU_BATCH_REF])
+    return runtimes, load.ModelReference(encoders[faster], arrays, lanes, threads)
+
+
+# The batch the reference runtime is chosen at: the servers' and the build's default.
+CPU_BATCH_REF = 8
+
+
+def best_of(runtime: dict) -> dict:
+    """{batch: images/s}, the better way of running one runtime at each batch size."""
+    return {b: max(v, runtime["lanes"].get(b, 0.0)) for b, v in runtime["one_lane"].items()}
 
 
 def beside(model: load.ModelReference, batch: int, measure,
@@ -89,13 +112,15 @@ def beside(model: load.ModelReference, batch: int, measure,
     return out
 
 
-def indexing(work: Path, model: load.ModelReference, batch: int) -> dict:
-    """`indexer build` of the sample registry; `batch`: its default --batch-size."""
-    index = work / "index"
+def indexing(work: Path, model: load.ModelReference, batch: int,
+             runtime: str = "auto") -> dict:
+    """`indexer build --runtime RUNTIME` of the sample registry; `batch`: its default
+    --batch-size."""
+    index = work / f"index-{runtime}"
 
     def build() -> dict:
         wall, info, report = run_build(SAMPLES / "registry", SAMPLES / "registry.csv", index,
-                                       quiet=True)
+                                       "--runtime", runtime, quiet=True)
         # The build also fits the PCA and calibrates (encodes 2 edited copies of its
         # held-out marks); images/s counts the registry images only: a lower bound. Each
         # image goes through the encoder once, once per registry variant and once per
@@ -130,7 +155,7 @@ def service(index: Path, seconds: float, model: load.ModelReference, batch: int,
     return out
 
 
-def ratios(limit: dict, build: dict, svc: dict) -> dict:
+def ratios(limit: dict, build: dict, svc: dict, torch_build: dict | None = None) -> dict:
     """Each service figure over the model-only figure at the batch size it ran at,
     measured beside it (`_vs_model`), and over the best figure of the model-only table
     measured at the start (`_vs_best`)."""
@@ -144,6 +169,8 @@ def ratios(limit: dict, build: dict, svc: dict) -> dict:
              build["encode_images_per_s"] * passes / build["model_images_per_s"],
          "stream_vs_model": svc["stream"]["items_per_s"] / svc["stream"]["model_images_per_s"],
          "stream_vs_best": svc["stream"]["items_per_s"] / best}
+    if torch_build:
+        r["indexing_vs_torch_build"] = build["images_per_s"] / torch_build["images_per_s"]
     for row in svc["clients"]:
         c = row["clients"]
         r[f"clients_{c}_vs_model"] = row["requests_per_s"] / row["model_images_per_s"]
@@ -152,16 +179,26 @@ def ratios(limit: dict, build: dict, svc: dict) -> dict:
 
 
 def markdown(res: dict) -> str:
-    one, lanes, svc, rat = (res["model_one_lane_images_per_s"],
-                            res["model_lanes_images_per_s"], res["service"], res["ratios"])
-    threads = res["threads"]
+    runtimes, svc, rat = res["runtimes"], res["service"], res["ratios"]
+    threads, ref = res["threads"], res["reference_runtime"]
+    head = ["encoder, model only (no decoding), images/s"]
+    for name in runtimes:
+        head += [f"{name}: one batch at a time, {threads} threads",
+                 f"{name}: {res['lanes']} lanes side by side, "
+                 f"{lane_threads(threads, res['lanes'])} thread(s) each"]
     lines = [f"Machine: {res['machine']}", "",
-             f"| encoder, model only (no decoding), images/s | one batch at a time, "
-             f"{threads} threads | {res['lanes']} lanes side by side, "
-             f"{lane_threads(threads, res['lanes'])} thread(s) each |", "|---|---|---|"]
-    lines += [f"| batch {b} | {v:.1f} | {lanes[b]:.1f} |" if b in lanes else
-              f"| batch {b} | {v:.1f} | |" for b, v in one.items()]
-    lines += [f"| one image, ms | {res['model_single_ms']:.1f} | |", "",
+             f"The service's ratios below are to the {ref} runtime, the faster one here.", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for b in next(iter(runtimes.values()))["one_lane"]:
+        cells = [f"batch {b}"]
+        for r in runtimes.values():
+            cells += [f"{r['one_lane'][b]:.1f}",
+                      f"{r['lanes'][b]:.1f}" if b in r["lanes"] else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["one image, ms"]
+    for r in runtimes.values():
+        cells += [f"{1e3 / r['one_lane'][1]:.1f}", ""]
+    lines += ["| " + " | ".join(cells) + " |", "",
               "| service | measured | / model at its batch (the better way), measured "
               "beside it | / best model figure above |",
               "|---|---|---|---|",
@@ -186,6 +223,10 @@ def markdown(res: dict) -> str:
               f"| of which encoding the images (decode + model), images/s | "
               f"{res['indexing']['encode_images_per_s']:.1f} | "
               f"{rat['indexing_encode_vs_model']:.2f} | |",
+              *([f"| indexer build through PyTorch (--runtime torch), images/s, right after "
+                 f"| {res['indexing_torch']['images_per_s']:.1f} | the default build is "
+                 f"{rat['indexing_vs_torch_build']:.2f}x as fast | |"]
+                if res.get("indexing_torch") else []),
               f"| server start-up, sample index, s | {svc['startup_s']:.2f} | | |", "",
               "Vector search (synthetic vectors, bench/synthetic.py; recall@10 vs exact "
               "search over the original floats):", "",
@@ -253,19 +294,24 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res: dict = {"machine": machine(), "threads": args.threads}
-    one, lanes, model = encoder_limit(args.threads)
+    runtimes, model = encoder_limit(args.threads)
     encoder = model.encoder
-    res.update(lanes=model.lanes, model_one_lane_images_per_s=one,
-               model_lanes_images_per_s=lanes,
-               model_images_per_s={b: max(v, lanes.get(b, 0.0)) for b, v in one.items()},
-               model_single_ms=1e3 / one[1])
+    best = {name: best_of(r) for name, r in runtimes.items()}
+    res.update(lanes=model.lanes, runtimes=runtimes, reference_runtime=encoder.runtime,
+               model_images_per_s={b: max(r[b] for r in best.values())
+                                   for b in best[encoder.runtime]},
+               model_single_ms=1e3 / runtimes[encoder.runtime]["one_lane"][1])
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         res["indexing"] = indexing(Path(tmp), model, encoder.default_batch)
         log.info("indexing: %s", res["indexing"])
+        if encoder.runtime != "torch":
+            res["indexing_torch"] = indexing(Path(tmp), model, encoder.default_batch, "torch")
+            log.info("indexing through PyTorch: %s", res["indexing_torch"])
         res["service"] = service(Path(res["indexing"]["index"]), args.seconds, model,
                                  encoder.default_batch, args.out / "server.log")
         log.info("service: %s", res["service"])
-    res["ratios"] = ratios(res["model_images_per_s"], res["indexing"], res["service"])
+    res["ratios"] = ratios(res["model_images_per_s"], res["indexing"], res["service"],
+                           res.get("indexing_torch"))
     sizes = tuple(int(s) for s in args.sizes.split(","))
     config = vector_search.ScaleConfig(sizes=sizes, hnsw_max_n=args.hnsw_max_n,
                                        milvus_max_n=args.milvus_max_n)

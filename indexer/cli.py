@@ -136,7 +136,7 @@ def _options(args) -> pipeline.BuildOptions:
 def _encoder(args):
     import torch
     torch.set_num_threads(max(1, args.threads))
-    return load_encoder(args.encoder, args.device)
+    return load_encoder(args.encoder, args.device, args.runtime, max(1, args.threads))
 
 
 def _print_build(result: pipeline.BuildResult) -> None:

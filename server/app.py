@@ -199,7 +199,7 @@ def serve(args: argparse.Namespace) -> int:
     # and a second team (the main thread's, formed while loading) made every image take
     # twice as long (33 vs 17 ms on 2 cores). So loading runs single-threaded.
     torch.set_num_threads(1)
-    encoder = load_encoder(args.encoder, args.device)
+    encoder = load_encoder(args.encoder, args.device, args.runtime, max(1, args.threads))
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search))
               if v is not None}
     config = EngineConfig(args.threshold, args.max_k, args.mmap, params,

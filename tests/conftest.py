@@ -37,7 +37,14 @@ def quiet(**kw) -> BuildOptions:
 
 @pytest.fixture(scope="session")
 def encoder():
+    """The encoder as the indexer and the server load it (through OpenVINO where it works)."""
     return load_encoder("efficientnet-lite0", "cpu")
+
+
+@pytest.fixture(scope="session")
+def torch_encoder():
+    """The same network run by PyTorch (training, GPUs, and the fallback)."""
+    return load_encoder("efficientnet-lite0", "cpu", runtime="torch")
 
 
 @pytest.fixture(scope="session")

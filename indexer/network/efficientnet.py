@@ -81,9 +81,10 @@ class SameConv2d(nn.Conv2d):
 
 def _onednn_inference(x: torch.Tensor) -> bool:
     """Whether oneDNN can take this convolution directly: float32 on a CPU, no gradient
-    to record (training keeps PyTorch's own dispatch)."""
+    to record (training keeps PyTorch's own dispatch), not being traced (a converter to
+    another runtime, indexer.network.openvino_runtime, knows plain convolutions only)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.is_available())
+            and torch.backends.mkldnn.is_available() and not torch.jit.is_tracing())
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:

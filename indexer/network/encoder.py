@@ -21,16 +21,18 @@ import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from indexer.network import openvino_runtime
 from indexer.network.allocator import keep_freed_memory
 from indexer.network.efficientnet import efficientnet_lite0, fold_batchnorms
-from indexer.network.options import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH  # noqa: F401
+from indexer.network.options import (  # noqa: F401
+    CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, RUNTIMES)
 from indexer.network.preprocess import PreprocessConfig
 from indexer.network.projection import Projection
 
@@ -60,14 +62,17 @@ def default_lanes(device_type: str, threads: int) -> int:
     return 1 if device_type == "cuda" else min(2, threads)
 
 
-def _once(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+T = TypeVar("T")
+
+
+def _once(make: Callable[[], T]) -> Callable[[], T]:
     """`make()`'s result, made at the first call and returned ever after. Unlike a bare
     functools.cache, threads that ask while it is being made wait for it: a server's
     lanes all encode their first batch at start, and each would fold its own copy."""
     lock = threading.Lock()
     made = functools.cache(make)
 
-    def get() -> nn.Module:
+    def get() -> T:
         with lock:
             return made()
     return get
@@ -190,13 +195,17 @@ class Encoder:
 
     def __init__(self, net: nn.Module, preprocess: PreprocessConfig, identity: EncoderIdentity,
                  device: torch.device, projection: Projection | None = None,
-                 folded: Callable[[], nn.Module] | None = None):
+                 folded: Callable[[], nn.Module] | None = None,
+                 compiled: openvino_runtime.OpenVinoNetwork | None = None):
         self.net = net.to(device).eval()
         # What encodes: `net` with its BatchNorms folded into the convolutions (~1.15x
         # faster on a CPU; `net` stays as it is, for training and inspection), made at the
         # first encoding (40 ms) and shared with the encoders `with_projection` makes of
         # this one (a server pairs a new one with each index it loads).
         self._folded = folded or _once(functools.partial(fold_batchnorms, self.net))
+        # Or that network converted to OpenVINO (use_openvino): a snapshot of the weights,
+        # so whoever trains `net` keeps the encoder on PyTorch.
+        self._compiled = compiled
         self.preprocess = preprocess
         self.identity = identity
         self.device = device
@@ -211,6 +220,41 @@ class Encoder:
         self._proj = None if projection is None else (
             torch.from_numpy(projection.mean).to(device),
             torch.from_numpy(projection.matrix).to(device))
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network: "openvino" or "torch"."""
+        return "openvino" if self._compiled is not None else "torch"
+
+    def describe_runtime(self) -> str:
+        if self._compiled is None:
+            return f"PyTorch {torch.__version__} on {self.device}"
+        return (f"OpenVINO {openvino_runtime.version()} on the CPU, fp32, "
+                f"{self._compiled.threads} threads")
+
+    def use_openvino(self, threads: int, required: bool = False) -> bool:
+        """Run the network through OpenVINO from now on (CPU only), converting it or taking
+        the conversion from the cache; False, with one log line, where that cannot be
+        done and PyTorch goes on (`required`: raise EncoderError instead)."""
+        why = None
+        if self.device.type != "cpu":
+            why = f"OpenVINO runs the encoder on a CPU, this one is on {self.device}"
+        else:
+            try:
+                self._compiled = openvino_runtime.convert(
+                    self._folded(), self.preprocess.size, self.preprocess.mean,
+                    self.preprocess.std, self.identity.to_dict(), max(1, threads))
+            except openvino_runtime.OpenVinoUnavailable as e:
+                why = str(e)
+        if why is None:
+            log.info("encoder on OpenVINO %s (%s, %d threads)", openvino_runtime.version(),
+                     self._compiled.source, self._compiled.threads)
+            return True
+        if required:
+            raise EncoderError(f"cannot run the encoder through OpenVINO: {why}; use "
+                               "--runtime torch, or --runtime auto to fall back by itself")
+        log.warning("encoder on PyTorch: OpenVINO unavailable (%s)", why)
+        return False
 
     @property
     def default_batch(self) -> int:
@@ -234,7 +278,7 @@ class Encoder:
             raise EncoderError(f"projection expects {projection.in_dim}-d descriptors, "
                                f"encoder gives {self.descriptor_dim}-d")
         return Encoder(self.net, self.preprocess, self.identity, self.device, projection,
-                       self._folded)
+                       self._folded, self._compiled)
 
     def input_batch(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
         """(N, V, S, S, 3) uint8 (V views of each image, as `prepare` makes them) -> the
@@ -257,6 +301,13 @@ class Encoder:
 
     def _forward(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
         n = len(images)
+        if self._compiled is not None:
+            batch = np.stack(images)  # (N, V, S, S, 3): the views are the network's images
+            # The calling thread's share of the threads, as PyTorch's would be (a lane's).
+            out = torch.from_numpy(self._compiled(batch.reshape(-1, *batch.shape[-3:]),
+                                                  torch.get_num_threads()))
+            out = F.normalize(out, dim=1).reshape(n, -1)
+            return out / math.sqrt(len(self.preprocess.views))
         if self.pad_batches and padded_size(n) > n:
             images = [*images, *[images[0]] * (padded_size(n) - n)]
         x = self.input_batch(images)
@@ -297,8 +348,21 @@ class Encoder:
         return out.cpu().numpy()
 
 
-def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Encoder:
-    """`efficientnet-lite0`, or the path of a TorchScript file."""
+def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None,
+                 runtime: str = "auto", threads: int | None = None) -> Encoder:
+    """`efficientnet-lite0`, or the path of a TorchScript file. `runtime`: "auto" runs the
+    network through OpenVINO on a CPU where it is installed and converts it, else PyTorch
+    (one log line says which and why); "openvino" insists on it; "torch" never tries it.
+    `threads`: OpenVINO's threads (default: all the CPUs); PyTorch's are the caller's."""
+    if runtime not in RUNTIMES:
+        raise EncoderError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    encoder = _load(spec, device)
+    if runtime != "torch":
+        encoder.use_openvino(threads or os.cpu_count() or 1, required=runtime == "openvino")
+    return encoder
+
+
+def _load(spec: str, device: str | None) -> Encoder:
     keep_freed_memory()  # up to 1.6x faster on a CPU: see indexer.network.allocator
     dev = pick_device(device)
     if spec == DEFAULT_ENCODER:

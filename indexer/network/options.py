@@ -14,6 +14,9 @@ CPU_BATCH = 8
 # On a GPU a pass of 64 marks costs about twice a pass of one (H200, fp16: 12 vs 6 ms,
 # 5,258 vs 169 images/s): launches, not arithmetic, set the time of small batches.
 GPU_BATCH = 64
+# What runs the network (indexer.network.encoder.load_encoder): OpenVINO on a CPU where it
+# works ("auto"), or always ("openvino"), or PyTorch ("torch").
+RUNTIMES = ("auto", "openvino", "torch")
 
 
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
@@ -25,3 +28,7 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                                                   "(default: cuda when available)")
     g.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="CPU threads for the encoder (default: %(default)s)")
+    g.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="what runs the network on a CPU: OpenVINO where it is installed and "
+                        "converts the network, else PyTorch (auto), or insist on one "
+                        "(default: %(default)s)")

@@ -64,8 +64,34 @@ def fit_pca(x: np.ndarray, out_dim: int, whiten: float = 0.5) -> Projection:
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1][:out_dim]
     eigval, eigvec = np.maximum(eigval[order], 0.0), eigvec[:, order]
+    eigvec = _fixed_null_space(eigval, eigvec)
     shrink = d / (n + d)
     isotropic = max(np.trace(cov) / d, 1e-12)
     eigval = (1 - shrink) * eigval + shrink * isotropic
     matrix = (eigvec * eigval ** (-whiten / 2)).astype(np.float32)
     return Projection(mean.astype(np.float32), matrix, float(whiten))
+
+
+# Eigenvalues below this fraction of the largest are rounding, not variance.
+NULL_EIGENVALUE = 1e-10
+
+
+def _fixed_null_space(eigval: np.ndarray, eigvec: np.ndarray) -> np.ndarray:
+    """`eigvec` with its null-space columns replaced by a basis that depends on the data's
+    span only.
+
+    A registry of fewer marks than output dimensions (the 300-mark sample: 225 fitted,
+    512 kept) spans fewer directions than it keeps; the rest come from the null space,
+    where eigh returns whatever basis its rounding leads to. Descriptors 2e-7 apart
+    (OpenVINO against PyTorch) then kept different null directions, and the queries'
+    vectors, which reach into them, moved by up to 0.18: another threshold from the same
+    marks. A fixed random matrix (seed 0), projected off the data's span and
+    orthonormalised, picks the same directions for the same span every time."""
+    null = eigval <= NULL_EIGENVALUE * max(float(eigval[0]) if len(eigval) else 0.0, 1e-300)
+    if not null.any():
+        return eigvec
+    kept = eigvec[:, ~null]
+    r = np.random.default_rng(0).standard_normal((eigvec.shape[0], int(null.sum())))
+    r -= kept @ (kept.T @ r)
+    basis, _ = np.linalg.qr(r)
+    return np.concatenate([kept, basis], axis=1)

@@ -55,9 +55,10 @@ def test_descriptors_are_normalised_and_batch_independent(encoder):
     assert float(batch[0] @ batch[1]) < 0.99
 
 
-def test_padded_batches_give_the_same_vectors(encoder):
+def test_padded_batches_give_the_same_vectors(torch_encoder):
     """The GPU pads batches to powers of two (cuDNN plans once per shape); forced on here,
     the padding is invisible in the vectors, and warm_up runs each padded size once."""
+    encoder = torch_encoder
     assert [padded_size(n) for n in (1, 2, 3, 5, 16, 33, 64, 65)] == [1, 2, 4, 8, 16, 64, 64, 128]
     padded = encoder.with_projection(None)
     padded.pad_batches = True
