@@ -9,6 +9,9 @@ from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# The largest image a request can carry: the server's message limit (server.app) less
+# room for the request's other fields.
+MAX_IMAGE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 
 def status_name(code: int) -> str:

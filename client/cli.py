@@ -1,6 +1,7 @@
-"""`python -m client {search,batch,info}`: ask a trademark search server.
+"""`python -m client {search,batch,info,web}`: ask a trademark search server.
 
-Imports neither torch nor faiss: it needs grpcio, protobuf, Pillow (and tqdm).
+Imports neither torch nor faiss: it needs grpcio, protobuf, Pillow (and tqdm); `web` also
+FastAPI and uvicorn (`pip install ".[web]"`).
 """
 from __future__ import annotations
 
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     _connection_args(sub.add_parser("info", help="what the server has loaded"))
+
+    w = sub.add_parser("web", help="serve a web page (and a JSON API) that searches the server")
+    _connection_args(w)
+    w.add_argument("--host", default="127.0.0.1",
+                   help="address the page listens on (default: %(default)s; 0.0.0.0 for all)")
+    w.add_argument("--port", type=int, default=8080,
+                   help="port of the page (default: %(default)s; 0 picks a free one)")
     return p
 
 
@@ -223,7 +231,20 @@ def cmd_info(args, client: SearchClient) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "batch": cmd_batch, "info": cmd_info}
+def cmd_web(args, client: SearchClient) -> int:
+    try:
+        from client.web.serve import serve
+    except ImportError as e:
+        raise WebUnavailable(f"the web page needs FastAPI and uvicorn ({e.name} is missing): "
+                             'pip install ".[web]"') from e
+    return serve(client, args.host, args.port)
+
+
+class WebUnavailable(RuntimeError):
+    """`web` was asked for without its dependencies installed."""
+
+
+COMMANDS = {"search": cmd_search, "batch": cmd_batch, "info": cmd_info, "web": cmd_web}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = (f" (is a server running at {target(args.server)}? --server HOST:PORT)"
                 if e.code() == grpc.StatusCode.UNAVAILABLE else "")
         return _fail(args, e.code().name, f"{e.details()}{hint}", 1)
-    except (OSError, ManifestError, TokenError, TLSError) as e:
+    except (OSError, ManifestError, TokenError, TLSError, WebUnavailable) as e:
         return _fail(args, "INVALID_ARGUMENT" if isinstance(e, ManifestError) else "ERROR",
                      str(e), 2)
 

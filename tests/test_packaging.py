@@ -34,7 +34,8 @@ def test_the_wheel_carries_the_stubs_weights_and_commands(wheel):
     assert {"proto/trademark_search_pb2.py", "proto/trademark_search_pb2_grpc.py",
             "client/cli.py", "server/app.py", "indexer/cli.py",
             "indexer/network/weights/lite0_similarity.pt",
-            "indexer/network/weights/background.npz"} <= names
+            "indexer/network/weights/background.npz",
+            "client/web/static/index.html", "client/web/static/app.js"} <= names
     assert not any(n.startswith("tests/") for n in names)
     meta = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = wheel.read(meta).decode()

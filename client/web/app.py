@@ -1,0 +1,152 @@
+"""The web app: the page, its assets, and a JSON API, all answered through the gRPC client.
+
+    GET  /                        the page
+    GET  /api/info                what the server has loaded (GetIndexInfo)
+    POST /api/search              multipart: image, and optional k, threshold, region
+                                  ("X,Y,W,H" in the pixels of the image as sent)
+    GET  /api/thumbnails/SERIAL   a registered mark's small picture (PNG)
+
+Answers of /api/search carry the fields of a `client batch` line. Bad uploads get a 4xx
+with {"detail": message}; a server that cannot be reached, 503; never a 500 for the
+caller's input.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import grpc
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from client.api import MAX_IMAGE_BYTES, SearchClient, response_to_dict
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+# What a gRPC status means for the browser: the caller's fault (4xx) or the service's (5xx).
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    # The app's own credentials were refused: a gateway fault, not the user's.
+    grpc.StatusCode.UNAUTHENTICATED: 502,
+    grpc.StatusCode.PERMISSION_DENIED: 502,
+}
+
+
+class RegionError(ValueError):
+    """A region that is not X,Y,W,H inside the image."""
+
+
+def parse_region(text: str) -> tuple[int, int, int, int]:
+    """"X,Y,W,H" -> ints; raises RegionError saying what is wrong."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, w, h = (int(round(float(p))) for p in parts)
+    except ValueError:
+        raise RegionError(f"region must be X,Y,W,H in pixels, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise RegionError(f"region {text!r} is empty: width and height must be positive")
+    return x, y, w, h
+
+
+def crop(image: bytes, region: tuple[int, int, int, int]) -> bytes:
+    """The region of `image` as a PNG. The region is in the pixels of the image as a
+    browser shows it, so EXIF orientation is applied first."""
+    try:
+        im = ImageOps.exif_transpose(Image.open(io.BytesIO(image)))
+    except (UnidentifiedImageError, OSError) as e:
+        raise RegionError(f"cannot read the image to crop it: {e}") from None
+    x, y, w, h = region
+    if x < 0 or y < 0 or x + w > im.width or y + h > im.height:
+        raise RegionError(f"region {x},{y},{w},{h} is outside the {im.width}x{im.height} "
+                          "image")
+    out = io.BytesIO()
+    cropped = im.crop((x, y, x + w, y + h))
+    cropped.save(out, "PNG")
+    return out.getvalue()
+
+
+def _plain(value):
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def _abort(e: grpc.RpcError) -> HTTPException:
+    status = HTTP_STATUS.get(e.code(), 502)
+    if status >= 500:
+        log.warning("search server: %s %s", e.code().name, e.details())
+    return HTTPException(status, f"{e.code().name}: {e.details()}")
+
+
+def create_app(client: SearchClient, max_upload: int = MAX_IMAGE_BYTES) -> FastAPI:
+    app = FastAPI(title="Trademark visual search", docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/info")
+    def info() -> dict:
+        try:
+            reply = client.info()
+        except grpc.RpcError as e:
+            raise _abort(e) from None
+        # Field by field, not MessageToDict: that writes int64 as strings, and float32
+        # 0.3059 as 0.30590000748634338.
+        out = {f.name: _plain(getattr(reply, f.name)) for f in reply.DESCRIPTOR.fields}
+        out["max_upload_bytes"] = max_upload
+        return out
+
+    @app.post("/api/search")
+    def search(image: UploadFile = File(..., description="the mark: PNG, JPEG, ..."),
+               k: int = Form(10, ge=1), threshold: float | None = Form(None, ge=0, le=1),
+               region: str | None = Form(None, description="X,Y,W,H in image pixels")
+               ) -> dict:
+        # Read one byte past the limit: a larger upload is refused without holding it all.
+        data = image.file.read(max_upload + 1)
+        if not data:
+            raise HTTPException(400, "the upload is empty: choose an image file")
+        if len(data) > max_upload:
+            raise HTTPException(413, f"the image is larger than {max_upload // (1 << 20)} MB, "
+                                     "the most the search server takes")
+        if region:
+            try:
+                data = crop(data, parse_region(region))
+            except RegionError as e:
+                raise HTTPException(400, str(e)) from None
+        try:
+            reply = client.search(data, k, threshold, image.filename or "")
+        except grpc.RpcError as e:
+            raise _abort(e) from None
+        return {"file": image.filename or ""} | response_to_dict(reply)
+
+    @app.get("/api/thumbnails/{serial}", responses={200: {"content": {"image/png": {}}}})
+    def thumbnail(serial: str) -> Response:
+        try:
+            found = client.thumbnails([serial])
+        except grpc.RpcError as e:
+            raise _abort(e) from None
+        if serial not in found:
+            raise HTTPException(404, f"no registered mark with serial {serial!r}")
+        return Response(found[serial][1], media_type="image/png",
+                        headers={"Cache-Control": "max-age=300"})
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_form(request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's 422 lists pydantic's internals; say what was wrong in one sentence.
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"},
+                            status_code=400)
+
+    return app

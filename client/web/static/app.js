@@ -1,0 +1,195 @@
+// The page: pick, drop or paste a mark, optionally drag a box over the part to search,
+// and see the verdict and the ranked matches. Talks to the app's JSON API only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { file: null, region: null, url: null };
+
+function fmt(x) { return Number(x).toFixed(4); }
+
+async function loadInfo() {
+  try {
+    const r = await fetch("/api/info");
+    const info = await r.json();
+    if (!r.ok) throw new Error(info.detail || r.statusText);
+    $("index-info").textContent = `${Number(info.count).toLocaleString()} registered marks, ` +
+      `index ${info.index_version || "?"}, default threshold ${fmt(info.threshold)}`;
+    if (info.max_k) $("k").max = info.max_k;
+  } catch (e) {
+    $("index-info").textContent = `The search server cannot be reached: ${e.message}`;
+  }
+}
+
+function setImage(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(`${file.name || "That file"} is not an image.`);
+    return;
+  }
+  state.file = file;
+  if (state.url) URL.revokeObjectURL(state.url);
+  state.url = URL.createObjectURL(file);
+  $("preview").src = state.url;
+  $("stage").hidden = false;
+  $("search").disabled = false;
+  clearRegion();
+  showError("");
+}
+
+function clearRegion() {
+  state.region = null;
+  $("box").hidden = true;
+  $("clear-crop").disabled = true;
+  $("region-text").textContent = "Searching the whole image.";
+}
+
+function setupPicker() {
+  const drop = $("drop");
+  $("image").addEventListener("change", (e) => setImage(e.target.files[0]));
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("image").click(); }
+  });
+  drop.addEventListener("click", (e) => { if (e.target === drop) $("image").click(); });
+  for (const ev of ["dragenter", "dragover"]) {
+    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const ev of ["dragleave", "drop"]) {
+    drop.addEventListener(ev, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (e) => { e.preventDefault(); setImage(e.dataTransfer.files[0]); });
+  document.addEventListener("paste", (e) => {
+    const item = [...e.clipboardData.items].find((i) => i.type.startsWith("image/"));
+    if (item) setImage(item.getAsFile());
+  });
+}
+
+// The crop box is drawn in screen pixels and sent in the image's own pixels.
+function setupCrop() {
+  const frame = $("frame"), box = $("box"), img = $("preview");
+  let start = null;
+  const at = (e) => {
+    const r = img.getBoundingClientRect();
+    return { x: Math.min(Math.max(e.clientX - r.left, 0), r.width),
+             y: Math.min(Math.max(e.clientY - r.top, 0), r.height) };
+  };
+  frame.addEventListener("pointerdown", (e) => {
+    e.preventDefault();  // no native image drag, which would cancel the pointer
+    start = at(e);
+    frame.setPointerCapture(e.pointerId);
+  });
+  frame.addEventListener("pointermove", (e) => {
+    if (!start) return;
+    const p = at(e);
+    Object.assign(box.style, { left: `${Math.min(start.x, p.x)}px`, top: `${Math.min(start.y, p.y)}px`,
+      width: `${Math.abs(p.x - start.x)}px`, height: `${Math.abs(p.y - start.y)}px` });
+    box.hidden = false;
+  });
+  frame.addEventListener("pointerup", (e) => {
+    if (!start) return;
+    const p = at(e), s = start;
+    start = null;
+    const w = Math.abs(p.x - s.x), h = Math.abs(p.y - s.y);
+    if (w < 4 || h < 4) { clearRegion(); return; }  // a click, not a box
+    const scale = img.naturalWidth / img.clientWidth;
+    state.region = [Math.min(s.x, p.x), Math.min(s.y, p.y), w, h].map((v) => Math.round(v * scale));
+    const [x, y, rw, rh] = state.region;
+    $("region-text").textContent = `Searching the box ${rw} × ${rh} px at (${x}, ${y}).`;
+    $("clear-crop").disabled = false;
+  });
+  $("clear-crop").addEventListener("click", clearRegion);
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function search(e) {
+  e.preventDefault();
+  if (!state.file) return;
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "pasted.png");
+  form.append("k", $("k").value || "10");
+  if ($("threshold").value !== "") form.append("threshold", $("threshold").value);
+  if (state.region) form.append("region", state.region.join(","));
+  $("search").disabled = true;
+  $("search").textContent = "Searching…";
+  try {
+    const r = await fetch("/api/search", { method: "POST", body: form });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.detail || r.statusText);
+    showError("");
+    render(body);
+  } catch (err) {
+    $("verdict").hidden = true;
+    $("matches").replaceChildren();
+    showError(`Search failed: ${err.message}`);
+  } finally {
+    $("search").disabled = false;
+    $("search").textContent = "Search";
+  }
+}
+
+function render(res) {
+  const verdict = $("verdict");
+  verdict.hidden = false;
+  verdict.className = res.exists ? "exists" : "absent";
+  $("verdict-text").textContent = res.exists
+    ? `Trade Mark Existed! - serial number: ${res.matched_serial}`
+    : "Trade Mark Not Existed!";
+  $("verdict-detail").textContent = `confidence ${fmt(res.confidence)} against the threshold ` +
+    `${fmt(res.threshold)}; top similarity ${fmt(res.top_score)}`;
+  const list = $("matches");
+  list.replaceChildren(...res.matches.map((m, i) => matchItem(m, i, res)));
+}
+
+function matchItem(m, i, res) {
+  const li = document.createElement("li");
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "match" + (res.exists && i === 0 ? " accepted" : "");
+  b.dataset.serial = m.serial;
+  const img = document.createElement("img");
+  img.src = `/api/thumbnails/${encodeURIComponent(m.serial)}`;
+  img.alt = `Registered mark ${m.serial}`;
+  img.loading = "lazy";
+  const serial = document.createElement("div");
+  serial.className = "serial";
+  serial.textContent = `${i + 1}. ${m.serial}`;
+  const name = document.createElement("div");
+  name.textContent = m.name || "";
+  const score = document.createElement("div");
+  score.textContent = `similarity ${fmt(m.score)}`;
+  b.append(img, serial, name, score);
+  if (m.same_mark && i > 0) {
+    const tag = document.createElement("div");
+    tag.className = "tag";
+    tag.textContent = "a rendition of the top match";
+    b.append(tag);
+  }
+  b.setAttribute("aria-label", `Open ${m.serial} ${m.name || ""}, similarity ${fmt(m.score)}`);
+  b.addEventListener("click", () => openViewer(m, i));
+  li.append(b);
+  return li;
+}
+
+function openViewer(m, i) {
+  $("viewer-title").textContent = `${i + 1}. ${m.serial}${m.name ? " — " + m.name : ""}`;
+  $("viewer-img").src = `/api/thumbnails/${encodeURIComponent(m.serial)}`;
+  $("viewer-img").alt = `Registered mark ${m.serial}, enlarged`;
+  const meta = [["serial", m.serial], ["name", m.name || ""], ["similarity", fmt(m.score)]];
+  if (m.same_mark && i > 0) meta.push(["", "a rendition of the top match"]);
+  $("viewer-meta").replaceChildren(...meta.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"), dd = document.createElement("dd");
+    dt.textContent = k; dd.textContent = v;
+    return [dt, dd];
+  }));
+  $("viewer").showModal();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupPicker();
+  setupCrop();
+  $("search-form").addEventListener("submit", search);
+  loadInfo();
+});
