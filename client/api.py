@@ -1,7 +1,8 @@
 """A thin typed wrapper around the generated stub; results as plain dicts (the JSONL schema)."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+import json
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 
@@ -34,9 +35,56 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
         "confidence": round(resp.confidence, 6),
         "threshold": round(resp.threshold, 6),
         "matches": [{"serial": m.serial, "score": round(m.score, 6), "name": m.name,
-                     "same_mark": m.same_mark} for m in resp.matches],
+                     "same_mark": m.same_mark, "metadata": _metadata(m.metadata)}
+                    for m in resp.matches],
+        "filtered": resp.filtered,
+        "candidates": resp.candidates if resp.filtered else None,
         "error": error,
     }
+
+
+def _metadata(text: str) -> dict:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:  # a server that sent something else: keep it, visibly
+        return {"_raw": text}
+
+
+def parse_region(text: str) -> tuple[int, int, int, int]:
+    """"X,Y,W,H" (pixels) -> ints; ValueError saying how to write it."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"a region is X,Y,WIDTH,HEIGHT in whole pixels, got {text!r}") from None
+    return x, y, w, h
+
+
+def parse_filters(texts: Sequence[str]) -> dict[str, list[str]]:
+    """["COLUMN=V1,V2", ...] -> {column: [values]}; ValueError saying how to write one.
+    The same column twice adds values (any of them passes)."""
+    out: dict[str, list[str]] = {}
+    for text in texts:
+        column, sep, values = text.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not column.strip() or not vals:
+            raise ValueError(f"a filter is COLUMN=VALUE[,VALUE...], got {text!r}")
+        out.setdefault(column.strip(), []).extend(vals)
+    return out
+
+
+def search_request(image: bytes, k: int = 10, threshold: float | None = None,
+                   request_id: str = "", region: Sequence[int] | None = None,
+                   filters: Mapping[str, Sequence[str]] | None = None) -> pb.SearchRequest:
+    req = pb.SearchRequest(request_id=request_id, image=image, k=k)
+    if threshold is not None:
+        req.threshold = threshold
+    if region is not None:
+        x, y, w, h = region
+        req.region.CopyFrom(pb.Region(x=x, y=y, width=w, height=h))
+    for column, values in (filters or {}).items():
+        req.filters.append(pb.Filter(column=column, values=list(values)))
+    return req
 
 
 class SearchClient:
@@ -61,10 +109,9 @@ class SearchClient:
         self.close()
 
     def search(self, image: bytes, k: int = 10, threshold: float | None = None,
-               request_id: str = "") -> pb.SearchResponse:
-        req = pb.SearchRequest(request_id=request_id, image=image, k=k)
-        if threshold is not None:
-            req.threshold = threshold
+               request_id: str = "", region: Sequence[int] | None = None,
+               filters: Mapping[str, Sequence[str]] | None = None) -> pb.SearchResponse:
+        req = search_request(image, k, threshold, request_id, region, filters)
         return self.stub.Search(req, timeout=self.timeout, metadata=self.metadata)
 
     def search_stream(self, requests: Iterable[pb.SearchRequest],

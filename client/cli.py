@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from client.api import SearchClient, response_to_dict
+from client.api import (SearchClient, parse_filters, parse_region, response_to_dict,
+                        search_request)
 from indexer.sources import ManifestError, iter_image_files, read_csv_rows
-from proto import trademark_search_pb2 as pb
 from server.auth import TokenError, read_token
 from server.tls import TLSError, channel_credentials
 
@@ -49,6 +49,13 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-key", type=Path, default=argparse.SUPPRESS, help="PEM key of --tls-cert")
 
 
+def _filter_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--filter", action="append", default=[], metavar="COLUMN=V1,V2",
+                        help="only registered marks whose COLUMN (a manifest column: see "
+                             "`info`) holds one of the values; repeat for more columns, "
+                             "all of which must hold")
+
+
 def target(server: str) -> str:
     """A gRPC target from --server: HOST alone means HOST:50051 (not gRPC's 443)."""
     if "://" in server:
@@ -74,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="existence threshold for this query (default: the server's)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--plot", type=Path, help="write a PNG of the query beside its matches")
+    s.add_argument("--region", metavar="X,Y,W,H",
+                   help="search only this part of the image (pixels, as a viewer shows it)")
+    _filter_arg(s)
 
     b = sub.add_parser("batch", help="search a folder or CSV through one SearchStream")
     _connection_args(b)
@@ -85,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--retrievals-num", type=int, default=10, help="similar marks per image")
     b.add_argument("--threshold", type=float, default=None, help="existence threshold")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _filter_arg(b)
 
     _connection_args(sub.add_parser("info", help="what the server has loaded"))
 
@@ -103,6 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, default in CONNECTION.items():
         if not hasattr(args, name):
             setattr(args, name, default)
+    if args.command in ("search", "batch"):
+        try:
+            args.filters = parse_filters(args.filter)
+            if getattr(args, "region", None):
+                args.region = parse_region(args.region)
+        except ValueError as e:
+            p.error(str(e))
     if args.command == "search":
         if args.plot and args.plot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
             p.error(f"--plot {args.plot}: give the picture's file name with .png or .jpg")
@@ -123,14 +141,18 @@ def _print_answer(result: dict) -> None:
     print(f"Serial Numbers of similar images: {[m['serial'] for m in result['matches']]}")
     print(f"top score {result['top_score']:.4f}, confidence {result['confidence']:.4f} "
           f"(threshold {result['threshold']:.4f})")
+    if result.get("filtered"):
+        print(f"among the {result['candidates']} registered marks that pass the filters")
     for rank, m in enumerate(result["matches"], start=1):
         same = "  (same mark)" if m.get("same_mark") and rank > 1 else ""
-        print(f"{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}")
+        meta = "  " + json.dumps(m["metadata"], ensure_ascii=False) if m.get("metadata") else ""
+        print(f"{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}{meta}")
 
 
 def cmd_search(args, client: SearchClient) -> int:
     image = args.input_img.read_bytes()
-    resp = client.search(image, args.retrievals_num, args.threshold, str(args.input_img))
+    resp = client.search(image, args.retrievals_num, args.threshold, str(args.input_img),
+                         args.region, args.filters)
     result = {"file": str(args.input_img)} | response_to_dict(resp)
     if args.json:
         print(json.dumps(result))
@@ -144,23 +166,34 @@ def cmd_search(args, client: SearchClient) -> int:
     return 0
 
 
-def batch_inputs(path: Path, images: Path | None = None) -> list[Path]:
+def batch_inputs(path: Path, images: Path | None = None
+                 ) -> tuple[list[Path], list[tuple[int, int, int, int] | None]]:
+    """The files to search and each one's region (a CSV's optional `region` column,
+    X,Y,W,H; None: the whole image)."""
     if path.is_dir():
-        return iter_image_files(path)
+        files = iter_image_files(path)
+        return files, [None] * len(files)
     rows = read_csv_rows(path, required=("file",))
     root = path.parent if images is None else images
-    return [(root / row["file"].strip()) for _, row in rows]
+    regions = []
+    for line, row in rows:
+        text = (row.get("region") or "").strip()
+        try:
+            regions.append(parse_region(text) if text else None)
+        except ValueError as e:
+            raise ManifestError(f"{path}, line {line}: {e}") from None
+    return [(root / row["file"].strip()) for _, row in rows], regions
 
 
 def _error_line(file: Path, request_id: str, code: str, message: str) -> dict:
     return {"file": str(file), "request_id": request_id, "exists": False,
             "matched_serial": None, "top_score": 0.0, "confidence": 0.0, "threshold": 0.0,
-            "matches": [],
+            "matches": [], "filtered": False, "candidates": None,
             "error": {"code": code, "message": message}}
 
 
 def cmd_batch(args, client: SearchClient) -> int:
-    files = batch_inputs(args.input, args.images)
+    files, regions = batch_inputs(args.input, args.images)
     unread: dict[str, str] = {}
 
     def requests():
@@ -170,10 +203,8 @@ def cmd_batch(args, client: SearchClient) -> int:
             except OSError as e:
                 unread[str(i)] = str(e)
                 continue
-            req = pb.SearchRequest(request_id=str(i), image=data, k=args.retrievals_num)
-            if args.threshold is not None:
-                req.threshold = args.threshold
-            yield req
+            yield search_request(data, args.retrievals_num, args.threshold, str(i), regions[i],
+                                 args.filters)
 
     answered: set[str] = set()
     exists, failures = 0, Counter()
@@ -226,8 +257,11 @@ def cmd_info(args, client: SearchClient) -> int:
     info = client.info()
     for field in info.DESCRIPTOR.fields:
         value = getattr(info, field.name)
-        # float32 on the wire: 0.3406 would print as 0.34060001373291016
-        print(f"{field.name:>17}: {round(value, 4) if isinstance(value, float) else value}")
+        if field.is_repeated:
+            value = ", ".join(value) or "none"
+        elif isinstance(value, float):  # float32 on the wire: 0.3406 prints as 0.340600013...
+            value = round(value, 4)
+        print(f"{field.name:>18}: {value}")
     return 0
 
 

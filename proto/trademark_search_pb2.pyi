@@ -7,30 +7,56 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("request_id", "image", "k", "threshold")
+    __slots__ = ("request_id", "image", "k", "threshold", "region", "filters")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     image: bytes
     k: int
     threshold: float
-    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., k: _Optional[int] = ..., threshold: _Optional[float] = ...) -> None: ...
+    region: Region
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., k: _Optional[int] = ..., threshold: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("column", "values")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, column: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("serial", "score", "rank", "name", "same_mark")
+    __slots__ = ("serial", "score", "rank", "name", "same_mark", "metadata")
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SAME_MARK_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     serial: str
     score: float
     rank: int
     name: str
     same_mark: bool
-    def __init__(self, serial: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., name: _Optional[str] = ..., same_mark: _Optional[bool] = ...) -> None: ...
+    metadata: str
+    def __init__(self, serial: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., name: _Optional[str] = ..., same_mark: _Optional[bool] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -41,7 +67,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("request_id", "exists", "matched_serial", "top_score", "threshold", "matches", "error", "confidence")
+    __slots__ = ("request_id", "exists", "matched_serial", "top_score", "threshold", "matches", "error", "confidence", "filtered", "candidates")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +76,8 @@ class SearchResponse(_message.Message):
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     exists: bool
     matched_serial: str
@@ -58,14 +86,16 @@ class SearchResponse(_message.Message):
     matches: _containers.RepeatedCompositeFieldContainer[Match]
     error: Error
     confidence: float
-    def __init__(self, request_id: _Optional[str] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., threshold: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., confidence: _Optional[float] = ...) -> None: ...
+    filtered: bool
+    candidates: int
+    def __init__(self, request_id: _Optional[str] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., threshold: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., confidence: _Optional[float] = ..., filtered: _Optional[bool] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("count", "dim", "metric", "encoder", "index_type", "threshold", "index_version", "created", "max_k", "threshold_method", "decision", "family_similarity")
+    __slots__ = ("count", "dim", "metric", "encoder", "index_type", "threshold", "index_version", "created", "max_k", "threshold_method", "decision", "family_similarity", "filterable_columns")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +108,7 @@ class IndexInfo(_message.Message):
     THRESHOLD_METHOD_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     FAMILY_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    FILTERABLE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     count: int
     dim: int
     metric: str
@@ -90,7 +121,8 @@ class IndexInfo(_message.Message):
     threshold_method: str
     decision: str
     family_similarity: float
-    def __init__(self, count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., encoder: _Optional[str] = ..., index_type: _Optional[str] = ..., threshold: _Optional[float] = ..., index_version: _Optional[str] = ..., created: _Optional[str] = ..., max_k: _Optional[int] = ..., threshold_method: _Optional[str] = ..., decision: _Optional[str] = ..., family_similarity: _Optional[float] = ...) -> None: ...
+    filterable_columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., encoder: _Optional[str] = ..., index_type: _Optional[str] = ..., threshold: _Optional[float] = ..., index_version: _Optional[str] = ..., created: _Optional[str] = ..., max_k: _Optional[int] = ..., threshold_method: _Optional[str] = ..., decision: _Optional[str] = ..., family_similarity: _Optional[float] = ..., filterable_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetThumbnailsRequest(_message.Message):
     __slots__ = ("serials",)

@@ -5,6 +5,7 @@ each with a batch of concurrent callers' images; searches of a GPU index take tu
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -15,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from indexer.index import lowres, vectors
+from indexer.index.filters import Filter, FilterIndex, InvalidFilter
 from indexer.index.reader import OpenIndex, encoder_for, open_index
 from indexer.network.encoder import Encoder
-from indexer.network.preprocess import Prepared, prepare_query
+from indexer.network.preprocess import Prepared, Region, prepare_query
 from server.settings import DEFAULT_MAX_K
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,20 @@ class Hit:
     # not its runners-up.
     to_top: float = 1.0
     same_mark: bool = False  # a rendition of the top match (see indexer.decision)
+    metadata: str = "{}"  # the manifest's other columns for this mark, JSON text
+
+
+@dataclass(frozen=True)
+class Query:
+    """One image to search: its bytes, the part of it to look at, the marks it may match."""
+
+    image: bytes
+    region: Region | None = None  # (x, y, width, height) in the pixels of the image sent
+    filters: tuple[Filter, ...] = ()
+
+
+def as_query(item: "Query | bytes") -> Query:
+    return item if isinstance(item, Query) else Query(item)
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,9 @@ class Answer:
     confidence: float  # the decision score (indexer.decision) compared with the threshold
     threshold: float
     hits: list[Hit]
+    # Under filters: how many registered marks passed them, among which the decision was
+    # taken; None without filters.
+    candidates: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,8 @@ class SearchEngine:
         # FAISS GPU indexes must not be searched from two threads; CPU indexes may be,
         # and the server's encoder lanes (server/batcher.py) do.
         self._search_lock = threading.Lock() if self.searcher.on_gpu else nullcontext()
+        self._filters: FilterIndex | None = None  # made at the first filtered request
+        self._filters_lock = threading.Lock()
         log.info("serving %s: %d marks, %s %s%s, threshold %.4f on the %s", index.path,
                  index.index.ntotal, index.manifest.index_type, params or "exact",
                  " on the GPU" if self.searcher.on_gpu else "", self.threshold,
@@ -110,48 +131,87 @@ class SearchEngine:
     def resolve_threshold(self, threshold: float | None) -> float:
         return self.threshold if threshold is None else check_threshold(threshold)
 
+    @property
+    def filter_index(self) -> FilterIndex:
+        """The catalog's metadata by column and value, read once (1 M marks: seconds)."""
+        with self._filters_lock:
+            if self._filters is None:
+                self._filters = FilterIndex.from_rows(self.index.catalog.metadata_rows())
+            return self._filters
+
+    def allowed(self, filters: tuple[Filter, ...]) -> np.ndarray | None:
+        """The ids that pass `filters` (None: no filter); InvalidRequest for a bad one."""
+        if not filters:
+            return None
+        try:
+            return self.filter_index.ids(filters)
+        except InvalidFilter as e:
+            raise InvalidRequest(str(e)) from None
+
+    @staticmethod
+    def check_region(region: Region | None) -> Region | None:
+        if region is not None and (region[2] <= 0 or region[3] <= 0 or min(region[:2]) < 0):
+            raise InvalidRequest(f"region x={region[0]} y={region[1]} width={region[2]} "
+                                 f"height={region[3]} is empty or starts outside the image: "
+                                 "give x, y >= 0 and width, height > 0")
+        return region
+
     # -- the data path: bytes -> array -> vector -> ids -> serials ----------------------
-    def prepare(self, image: bytes) -> Prepared:
-        """Decode, trim and letterbox; raises ImageDecodeError for bad bytes."""
-        return prepare_query(image, self.encoder.preprocess)
+    def prepare(self, query: Query | bytes) -> Prepared:
+        """Decode, crop to the region, trim and letterbox; raises ImageDecodeError for bad
+        bytes or a region outside the image."""
+        query = as_query(query)
+        return prepare_query(query.image, self.encoder.preprocess, query.region)
 
     def hits_needed(self, k: int) -> int:
         """Hits `decide` needs to answer with k of them: the decision looks further."""
         return max(k, self._depth)
 
-    def search(self, queries: list[Prepared], k: int) -> list[list[Hit]]:
+    def search(self, queries: list[Prepared], k: int,
+               filters: list[tuple[Filter, ...]] | None = None) -> list[list[Hit]]:
         """Top `hits_needed(k)` hits for each prepared image, one encoder batch and one
-        FAISS call (small marks' candidates re-ranked: indexer.index.lowres); `decide` cuts
-        them to k."""
+        FAISS call per set of filters (small marks' candidates re-ranked:
+        indexer.index.lowres); `decide` cuts them to k. Under filters, only marks that
+        pass them are searched (indexer.index.filters)."""
         if not queries:
             return []
         kk = min(self.hits_needed(k), self.index.index.ntotal)
         vecs = self.encoder.encode([q.array for q in queries])
         if kk == 0:
             return [[] for _ in queries]
-        with self._search_lock:
-            scores, ids = lowres.search(self.searcher.search, vecs,
-                                        [q.mark_px for q in queries], kk, self.index.reranker)
+        filters = filters or [()] * len(queries)
+        scores = np.full((len(queries), kk), -np.inf, np.float32)
+        ids = np.full((len(queries), kk), -1, np.int64)
+        for key in dict.fromkeys(filters):  # one FAISS call per set of filters, in order
+            rows = [i for i, f in enumerate(filters) if f == key]
+            search = functools.partial(self.searcher.search, allowed=self.allowed(key))
+            with self._search_lock:
+                s, i = lowres.search(search, vecs[rows], [queries[r].mark_px for r in rows],
+                                     kk, self.index.reranker)
+            scores[rows], ids[rows] = s, i
         # From the CPU index's stored vectors: a GPU copy need not be locked for it.
         to_top = vectors.similarity_to_top(self.index.index, ids) \
             if self.rule.needs_vectors else np.ones_like(scores)
         refs = self.index.catalog.refs(sorted({int(i) for i in ids.ravel() if i >= 0}))
         same = self.rule.family(to_top) if self.rule.needs_vectors else \
             np.arange(to_top.shape[1])[None, :] == 0
-        return [[Hit(refs[i].serial, refs[i].name, float(s), float(t), bool(m))
+        return [[Hit(refs[i].serial, refs[i].name, float(s), float(t), bool(m), refs[i].metadata)
                  for s, i, t, m in zip(row_s, row_i, row_t, row_m) if i >= 0 and i in refs]
                 for row_s, row_i, row_t, row_m in zip(scores, ids.tolist(), to_top, same)]
 
-    def decide(self, hits: list[Hit], threshold: float, k: int) -> Answer:
-        """The yes/no from all of `hits` (as `search` gave them), and the first k of them."""
+    def decide(self, hits: list[Hit], threshold: float, k: int,
+               filters: tuple[Filter, ...] = ()) -> Answer:
+        """The yes/no from all of `hits` (as `search` gave them), and the first k of them;
+        under `filters`, among the marks that pass them (the answer counts them)."""
+        candidates = len(self.allowed(filters)) if filters else None
         if not hits:
-            return Answer(False, "", 0.0, 0.0, threshold, [])
+            return Answer(False, "", 0.0, 0.0, threshold, [], candidates)
         scores = np.array([[h.score for h in hits]], dtype=np.float32)
         to_top = np.array([[h.to_top for h in hits]], dtype=np.float32)
         confidence = float(self.rule.scores(scores, to_top)[0])
         exists = confidence >= threshold
         return Answer(exists, hits[0].serial if exists else "", hits[0].score, confidence,
-                      threshold, hits[:k])
+                      threshold, hits[:k], candidates)
 
     def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
         found = self.index.catalog.thumbnails(serials)

@@ -17,7 +17,8 @@ from indexer.network.preprocess import ImageDecodeError
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.batcher import BatchConfig, DeadlinePassed, MicroBatcher
-from server.engine import Answer, InvalidRequest, SearchEngine
+from indexer.index.filters import Filter
+from server.engine import Answer, InvalidRequest, Query, SearchEngine
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class _Item:
     request: pb.SearchRequest
     k: int = 0
     threshold: float = 0.0
+    query: Query | None = None
     error: pb.Error | None = None
     answer: Answer | None = None
 
@@ -44,8 +46,22 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
     return pb.SearchResponse(
         request_id=request_id, exists=answer.exists, matched_serial=answer.matched_serial,
         top_score=answer.top_score, confidence=answer.confidence, threshold=answer.threshold,
+        filtered=answer.candidates is not None, candidates=answer.candidates or 0,
         matches=[pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name,
-                          same_mark=h.same_mark) for r, h in enumerate(answer.hits, start=1)])
+                          same_mark=h.same_mark, metadata=h.metadata)
+                 for r, h in enumerate(answer.hits, start=1)])
+
+
+def to_query(engine: SearchEngine, request: pb.SearchRequest) -> Query:
+    """The request's image, region and filters; InvalidRequest for a bad region or filter."""
+    region = None
+    if request.HasField("region"):
+        r = request.region
+        region = engine.check_region((r.x, r.y, r.width, r.height))
+    filters = tuple(Filter(f.column, tuple(v.strip() for v in f.values if v.strip()))
+                    for f in request.filters)
+    engine.allowed(filters)  # an unknown column is refused here, before any decoding
+    return Query(request.image, region, filters)
 
 
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
@@ -110,12 +126,13 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         return engine
 
     def _check(self, engine: SearchEngine, request: pb.SearchRequest) -> _Item:
-        """k and threshold; the image itself is decoded by the batcher."""
+        """k, threshold, region and filters; the image itself is decoded by the batcher."""
         item = _Item(request)
         try:
             item.k = engine.check_k(request.k if request.HasField("k") else None)
             item.threshold = engine.resolve_threshold(
                 request.threshold if request.HasField("threshold") else None)
+            item.query = to_query(engine, request)
         except InvalidRequest as e:
             item.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return item
@@ -129,14 +146,14 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
             try:
                 # Queued with other callers' images; skipped if the caller gives up first.
-                hits = self.batcher.search(engine, [request.image], item.k,
+                hits = self.batcher.search(engine, [item.query], item.k,
                                            context.time_remaining())[0]
             except DeadlinePassed as e:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
             if isinstance(hits, ImageDecodeError):
                 log.info("Search %r refused: %s", request.request_id, hits)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
-            answer = engine.decide(hits, item.threshold, item.k)
+            answer = engine.decide(hits, item.threshold, item.k, item.query.filters)
             log.debug("Search %r: exists=%s top=%s %.4f", request.request_id, answer.exists,
                       hits[0].serial if hits else "-", answer.top_score)
             return to_response(request.request_id, answer)
@@ -190,7 +207,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         items = [self._check(engine, r) for r in requests]
         good = [it for it in items if it.error is None]
         k = max((it.k for it in good), default=1)
-        return items, self.batcher.submit(engine, [it.request.image for it in good], k)
+        return items, self.batcher.submit(engine, [it.query for it in good], k)
 
     def _answer_chunk(self, engine: SearchEngine, items: list[_Item],
                       future: Future) -> list[pb.SearchResponse]:
@@ -198,7 +215,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if isinstance(hits, ImageDecodeError):
                 it.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
             else:
-                it.answer = engine.decide(hits, it.threshold, it.k)
+                it.answer = engine.decide(hits, it.threshold, it.k, it.query.filters)
         good = [it for it in items if it.error is None]
         out = []
         for it in items:
@@ -223,7 +240,8 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             encoder=engine.encoder.identity.short(), index_type=m.index_type,
             threshold=engine.threshold, index_version=m.version, created=m.created,
             max_k=engine.max_k, threshold_method=m.threshold_method,
-            decision=engine.rule.kind, family_similarity=engine.rule.family_similarity or 0.0)
+            decision=engine.rule.kind, family_similarity=engine.rule.family_similarity or 0.0,
+            filterable_columns=engine.filter_index.columns)
 
     def GetThumbnails(self, request, context):
         with self.metrics.observe("GetThumbnails", context):

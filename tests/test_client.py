@@ -52,7 +52,7 @@ def test_batch_writes_one_line_per_input(server_address, tmp_path, capsys):
     assert by_name["q01121.jpg"]["exists"] is False
     assert by_name["zz-corrupt.png"]["error"]["code"] == "INVALID_ARGUMENT"
     keys = {"file", "request_id", "exists", "matched_serial", "top_score", "confidence",
-            "threshold", "matches", "error"}
+            "threshold", "matches", "filtered", "candidates", "error"}
     assert all(set(l) == keys for l in lines)
     assert "4 images: 2 exist, 1 not, 1 failed (1 INVALID_ARGUMENT)" in capsys.readouterr().out
 
@@ -110,7 +110,9 @@ def test_usage_errors_say_how_to_fix_them(tmp_path, capsys):
     for argv, message in (
             (["search", "--input-img", img, "--plot", str(tmp_path / "out")], ".png or .jpg"),
             (["search", "--input-img", str(SAMPLES / "queries")], "use `batch` for a folder"),
-            (["search", "--input-img", "https://example.org/mark.png"], "a URL")):
+            (["search", "--input-img", "https://example.org/mark.png"], "a URL"),
+            (["search", "--input-img", img, "--region", "1,2,3"], "X,Y,WIDTH,HEIGHT"),
+            (["search", "--input-img", img, "--filter", "status"], "COLUMN=VALUE")):
         try:
             main(argv)
             raise AssertionError(f"{argv} was accepted")
@@ -136,3 +138,41 @@ def test_client_imports_neither_torch_nor_faiss():
             "bad = [m for m in ('torch', 'faiss', 'numpy') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=30)
+
+
+def test_search_with_a_region_and_filters(server_address, capsys, tmp_path):
+    a, b = (Image.open(SAMPLES / "registry" / f"{s}.png").convert("RGB")
+            for s in ("86000000", "86000296"))
+    canvas = Image.new("RGB", (a.width + b.width + 60, a.height), "white")
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width + 60, 0))
+    path = tmp_path / "two.png"
+    canvas.save(path)
+    box = f"{a.width + 60},0,{b.width},{b.height}"
+    assert main(["--server", server_address, "search", "--input-img", str(path), "--region", box,
+                 "--filter", "status=live,dead", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["matched_serial"] == "86000296" and result["filtered"]
+    assert result["candidates"] == 300 and result["matches"][0]["metadata"]["status"]
+    assert main(["--server", server_address, "search", "--input-img", str(path),
+                 "--region", box, "--filter", "status=dead"]) == 0
+    out = capsys.readouterr().out
+    assert "among the 57 registered marks that pass the filters" in out
+    assert '"status": "dead"' in out
+
+
+def test_batch_takes_a_region_column(server_address, tmp_path):
+    a = Image.open(SAMPLES / "registry" / "86000296.png").convert("RGB")
+    canvas = Image.new("RGB", (a.width * 2, a.height), (250, 250, 250))
+    canvas.paste(a, (a.width, 0))
+    canvas.save(tmp_path / "wide.png")
+    # a region holds commas, so a CSV quotes it
+    (tmp_path / "in.csv").write_text(f'file,region\nwide.png,"{a.width},0,{a.width},{a.height}"\n'
+                                     'wide.png,\nwide.png,"0,0,99999,10"\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["--server", server_address, "batch", str(tmp_path / "in.csv"), "--out",
+                 str(out), "--no-progress"]) == 1  # the last one fails, alone
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["matched_serial"] == "86000296" and lines[1]["error"] is None
+    assert lines[2]["error"]["code"] == "INVALID_ARGUMENT"
+    assert "not inside" in lines[2]["error"]["message"]

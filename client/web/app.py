@@ -3,7 +3,8 @@
     GET  /                        the page
     GET  /api/info                what the server has loaded (GetIndexInfo)
     POST /api/search              multipart: image, and optional k, threshold, region
-                                  ("X,Y,W,H" in the pixels of the image as sent)
+                                  ("X,Y,W,H" in the pixels of the image as sent) and
+                                  filter ("COLUMN=V1,V2", repeatable)
     GET  /api/thumbnails/SERIAL   a registered mark's small picture (PNG)
 
 Answers of /api/search carry the fields of a `client batch` line. Bad uploads get a 4xx
@@ -12,7 +13,6 @@ caller's input.
 """
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -21,9 +21,8 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from client.api import MAX_IMAGE_BYTES, SearchClient, response_to_dict
+from client.api import (MAX_IMAGE_BYTES, SearchClient, parse_filters, parse_region,
+                        response_to_dict)
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +41,10 @@ HTTP_STATUS = {
 }
 
 
-class RegionError(ValueError):
-    """A region that is not X,Y,W,H inside the image."""
-
-
-def parse_region(text: str) -> tuple[int, int, int, int]:
-    """"X,Y,W,H" -> ints; raises RegionError saying what is wrong."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        x, y, w, h = (int(round(float(p))) for p in parts)
-    except ValueError:
-        raise RegionError(f"region must be X,Y,W,H in pixels, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise RegionError(f"region {text!r} is empty: width and height must be positive")
-    return x, y, w, h
-
-
-def crop(image: bytes, region: tuple[int, int, int, int]) -> bytes:
-    """The region of `image` as a PNG. The region is in the pixels of the image as a
-    browser shows it, so EXIF orientation is applied first."""
-    try:
-        im = ImageOps.exif_transpose(Image.open(io.BytesIO(image)))
-    except (UnidentifiedImageError, OSError) as e:
-        raise RegionError(f"cannot read the image to crop it: {e}") from None
-    x, y, w, h = region
-    if x < 0 or y < 0 or x + w > im.width or y + h > im.height:
-        raise RegionError(f"region {x},{y},{w},{h} is outside the {im.width}x{im.height} "
-                          "image")
-    out = io.BytesIO()
-    cropped = im.crop((x, y, x + w, y + h))
-    cropped.save(out, "PNG")
-    return out.getvalue()
-
-
 def _plain(value):
-    return round(value, 6) if isinstance(value, float) else value
+    if isinstance(value, float):
+        return round(value, 6)
+    return value if isinstance(value, (str, int, bool)) else list(value)  # a repeated field
 
 
 def _abort(e: grpc.RpcError) -> HTTPException:
@@ -110,7 +78,9 @@ def create_app(client: SearchClient, max_upload: int = MAX_IMAGE_BYTES) -> FastA
     @app.post("/api/search")
     def search(image: UploadFile = File(..., description="the mark: PNG, JPEG, ..."),
                k: int = Form(10, ge=1), threshold: float | None = Form(None, ge=0, le=1),
-               region: str | None = Form(None, description="X,Y,W,H in image pixels")
+               region: str | None = Form(None, description="X,Y,W,H in image pixels"),
+               filters: list[str] = Form([], alias="filter",
+                                         description="COLUMN=V1,V2; every one must hold")
                ) -> dict:
         # Read one byte past the limit: a larger upload is refused without holding it all.
         data = image.file.read(max_upload + 1)
@@ -119,13 +89,13 @@ def create_app(client: SearchClient, max_upload: int = MAX_IMAGE_BYTES) -> FastA
         if len(data) > max_upload:
             raise HTTPException(413, f"the image is larger than {max_upload // (1 << 20)} MB, "
                                      "the most the search server takes")
-        if region:
-            try:
-                data = crop(data, parse_region(region))
-            except RegionError as e:
-                raise HTTPException(400, str(e)) from None
         try:
-            reply = client.search(data, k, threshold, image.filename or "")
+            box = parse_region(region) if region else None
+            wanted = parse_filters([f for f in filters if f.strip()])
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        try:
+            reply = client.search(data, k, threshold, image.filename or "", box, wanted)
         except grpc.RpcError as e:
             raise _abort(e) from None
         return {"file": image.filename or ""} | response_to_dict(reply)

@@ -44,6 +44,7 @@ class MarkRef:
     id: int
     serial: str
     name: str
+    metadata: str = "{}"  # the manifest's other columns, as JSON text
 
 
 class Catalog:
@@ -118,9 +119,13 @@ class Catalog:
     def refs(self, ids: list[int]) -> dict[int, MarkRef]:
         out = {}
         for chunk in _chunks(ids):
-            q = f"SELECT id, serial, name FROM marks WHERE id IN ({_marks(chunk)})"
+            q = f"SELECT id, serial, name, metadata FROM marks WHERE id IN ({_marks(chunk)})"
             out.update({r[0]: MarkRef(*r) for r in self._all(q, chunk)})
         return out
+
+    def metadata_rows(self) -> list[tuple[int, str]]:
+        """(id, metadata JSON) of every mark that has any (indexer.index.filters)."""
+        return self._all("SELECT id, metadata FROM marks WHERE metadata != '{}'")
 
     def thumbnails(self, serials: list[str]) -> dict[str, tuple[str, bytes]]:
         """{serial: (name, image bytes)} for the serials that exist and have one."""

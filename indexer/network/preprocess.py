@@ -27,6 +27,14 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this service can read; the message says why."""
 
 
+class InvalidRegion(ImageDecodeError):
+    """The region of interest of a query is empty or not inside its image."""
+
+
+# (x, y, width, height) in pixels of an image as a viewer shows it.
+Region = tuple[int, int, int, int]
+
+
 class BlankImageError(ImageDecodeError):
     """The image decodes, but there is no mark in it: every pixel is white (or transparent,
     which is flattened onto white). Such a file matches every other blank one perfectly,
@@ -479,10 +487,24 @@ def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
     return to_input(open_scaled(data, cfg).image, cfg)
 
 
-def prepare_query(data: bytes, cfg: PreprocessConfig) -> Prepared:
-    """Image bytes -> its network input and its mark's size; ImageDecodeError if unreadable."""
-    decoded = open_scaled(data, cfg)
-    return to_query(decoded.image, cfg, decoded.scale)
+def prepare_query(data: bytes, cfg: PreprocessConfig, region: Region | None = None
+                  ) -> Prepared:
+    """Image bytes -> its network input and its mark's size; ImageDecodeError if unreadable.
+    `region`: only that part of the image, in its pixels as a viewer shows it (EXIF
+    orientation applied); decoded in full then, as the region says where the mark is."""
+    if region is None:
+        decoded = open_scaled(data, cfg)
+        return to_query(decoded.image, cfg, decoded.scale)
+    return to_query(crop_region(open_image(data, cfg.max_pixels), region), cfg)
+
+
+def crop_region(im: Image.Image, region: Region) -> Image.Image:
+    """The (x, y, width, height) part of `im`; InvalidRegion where it is not inside."""
+    x, y, w, h = region
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > im.width or y + h > im.height:
+        raise InvalidRegion(f"region x={x} y={y} width={w} height={h} is not inside the "
+                            f"{im.width}x{im.height} image")
+    return im.crop((x, y, x + w, y + h))
 
 
 def prepare_file(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:

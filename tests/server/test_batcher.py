@@ -179,10 +179,10 @@ def test_an_image_that_breaks_preprocessing_fails_alone(engine, images, decode_w
                                                         monkeypatch):
     real = server.engine.prepare_query
 
-    def prepare_query(data, cfg):  # as a 4000 x 1 JPEG once broke it
+    def prepare_query(data, cfg, region=None):  # as a 4000 x 1 JPEG once broke it
         if data == images[1]:
             raise ZeroDivisionError("integer division or modulo by zero")
-        return real(data, cfg)
+        return real(data, cfg, region)
     monkeypatch.setattr(server.engine, "prepare_query", prepare_query)
     batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=0, decode_workers=decode_workers))
     try:

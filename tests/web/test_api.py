@@ -52,6 +52,7 @@ def test_info_reports_the_index(web_url, engine):
     assert status == 200 and kind == "application/json"
     assert info["count"] == engine.index.index.ntotal
     assert info["max_upload_bytes"] == MAX_IMAGE_BYTES
+    assert info["filterable_columns"] == ["name", "nice_classes", "source", "status"]
     assert abs(info["threshold"] - engine.threshold) < 1e-4
 
 
@@ -95,9 +96,11 @@ def test_region_crops_to_the_mark(web_url):
     ({"k": "0"}, None, 400, "k"),
     ({"k": "ten"}, None, 400, "k"),
     ({"threshold": "2"}, None, 400, "threshold"),
-    ({"region": "1,2,3"}, None, 400, "X,Y,W,H"),
+    ({"region": "1,2,3"}, None, 400, "X,Y,WIDTH,HEIGHT"),
     ({"region": "0,0,0,10"}, None, 400, "empty"),
-    ({"region": "0,0,5000,5000"}, None, 400, "outside"),
+    ({"region": "0,0,5000,5000"}, None, 400, "not inside"),
+    ({"filter": "status"}, None, 400, "COLUMN=VALUE"),
+    ({"filter": "owner=ACME"}, None, 400, "'owner'"),
     ({"k": "100000"}, None, 400, "k must be between"),
 ])
 def test_bad_requests_get_a_4xx_with_a_message(web_url, fields, image, status, says):
@@ -114,6 +117,16 @@ def test_a_missing_image_field_is_a_400(web_url):
 def test_an_upload_over_the_limit_is_refused(web_url):
     code, body = post(f"{web_url}/api/search", {}, b"\0" * (MAX_IMAGE_BYTES + 1))
     assert code == 413 and "MB" in body["detail"]
+
+
+def test_filters_pass_through_to_the_server(web_url):
+    q = plain("known")
+    status, res = post(f"{web_url}/api/search", {"filter": "status=dead", "k": "30"},
+                       q["path"].read_bytes())
+    assert status == 200 and res["filtered"] and res["candidates"] == 57
+    assert all(m["metadata"]["status"] == "dead" for m in res["matches"])
+    status, info = post(f"{web_url}/api/search", {}, q["path"].read_bytes())
+    assert not info["filtered"] and info["candidates"] is None
 
 
 def test_thumbnails_by_serial(web_url):

@@ -106,6 +106,26 @@ def test_a_crop_box_searches_only_the_mark(page, tmp_path):
     playwright.expect(page.locator("#region-text")).to_have_text("Searching the whole image.")
 
 
+def test_filters_keep_the_answer_to_the_marks_that_pass(page):
+    """The index's manifest columns appear as filters; a dead-marks-only search of a live
+    registered mark lists dead marks only, and says among how many."""
+    q = plain("known")
+    choose(page, q["path"])
+    status = page.locator("#filter-status")
+    playwright.expect(status).to_be_visible()
+    status.fill("dead")
+    page.get_by_role("button", name="Search", exact=True).click()
+    playwright.expect(page.locator("#verdict-detail")).to_contain_text(
+        "among the 57 registered marks that pass the filters")
+    cards = page.locator("#matches .match .meta")
+    playwright.expect(cards.first).to_contain_text("status: dead")
+    assert all("status: dead" in t for t in cards.all_inner_texts())
+    status.fill("")
+    page.get_by_role("button", name="Search", exact=True).click()
+    playwright.expect(page.locator("#verdict-text")).to_have_text(
+        f"Trade Mark Existed! - serial number: {q['expected_serial']}")
+
+
 def test_a_file_that_is_not_an_image_says_so(page, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"not a picture at all")

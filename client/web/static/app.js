@@ -15,9 +15,25 @@ async function loadInfo() {
     $("index-info").textContent = `${Number(info.count).toLocaleString()} registered marks, ` +
       `index ${info.index_version || "?"}, default threshold ${fmt(info.threshold)}`;
     if (info.max_k) $("k").max = info.max_k;
+    showFilters(info.filterable_columns || []);
   } catch (e) {
     $("index-info").textContent = `The search server cannot be reached: ${e.message}`;
   }
+}
+
+function showFilters(columns) {
+  const box = $("filters");
+  for (const column of columns) {
+    const label = document.createElement("label");
+    label.textContent = `${column} is one of `;
+    const input = document.createElement("input");
+    input.type = "text";
+    input.dataset.column = column;
+    input.id = `filter-${column}`;
+    label.append(input);
+    box.append(label);
+  }
+  box.hidden = columns.length === 0;
 }
 
 function setImage(file) {
@@ -112,6 +128,9 @@ async function search(e) {
   form.append("k", $("k").value || "10");
   if ($("threshold").value !== "") form.append("threshold", $("threshold").value);
   if (state.region) form.append("region", state.region.join(","));
+  for (const input of $("filters").querySelectorAll("input[data-column]")) {
+    if (input.value.trim()) form.append("filter", `${input.dataset.column}=${input.value.trim()}`);
+  }
   $("search").disabled = true;
   $("search").textContent = "Searching…";
   try {
@@ -138,7 +157,8 @@ function render(res) {
     ? `Trade Mark Existed! - serial number: ${res.matched_serial}`
     : "Trade Mark Not Existed!";
   $("verdict-detail").textContent = `confidence ${fmt(res.confidence)} against the threshold ` +
-    `${fmt(res.threshold)}; top similarity ${fmt(res.top_score)}`;
+    `${fmt(res.threshold)}; top similarity ${fmt(res.top_score)}` +
+    (res.filtered ? `; among the ${res.candidates} registered marks that pass the filters` : "");
   const list = $("matches");
   list.replaceChildren(...res.matches.map((m, i) => matchItem(m, i, res)));
 }
@@ -161,6 +181,13 @@ function matchItem(m, i, res) {
   const score = document.createElement("div");
   score.textContent = `similarity ${fmt(m.score)}`;
   b.append(img, serial, name, score);
+  const meta = Object.entries(m.metadata || {});
+  if (meta.length) {
+    const line = document.createElement("div");
+    line.className = "meta";
+    line.textContent = meta.map(([k, v]) => `${k}: ${v}`).join(" · ");
+    b.append(line);
+  }
   if (m.same_mark && i > 0) {
     const tag = document.createElement("div");
     tag.className = "tag";
@@ -177,7 +204,8 @@ function openViewer(m, i) {
   $("viewer-title").textContent = `${i + 1}. ${m.serial}${m.name ? " — " + m.name : ""}`;
   $("viewer-img").src = `/api/thumbnails/${encodeURIComponent(m.serial)}`;
   $("viewer-img").alt = `Registered mark ${m.serial}, enlarged`;
-  const meta = [["serial", m.serial], ["name", m.name || ""], ["similarity", fmt(m.score)]];
+  const meta = [["serial", m.serial], ["name", m.name || ""], ["similarity", fmt(m.score)],
+                ...Object.entries(m.metadata || {}).map(([k, v]) => [k, String(v)])];
   if (m.same_mark && i > 0) meta.push(["", "a rendition of the top match"]);
   $("viewer-meta").replaceChildren(...meta.flatMap(([k, v]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
