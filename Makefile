@@ -49,8 +49,12 @@ eval: install $(DEV_STAMP)
 # run, HNSW_MAX_N=1000000 to add HNSW at 1 M (its build alone takes ~6 min on 2 cores).
 BENCH_SIZES ?= 10000,100000,1000000
 HNSW_MAX_N ?= 100000
+comma := ,
+# Filtered search (bench/filtered.py) at the largest size, 1% and 10% of marks passing.
+FILTER_N ?= $(lastword $(subst $(comma), ,$(BENCH_SIZES)))
 bench: install $(DEV_STAMP)
 	$(PY) -m bench.speed --out $(OUT)/bench --sizes $(BENCH_SIZES) --hnsw-max-n $(HNSW_MAX_N)
+	$(PY) -m bench.filtered --n $(FILTER_N) --json $(OUT)/bench/filtered.json
 
 # 10 M vectors, more than fit in memory as floats: ivf-sq8 built from a stream of chunks
 # against exact search streamed the same way, and the server started on it (bench/streamed.py).

@@ -24,15 +24,16 @@ CATALOG_CHUNK = 100_000  # catalog rows written per transaction
 
 
 def write_synthetic_index(root: Path, encoder: Encoder, db: np.ndarray,
-                          preset: str = "flat") -> dict:
+                          preset: str = "flat", **manifest) -> dict:
     return write_index_dir(root, encoder, len(db), db.shape[1],
-                           lambda ids: vectors.build(preset, ids, db))
+                           lambda ids: vectors.build(preset, ids, db), **manifest)
 
 
 def write_index_dir(root: Path, encoder: Encoder, count: int, dim: int,
-                    build: Callable[[np.ndarray], tuple[faiss.Index, vectors.IndexSpec]]
-                    ) -> dict:
-    """A registry of `count` synthetic marks whose FAISS index `build(ids)` makes."""
+                    build: Callable[[np.ndarray], tuple[faiss.Index, vectors.IndexSpec]],
+                    **manifest) -> dict:
+    """A registry of `count` synthetic marks whose FAISS index `build(ids)` makes;
+    `manifest`: fields of the manifest to set (store.Manifest), e.g. the decision."""
     t0 = time.perf_counter()
     with store.write_version(root, new=True) as writer:
         catalog = Catalog(writer.path / store.CATALOG_FILE)
@@ -49,10 +50,11 @@ def write_index_dir(root: Path, encoder: Encoder, count: int, dim: int,
             projection.save(writer.path / store.PROJECTION_FILE)
         writer.commit(store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
-            count=count, threshold=0.7, threshold_method="fixed (synthetic benchmark)",
+            count=count, threshold_method="fixed (synthetic benchmark)",
             index_preset=spec.preset, search_params=spec.search_params,
             sampled_recall=spec.sampled_recall,
-            projection=store.PROJECTION_FILE if projection is not None else None))
+            projection=store.PROJECTION_FILE if projection is not None else None,
+            **({"threshold": 0.7} | manifest)))
     return {"write_s": time.perf_counter() - t0,
             "index_mb": vectors.memory_bytes(store.current_version_dir(root) /
                                              store.INDEX_FILE) / 1e6}

@@ -102,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check that manifest, FAISS index and catalog agree")
     v.add_argument("--index", required=True, type=Path, help="index directory")
 
+    d = sub.add_parser("duplicates", help="list the registered marks the service would call "
+                                          "the same mark (a register's self-check)")
+    d.add_argument("--index", required=True, type=Path, help="index directory")
+    d.add_argument("--out", required=True, type=Path,
+                   help="folder for pairs.csv and sheet.png (a contact sheet of the "
+                        "strongest groups)")
+    d.add_argument("--min-score", type=float, default=None,
+                   help="also list every pair at least this similar (near duplicates)")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="the existence threshold to decide with (default: the index's)")
+    d.add_argument("--batch", type=int, default=1024, help="marks searched per FAISS call")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("--index", required=True, type=Path, help="index directory")
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -197,6 +210,25 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_duplicates(args) -> int:
+    from indexer import duplicates
+    from indexer.index.reader import open_index
+    if args.min_score is not None and not -1.0 <= args.min_score <= 1.0:
+        raise ValueError(f"--min-score is a cosine similarity in [-1, 1], got {args.min_score}")
+    index = open_index(args.index)
+    try:
+        report = duplicates.find(index, args.threshold, args.min_score, max(1, args.batch),
+                                 progress=not args.no_progress)
+        pairs, sheet = duplicates.write(report, index, args.out)
+    finally:
+        index.close()
+    exists = sum(p.exists for p in report.pairs)
+    print(f"{report.marks} marks checked in {report.seconds:.1f} s: {len(report.pairs)} pairs "
+          f"in {len(report.groups)} groups ({exists} the service would answer \"exists\" with, "
+          f"{sum(p.same_mark for p in report.pairs)} renditions); {pairs}, {sheet}")
+    return 0
+
+
 def index_info(root: Path, measure_recall: bool = False) -> dict:
     vdir = store.current_version_dir(root)
     manifest = store.Manifest.read(vdir / store.MANIFEST)
@@ -265,7 +297,7 @@ def cmd_info(args) -> int:
 
 
 COMMANDS = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "calibrate": cmd_calibrate,
-            "verify": cmd_verify, "info": cmd_info}
+            "verify": cmd_verify, "info": cmd_info, "duplicates": cmd_duplicates}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -429,7 +429,12 @@ class Searcher:
         An approximate structure looks at a share of the register per query; only `frac`
         of what it looks at passes, so its knob (nprobe, efSearch) is first raised by
         1 / frac, which keeps the candidates that pass as many as without the filter.
-        Rows still short of min(k, passing) answers double it again, up to exhaustive."""
+        That holds the recall when many pass (1 M synthetic vectors, ivf-sq8, 10%
+        passing: recall@10 0.996 against exact filtered search, 0.985 unfiltered) but not
+        when few do: their nearest are then spread over unrelated lists (1%: 0.834). Up
+        to EXACT_PASSING marks, an IVF index scans every list, which costs a bitmap test
+        per stored vector and a distance per passing one. Rows still short of
+        min(k, passing) answers double the knob again, up to exhaustive."""
         n = len(labels)
         if n == 0:
             return (np.full((len(x), k), -np.inf, np.float32), np.full((len(x), k), -1, np.int64))
@@ -439,6 +444,8 @@ class Searcher:
         sel = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
         want = min(k, n)
         widen = max(1.0, self.ntotal / n)
+        if n <= EXACT_PASSING and faiss.try_extract_index_ivf(self._cpu) is not None:
+            widen = float(self.ntotal)  # every list
         while True:
             params, exhaustive = _selector_params(self._cpu, sel, widen)
             scores, labels_out = self._cpu.search(x, k, params=params)
@@ -448,6 +455,8 @@ class Searcher:
 
 
 REFINE_UNDER_FILTER = 4
+# Up to this many marks passing a filter, an IVF index scans all its lists (Searcher).
+EXACT_PASSING = 50_000
 
 
 def _selector_params(index: faiss.Index, sel, widen: float):
