@@ -145,7 +145,9 @@ def _print_answer(result: dict) -> None:
         print(f"among the {result['candidates']} registered marks that pass the filters")
     for rank, m in enumerate(result["matches"], start=1):
         same = "  (same mark)" if m.get("same_mark") and rank > 1 else ""
-        meta = "  " + json.dumps(m["metadata"], ensure_ascii=False) if m.get("metadata") else ""
+        # the manifest's other columns; its name is printed already
+        extra = {k: v for k, v in (m.get("metadata") or {}).items() if k != "name"}
+        meta = "  " + json.dumps(extra, ensure_ascii=False) if extra else ""
         print(f"{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}{meta}")
 
 

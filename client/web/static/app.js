@@ -181,7 +181,7 @@ function matchItem(m, i, res) {
   const score = document.createElement("div");
   score.textContent = `similarity ${fmt(m.score)}`;
   b.append(img, serial, name, score);
-  const meta = Object.entries(m.metadata || {});
+  const meta = Object.entries(m.metadata || {}).filter(([k]) => k !== "name");
   if (meta.length) {
     const line = document.createElement("div");
     line.className = "meta";
@@ -205,7 +205,8 @@ function openViewer(m, i) {
   $("viewer-img").src = `/api/thumbnails/${encodeURIComponent(m.serial)}`;
   $("viewer-img").alt = `Registered mark ${m.serial}, enlarged`;
   const meta = [["serial", m.serial], ["name", m.name || ""], ["similarity", fmt(m.score)],
-                ...Object.entries(m.metadata || {}).map(([k, v]) => [k, String(v)])];
+                ...Object.entries(m.metadata || {}).filter(([k]) => k !== "name")
+                  .map(([k, v]) => [k, String(v)])];
   if (m.same_mark && i > 0) meta.push(["", "a rendition of the top match"]);
   $("viewer-meta").replaceChildren(...meta.flatMap(([k, v]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
