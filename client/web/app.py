@@ -21,6 +21,7 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+
 from client.api import (MAX_IMAGE_BYTES, SearchClient, parse_filters, parse_region,
                         response_to_dict)
 

@@ -227,12 +227,6 @@ class Encoder:
         """What runs the network: "openvino" or "torch"."""
         return "openvino" if self._compiled is not None else "torch"
 
-    def describe_runtime(self) -> str:
-        if self._compiled is None:
-            return f"PyTorch {torch.__version__} on {self.device}"
-        return (f"OpenVINO {openvino_runtime.version()} on the CPU, fp32, "
-                f"{self._compiled.threads} threads")
-
     def use_openvino(self, threads: int, required: bool = False) -> bool:
         """Run the network through OpenVINO from now on (CPU only), converting it or taking
         the conversion from the cache; False, with one log line, where that cannot be

@@ -1,7 +1,6 @@
 """The page in a real browser (Playwright driving Chromium) against the real server."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 
