@@ -85,12 +85,9 @@ def encoder_limit(threads: int) -> tuple[dict[str, dict], load.ModelReference]:
         log.info("model-only images/s through %s: %s; in %d lanes: %s", name,
                  {b: round(v, 1) for b, v in r["one_lane"].items()}, lanes,
                  {b: round(v, 1) for b, v in r["lanes"].items()})
-    faster = max(runtimes, key=lambda name: best_of(runtimes[name])[CPU_BATCH_REF])
+    # The faster at the servers' and the build's default batch.
+    faster = max(runtimes, key=lambda name: best_of(runtimes[name])[default.default_batch])
     return runtimes, load.ModelReference(encoders[faster], arrays, lanes, threads)
-
-
-# The batch the reference runtime is chosen at: the servers' and the build's default.
-CPU_BATCH_REF = 8
 
 
 def best_of(runtime: dict) -> dict:

@@ -43,6 +43,13 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
     }
 
 
+def info_to_dict(info: pb.IndexInfo) -> dict:
+    """IndexInfo's fields as plain values (a repeated field as a list); floats as the
+    float32 the wire carried, for the caller to round as it shows them."""
+    return {f.name: list(getattr(info, f.name)) if f.is_repeated else getattr(info, f.name)
+            for f in info.DESCRIPTOR.fields}
+
+
 def _metadata(text: str) -> dict:
     try:
         return json.loads(text) if text else {}

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from client.api import (SearchClient, parse_filters, parse_region, response_to_dict,
-                        search_request)
+from client.api import (SearchClient, info_to_dict, parse_filters, parse_region,
+                        response_to_dict, search_request)
 from indexer.sources import ManifestError, iter_image_files, read_csv_rows
 from server.auth import TokenError, read_token
 from server.tls import TLSError, channel_credentials
@@ -256,14 +256,12 @@ def cmd_batch(args, client: SearchClient) -> int:
 
 
 def cmd_info(args, client: SearchClient) -> int:
-    info = client.info()
-    for field in info.DESCRIPTOR.fields:
-        value = getattr(info, field.name)
-        if field.is_repeated:
+    for name, value in info_to_dict(client.info()).items():
+        if isinstance(value, list):
             value = ", ".join(value) or "none"
         elif isinstance(value, float):  # float32 on the wire: 0.3406 prints as 0.340600013...
             value = round(value, 4)
-        print(f"{field.name:>18}: {value}")
+        print(f"{name:>18}: {value}")
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from PIL import Image
 
 from indexer.build import BuildOptions, build
 from indexer.network.encoder import load_encoder
@@ -29,6 +30,20 @@ def sample_queries(kind: str | None = None) -> list[dict]:
     with open(SAMPLES / "queries.csv") as f:
         rows = list(csv.DictReader(f))
     return [r | {"path": SAMPLES / r["file"]} for r in rows if kind in (None, r["kind"])]
+
+
+def side_by_side(left: Path, right: Path, gap: int = 60, fit: int | None = None
+                 ) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Two marks pasted side by side on white (each shrunk to `fit` px first, if given),
+    and the box (x, y, width, height) of the right one: a picture a region picks from."""
+    a, b = (Image.open(p).convert("RGB") for p in (left, right))
+    if fit:
+        a.thumbnail((fit, fit))
+        b.thumbnail((fit, fit))
+    canvas = Image.new("RGB", (a.width + gap + b.width, max(a.height, b.height)), "white")
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width + gap, 0))
+    return canvas, (a.width + gap, 0, b.width, b.height)
 
 
 def quiet(**kw) -> BuildOptions:

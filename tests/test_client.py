@@ -9,7 +9,7 @@ import sys
 from PIL import Image
 
 from client.cli import main
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, side_by_side
 
 
 def test_search_prints_the_original_tools_answer(server_address, capsys):
@@ -141,14 +141,11 @@ def test_client_imports_neither_torch_nor_faiss():
 
 
 def test_search_with_a_region_and_filters(server_address, capsys, tmp_path):
-    a, b = (Image.open(SAMPLES / "registry" / f"{s}.png").convert("RGB")
-            for s in ("86000000", "86000296"))
-    canvas = Image.new("RGB", (a.width + b.width + 60, a.height), "white")
-    canvas.paste(a, (0, 0))
-    canvas.paste(b, (a.width + 60, 0))
+    canvas, box = side_by_side(*(SAMPLES / "registry" / f"{s}.png"
+                                 for s in ("86000000", "86000296")))
     path = tmp_path / "two.png"
     canvas.save(path)
-    box = f"{a.width + 60},0,{b.width},{b.height}"
+    box = ",".join(map(str, box))
     assert main(["--server", server_address, "search", "--input-img", str(path), "--region", box,
                  "--filter", "status=live,dead", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

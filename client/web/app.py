@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from client.api import (MAX_IMAGE_BYTES, SearchClient, parse_filters, parse_region,
-                        response_to_dict)
+from client.api import (MAX_IMAGE_BYTES, SearchClient, info_to_dict, parse_filters,
+                        parse_region, response_to_dict)
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 502,
     grpc.StatusCode.PERMISSION_DENIED: 502,
 }
-
-
-def _plain(value):
-    if isinstance(value, float):
-        return round(value, 6)
-    return value if isinstance(value, (str, int, bool)) else list(value)  # a repeated field
 
 
 def _abort(e: grpc.RpcError) -> HTTPException:
@@ -70,9 +64,10 @@ def create_app(client: SearchClient, max_upload: int = MAX_IMAGE_BYTES) -> FastA
             reply = client.info()
         except grpc.RpcError as e:
             raise _abort(e) from None
-        # Field by field, not MessageToDict: that writes int64 as strings, and float32
-        # 0.3059 as 0.30590000748634338.
-        out = {f.name: _plain(getattr(reply, f.name)) for f in reply.DESCRIPTOR.fields}
+        # Not MessageToDict: that writes int64 as strings, and float32 0.3059 as
+        # 0.30590000748634338.
+        out = {k: round(v, 6) if isinstance(v, float) else v
+               for k, v in info_to_dict(reply).items()}
         out["max_upload_bytes"] = max_upload
         return out
 

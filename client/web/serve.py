@@ -1,15 +1,12 @@
 """Run the web app under uvicorn, saying where once it listens."""
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 
 from client.api import SearchClient
 from client.web.app import create_app
-
-log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):

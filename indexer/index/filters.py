@@ -35,9 +35,6 @@ class Filter:
     column: str
     values: tuple[str, ...]
 
-    def __str__(self) -> str:
-        return f"{self.column}={','.join(self.values)}"
-
 
 def cell_values(cell) -> list[str]:
     """A metadata cell -> the values it holds (`9;42` -> ["9", "42"])."""
@@ -76,9 +73,6 @@ class FilterIndex:
     @property
     def columns(self) -> list[str]:
         return sorted(self._postings)
-
-    def values(self, column: str) -> list[str]:
-        return sorted(self._postings.get(column, {}))
 
     def ids(self, filters: list[Filter] | tuple[Filter, ...]) -> np.ndarray:
         """The sorted ids that pass every filter; InvalidFilter for an unknown column."""

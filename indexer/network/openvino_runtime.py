@@ -78,22 +78,26 @@ class OpenVinoNetwork:
         self._lock = threading.Lock()
         self._local = threading.local()
 
+    def _share(self, threads: int | None) -> int:
+        """A caller's threads, within 1..all of them (None: all)."""
+        return max(1, min(threads or self.threads, self.threads))
+
     def compiled(self, threads: int):
         """The model compiled for callers with `threads` each (at most all of them)."""
-        share = max(1, min(threads, self.threads))
+        share = self._share(threads)
         with self._lock:
             if share not in self._compiled:
                 self._compiled[share] = self._core.compile_model(self._model, "CPU", {
                     "NUM_STREAMS": max(1, self.threads // share),
                     "INFERENCE_NUM_THREADS": max(1, self.threads // share) * share,
-                    # fp32: bf16 was no faster on this project's CPUs and moved the
-                    # descriptors by 0.5% (cosine 0.9945).
+                    # fp32: bf16 was slower on the 2-core Xeon (no AMX) and moved the
+                    # descriptors (cosine 0.993-0.995).
                     "INFERENCE_PRECISION_HINT": "f32"})
             return self._compiled[share]
 
     def __call__(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
         """`threads`: the caller's share (default: all)."""
-        share = max(1, min(threads or self.threads, self.threads))
+        share = self._share(threads)
         requests = self._local.__dict__.setdefault("requests", {})
         if share not in requests:
             requests[share] = self.compiled(share).create_infer_request()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from proto import trademark_search_pb2 as pb
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, side_by_side
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +27,8 @@ def png(im: Image.Image) -> bytes:
 
 def two_marks(left: str, right: str) -> tuple[bytes, tuple[int, int, int, int]]:
     """Two registered marks side by side, and the box of the right one."""
-    a, b = (Image.open(SAMPLES / "registry" / f"{s}.png").convert("RGB") for s in (left, right))
-    canvas = Image.new("RGB", (a.width + b.width + 60, max(a.height, b.height)), "white")
-    canvas.paste(a, (0, 0))
-    canvas.paste(b, (a.width + 60, 0))
-    return png(canvas), (a.width + 60, 0, b.width, b.height)
+    canvas, box = side_by_side(*(SAMPLES / "registry" / f"{s}.png" for s in (left, right)))
+    return png(canvas), box
 
 
 def request(image: bytes, k: int = 5, region=None, filters=(), request_id="r"):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from client.api import MAX_IMAGE_BYTES, SearchClient
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, side_by_side
 from tests.web.conftest import UNREGISTERED, plain, running
 
 
@@ -77,15 +77,10 @@ def test_region_crops_to_the_mark(web_url):
     """A registered mark pasted into the corner of a larger picture beside another one:
     the region picks it out."""
     q = plain("known", 1)
-    mark = Image.open(q["path"]).convert("RGB")
-    other = Image.open(plain("unknown", 0)["path"]).convert("RGB")
-    canvas = Image.new("RGB", (mark.width + other.width + 40, max(mark.height, other.height)),
-                       "white")
-    canvas.paste(other, (0, 0))
-    canvas.paste(mark, (other.width + 40, 0))
+    canvas, box = side_by_side(plain("unknown", 0)["path"], q["path"], gap=40)
     buf = io.BytesIO()
     canvas.save(buf, "PNG")
-    region = f"{other.width + 40},0,{mark.width},{mark.height}"
+    region = ",".join(map(str, box))
     status, res = post(f"{web_url}/api/search", {"region": region}, buf.getvalue())
     assert status == 200 and res["matched_serial"] == q["expected_serial"]
 

@@ -5,8 +5,8 @@ import os
 import shutil
 
 import pytest
-from PIL import Image
 
+from tests.conftest import side_by_side
 from tests.web.conftest import UNREGISTERED, plain
 
 # Debian's chromium: Playwright cannot download its own browser on these machines. CI
@@ -80,21 +80,16 @@ def test_an_unregistered_mark_is_not_found(page):
 def test_a_crop_box_searches_only_the_mark(page, tmp_path):
     """Two marks side by side; dragging a box over the registered one finds it."""
     q = plain("known", 1)
-    mark = Image.open(q["path"]).convert("RGB")
-    other = Image.open(plain("unknown", 0)["path"]).convert("RGB")
-    mark.thumbnail((300, 300))
-    other.thumbnail((300, 300))
-    canvas = Image.new("RGB", (640, 320), "white")
-    canvas.paste(other, (0, 0))
-    canvas.paste(mark, (330, 0))
+    canvas, (x, y, w, h) = side_by_side(plain("unknown", 0)["path"], q["path"], gap=30,
+                                        fit=300)
     path = tmp_path / "two-marks.png"
     canvas.save(path)
     choose(page, path)
     img = page.locator("#preview").bounding_box()
-    scale = img["width"] / 640
-    page.mouse.move(img["x"] + 325 * scale, img["y"] + 1)
+    scale = img["width"] / canvas.width
+    page.mouse.move(img["x"] + (x - 5) * scale, img["y"] + 1)  # from the gap
     page.mouse.down()
-    page.mouse.move(img["x"] + 639 * scale, img["y"] + 319 * scale, steps=5)
+    page.mouse.move(img["x"] + (x + w - 1) * scale, img["y"] + (y + h - 1) * scale, steps=5)
     page.mouse.up()
     playwright.expect(page.locator("#region-text")).to_contain_text("Searching the box")
     page.get_by_role("button", name="Search", exact=True).click()
