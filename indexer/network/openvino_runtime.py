@@ -92,7 +92,12 @@ class OpenVinoNetwork:
                     "INFERENCE_NUM_THREADS": max(1, self.threads // share) * share,
                     # fp32: bf16 was slower on the 2-core Xeon (no AMX) and moved the
                     # descriptors (cosine 0.993-0.995).
-                    "INFERENCE_PRECISION_HINT": "f32"})
+                    "INFERENCE_PRECISION_HINT": "f32",
+                    # OpenVINO pins its threads to the first cores of the machine, not
+                    # knowing of other processes: two one-thread Ray actors (or replicas
+                    # on one host) then shared one core and ran at half speed (401 vs
+                    # 187 ms for 8 marks); one process alone is as fast either way.
+                    "ENABLE_CPU_PINNING": False})
             return self._compiled[share]
 
     def __call__(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
