@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +29,13 @@ from indexer.index.catalog import Catalog, Mark
 from indexer.index.reader import OpenIndex, encoder_for, open_index
 from indexer.network import background
 from indexer.network.encoder import Encoder, default_lanes, lane_threads
-from indexer.network.preprocess import ImageDecodeError, mark_of, open_scaled, views_of
+from indexer.network.preprocess import (ImageDecodeError, PreprocessConfig, mark_of, open_scaled,
+                                        views_of)
 from indexer.network.projection import fit_pca
 from indexer.sources import ImageItem, prefetch
+
+if TYPE_CHECKING:
+    from indexer.ray_pipeline import RayOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ class BuildOptions:
     # More vectors per mark, of small copies of it, for small queries (indexer.index.lowres);
     # None: none. `add` uses what the index records.
     lowres: lowres.LowResConfig | None = field(default_factory=lowres.LowResConfig)
+    # Prepare and encode on a Ray cluster (indexer.ray_pipeline.RayOptions); None: here.
+    ray: "RayOptions | None" = None
 
 
 @dataclass
@@ -119,28 +126,48 @@ class BuildResult:
                 f"{self.index_dir} version {self.version} holds {self.total}")
 
 
-def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
-              ) -> tuple[np.ndarray, np.ndarray | None, Mark]:
-    """The mark's prepared array with its registry variants, its small copies' (where the
-    index keeps them), all made in the decoding threads, and its catalog row."""
-    data = item.path.read_bytes()
-    im = open_scaled(data, encoder.preprocess).image
-    mark_im = mark_of(im, encoder.preprocess)
-    array = variants.expand(views_of(mark_im, encoder.preprocess), opts.registry_variants)
-    small = lowres.small_copies(mark_im, encoder.preprocess, opts.lowres.copy_px) \
+@dataclass
+class Prepared:
+    """A mark made ready for the encoder from its file's bytes."""
+    array: np.ndarray  # (1 + variants, views, S, S, 3) uint8: indexer.variants.expand
+    small: np.ndarray | None  # (sizes, views, S, S, 3) uint8 small copies, where kept
+    sha256: str
+    thumbnail: bytes  # PNG, at most THUMBNAIL_SIZE a side
+
+
+def prepare(data: bytes, preprocess: PreprocessConfig, opts: BuildOptions) -> Prepared:
+    """The mark's prepared array with its registry variants, its small copies (where the
+    index keeps them) and its thumbnail: everything but the encoder's work, run in the
+    decoding threads (or a Ray task: indexer.ray_pipeline). ImageDecodeError if unreadable."""
+    im = open_scaled(data, preprocess).image
+    mark_im = mark_of(im, preprocess)
+    array = variants.expand(views_of(mark_im, preprocess), opts.registry_variants)
+    small = lowres.small_copies(mark_im, preprocess, opts.lowres.copy_px) \
         if opts.lowres else None
     im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buf = io.BytesIO()
     # zlib's default level: optimize=True (level 9) took 3x as long for 4% fewer bytes,
     # a sixth of preparing a mark once the encoder ran on OpenVINO.
     im.save(buf, "PNG")
-    mark = Mark(item.serial, item.name, str(item.path), hashlib.sha256(data).hexdigest(),
-                buf.getvalue(), item.metadata)
-    return array, small, mark
+    return Prepared(array, small, hashlib.sha256(data).hexdigest(), buf.getvalue())
+
+
+def catalog_row(item: ImageItem, sha256: str, thumbnail: bytes) -> Mark:
+    return Mark(item.serial, item.name, str(item.path), sha256, thumbnail, item.metadata)
+
+
+def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
+              ) -> tuple[np.ndarray, np.ndarray | None, Mark]:
+    prepared = prepare(item.path.read_bytes(), encoder.preprocess, opts)
+    return prepared.array, prepared.small, catalog_row(item, prepared.sha256, prepared.thumbnail)
 
 
 def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
-    """Backbone descriptors of every readable item; the rest are listed as skipped."""
+    """Backbone descriptors of every readable item; the rest are listed as skipped. With
+    `opts.ray`, on a Ray cluster (indexer.ray_pipeline), else in this process."""
+    if opts.ray is not None:
+        from indexer import ray_pipeline  # Ray is an optional extra
+        return ray_pipeline.encode_items(items, encoder, opts)
     out = Encoded()
     bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="encoding")
 
@@ -178,7 +205,7 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
     return out
 
 
-def _encode_batch(encoder: Encoder, arrays: list[np.ndarray], smalls: list[np.ndarray]
+def encode_batch(encoder: Encoder, arrays: list[np.ndarray], smalls: list[np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """A batch's mean descriptors, and its small copies' (marks, sizes, dim) if any."""
     desc = encoder.mean_descriptors(arrays)
@@ -209,9 +236,9 @@ class _Lanes:
 
     def submit(self, arrays: list[np.ndarray], smalls: list[np.ndarray]) -> None:
         if self._pool is None:
-            self._collect(*_encode_batch(self.encoder, arrays, smalls))
+            self._collect(*encode_batch(self.encoder, arrays, smalls))
             return
-        self._in_flight.append(self._pool.submit(_encode_batch, self.encoder, arrays, smalls))
+        self._in_flight.append(self._pool.submit(encode_batch, self.encoder, arrays, smalls))
         # At most a batch per lane in flight: memory stays bounded, and decoding runs
         # no further ahead than its prefetch depth.
         while len(self._in_flight) > self.lanes:

@@ -34,6 +34,21 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
                    help="batches encoded side by side, each with its share of --threads "
                         "(default: 2 on a CPU with 2+ threads, 1 on a GPU)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = parser.add_argument_group("cluster (pip install \".[ray]\")")
+    g.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                   help="read, prepare and encode the images on a Ray cluster (ADDRESS as "
+                        "ray.init takes it: ray://HOST:10001, HOST:6379 or auto); without "
+                        "ADDRESS, on a Ray started on this machine. Every node must see the "
+                        "images at the same paths")
+    g.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="encoder actors (default: one per GPU of the cluster; on CPUs, one "
+                        "per --ray-actor-threads CPUs less one CPU for preparing images)")
+    g.add_argument("--ray-actor-threads", type=int, default=1, metavar="N",
+                   help="encoder threads of each CPU actor (default: %(default)s)")
+
+
+# --ray without an address: a Ray started on this machine for the build.
+LOCAL_RAY = "local"
 
 
 def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +158,12 @@ def _options(args) -> pipeline.BuildOptions:
     given = {k: getattr(args, k) for k in fields if hasattr(args, k)}
     if hasattr(args, "no_progress"):
         given["progress"] = not args.no_progress
+    if getattr(args, "ray", None) is not None:
+        from indexer.ray_pipeline import RayOptions
+        if args.ray_actors is not None and args.ray_actors < 1:
+            raise ValueError(f"--ray-actors must be >= 1, got {args.ray_actors}")
+        given["ray"] = RayOptions(None if args.ray == LOCAL_RAY else args.ray, args.ray_actors,
+                                  max(1, args.ray_actor_threads), args.encoder, args.runtime)
     return pipeline.BuildOptions(**given)
 
 

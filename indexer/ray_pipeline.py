@@ -1,0 +1,245 @@
+"""`indexer build|add --ray`: read -> prepare -> encode as a Ray Data pipeline.
+
+Reading and preparing a mark (decode, variants, small copies, thumbnail: build.prepare)
+run as Ray tasks on the cluster's CPUs; encoding runs in a pool of actors that each load
+the encoder once, one GPU each where the cluster has GPUs, else some CPU threads each.
+The descriptors stream back to the driver, which then writes the index version exactly as
+a local build does (PCA, FAISS, small copies, calibration, catalog, report): only
+build.encode_items is replaced, so the two builds give the same index.
+
+Every node reads the images at the paths the driver lists: on a cluster they must be on a
+shared file system (or a volume mounted at the same path on every node), and the package
+installed at the same version on every node (each actor checks the encoder's identity
+against the driver's).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.build import (BuildError, BuildOptions, Encoded, Skipped, catalog_row, encode_batch,
+                           prepare)
+from indexer.network.encoder import Encoder, EncoderError, load_encoder
+from indexer.network.options import DEFAULT_ENCODER
+from indexer.network.preprocess import ImageDecodeError, PreprocessConfig
+from indexer.sources import ImageItem
+
+log = logging.getLogger(__name__)
+
+# Marks per task that prepares them: large enough that a task's overhead (~ms) is small
+# beside its work (~25 ms a mark), small enough to spread a small register over the cores.
+PREPARE_BATCH = 16
+
+
+class RayUnavailable(BuildError):
+    """--ray was asked for without Ray installed, or its cluster cannot be reached."""
+
+
+@dataclass
+class RayOptions:
+    # "ray://HOST:10001", "HOST:6379" or "auto" (ray.init's address); None: this process's
+    # Ray if it has one, else a local Ray started on this machine and stopped at the end.
+    address: str | None = None
+    # Encoder actors; None: one per GPU where the cluster has GPUs, else as many as the
+    # cluster's CPUs allow at `actor_threads` each, less one CPU left to preparation.
+    actors: int | None = None
+    # CPU actors: the encoder's threads, and the CPUs each one reserves.
+    actor_threads: int = 1
+    # What the actors load (indexer.network.encoder.load_encoder): the driver's encoder.
+    encoder: str = DEFAULT_ENCODER
+    runtime: str = "auto"
+
+
+def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
+    """build.encode_items on a Ray cluster: the same Encoded, in the items' order."""
+    ray = _import_ray()
+    ray_opts: RayOptions = opts.ray
+    started = _connect(ray, ray_opts.address)
+    try:
+        return _run(ray, items, encoder, opts, ray_opts)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (Ray without its Data library cannot build)
+    except ImportError as e:
+        raise RayUnavailable(f"--ray needs Ray Data ({e.name} is missing): "
+                             'pip install ".[ray]"') from e
+    return ray
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Join the cluster at `address`, or start a local Ray; True if this call started it
+    (and so must stop it)."""
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
+                  configure_logging=False)
+    try:
+        if address is None:
+            log.info("starting a local Ray on this machine (%d CPUs)", os.cpu_count() or 1)
+            ray.init(**kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e}") from e
+    return True
+
+
+@dataclass
+class _Plan:
+    actors: int
+    gpus: bool
+    cpus_per_actor: float
+
+
+def plan(resources: dict, ray_opts: RayOptions) -> _Plan:
+    """How many encoder actors, and on what, for a cluster with `resources`
+    (ray.cluster_resources())."""
+    gpus = int(resources.get("GPU", 0))
+    threads = max(1, ray_opts.actor_threads)
+    if gpus:
+        actors = ray_opts.actors or gpus
+        return _Plan(actors, True, 1.0)
+    cpus = int(resources.get("CPU", 1))
+    actors = ray_opts.actors or max(1, (cpus - 1) // threads)
+    if actors * threads >= cpus:
+        # Actors that held every CPU would leave none to the tasks that prepare their
+        # input, and the pipeline would stall; Ray's CPUs are logical, so reserve less.
+        return _Plan(actors, False, (cpus - 0.5) / actors)
+    return _Plan(actors, False, float(threads))
+
+
+def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
+         ray_opts: RayOptions) -> Encoded:
+    p = plan(ray.cluster_resources(), ray_opts)
+    batch_size = opts.batch_size or (64 if p.gpus else encoder.default_batch)
+    log.info("Ray build: %d encoder actor(s) on %s, batches of %d marks", p.actors,
+             "GPUs" if p.gpus else f"CPUs ({ray_opts.actor_threads} thread(s) each)",
+             batch_size)
+    # Our own progress bar, counting marks; Ray Data's bars and its per-run log lines
+    # would print over it (its warnings and errors still come through).
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    rows = [{"i": i, "path": str(item.path)} for i, item in enumerate(items)]
+    ds = ray.data.from_items(rows)
+    ds = ds.map_batches(_prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy",
+                        fn_kwargs={"preprocess": encoder.preprocess, "opts": _portable(opts)},
+                        num_cpus=0.5 if not p.gpus and p.cpus_per_actor < 1 else 1)
+    ds = ds.map_batches(
+        _EncodeActor, batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=p.actors),
+        fn_constructor_kwargs={"spec": ray_opts.encoder, "runtime": ray_opts.runtime,
+                               "device": "cuda" if p.gpus else "cpu",
+                               "threads": max(1, ray_opts.actor_threads),
+                               "identity": encoder.identity.to_dict(),
+                               "batch_size": batch_size,
+                               "small_sizes": len(opts.lowres.copy_px) if opts.lowres else 0},
+        num_gpus=1 if p.gpus else 0, num_cpus=p.cpus_per_actor)
+
+    results: dict[int, dict] = {}
+    bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="encoding (ray)")
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for j, i in enumerate(batch["i"]):
+                results[int(i)] = {k: v[j] for k, v in batch.items()}
+            bar.update(len(batch["i"]))
+    except ray.exceptions.RayError as e:
+        raise BuildError(f"the Ray pipeline failed: {_cause(e)}") from e
+    finally:
+        bar.close()
+    log.debug("Ray Data's account of the run:\n%s", ds.stats())
+    return _assemble(items, results)
+
+
+def _portable(opts: BuildOptions) -> BuildOptions:
+    """The options a preparing task needs, without the Ray options themselves."""
+    return BuildOptions(registry_variants=opts.registry_variants, lowres=opts.lowres,
+                        progress=False)
+
+
+def _cause(e: Exception) -> str:
+    """The first line of what failed inside a Ray task, not the whole remote traceback."""
+    cause = getattr(e, "cause", None)
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(e).splitlines()[0]
+
+
+def _assemble(items: list[ImageItem], results: dict[int, dict]) -> Encoded:
+    out = Encoded()
+    for i, item in enumerate(items):
+        r = results.get(i)
+        if r is None:
+            raise BuildError(f"the Ray pipeline returned no result for {item.path}")
+        if r["error"]:
+            out.skipped.append(Skipped(str(item.path), str(r["error"])))
+            log.warning("skipped %s: %s", item.path, r["error"])
+            continue
+        out.marks.append(catalog_row(item, str(r["sha256"]), bytes(r["thumbnail"])))
+        out.descriptors.append(np.asarray(r["descriptor"], np.float32)[None])
+        if "small" in r:
+            out.small_copies.append(np.asarray(r["small"], np.float32)[None])
+    return out
+
+
+def _prepare_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
+                   opts: BuildOptions) -> dict[str, np.ndarray]:
+    """A Ray task: read and prepare a batch of marks. An unreadable one carries its reason
+    in `error` and no arrays; it fails alone, as in a local build."""
+    n = len(batch["i"])
+    arrays, smalls = np.empty(n, object), np.empty(n, object)
+    errors, hashes, thumbs = [""] * n, [""] * n, np.empty(n, object)
+    for j, path in enumerate(batch["path"]):
+        try:
+            with open(path, "rb") as f:
+                p = prepare(f.read(), preprocess, opts)
+        except (ImageDecodeError, OSError) as e:
+            errors[j], thumbs[j] = str(e) or type(e).__name__, b""
+            continue
+        arrays[j], smalls[j], hashes[j], thumbs[j] = p.array, p.small, p.sha256, p.thumbnail
+    return {"i": batch["i"], "array": arrays, "small": smalls, "error": np.array(errors),
+            "sha256": np.array(hashes), "thumbnail": thumbs}
+
+
+class _EncodeActor:
+    """Loads the encoder once; each call encodes a batch of prepared marks."""
+
+    def __init__(self, spec: str, runtime: str, device: str, threads: int, identity: dict,
+                 batch_size: int, small_sizes: int):
+        import torch
+
+        from indexer.network.encoder import EncoderIdentity
+        torch.set_num_threads(threads)
+        self.encoder = load_encoder(spec, device, runtime, threads)
+        differs = self.encoder.identity.mismatch(EncoderIdentity.from_dict(identity))
+        if differs:  # another version of the package, or other weights, on this node
+            raise EncoderError(f"a Ray worker's encoder is not the driver's: {differs}")
+        self.batch_size, self.small_sizes = batch_size, small_sizes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["i"])
+        good = [j for j in range(n) if not batch["error"][j]]
+        dim = self.encoder.descriptor_dim
+        desc = np.zeros((n, dim), np.float32)
+        # Always there when the index keeps small copies, so every block has one schema.
+        small = np.zeros((n, self.small_sizes, dim), np.float32) if self.small_sizes else None
+        for start in range(0, len(good), self.batch_size):
+            rows = good[start:start + self.batch_size]
+            arrays = [batch["array"][j] for j in rows]
+            smalls = [batch["small"][j] for j in rows if batch["small"][j] is not None]
+            d, s = encode_batch(self.encoder, arrays, smalls)
+            desc[rows] = d
+            if small is not None:
+                small[rows] = s
+        out = {"i": batch["i"], "error": batch["error"], "sha256": batch["sha256"],
+               "thumbnail": batch["thumbnail"], "descriptor": desc}
+        if small is not None:
+            out["small"] = small
+        return out

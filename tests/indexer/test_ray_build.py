@@ -1,0 +1,123 @@
+"""`indexer build|add --ray` on a local Ray: the same index as the build in one process."""
+from __future__ import annotations
+
+import csv
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.build import encode_items
+from indexer.cli import main
+from indexer.index import store, vectors
+from indexer.sources import ImageItem
+from tests.conftest import SAMPLES, quiet
+
+ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install ".[ray]"')
+pytest.importorskip("ray.data")
+
+from indexer.ray_pipeline import RayOptions, RayUnavailable, plan  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray of 2 CPUs for the module; the pipeline joins it instead of starting
+    its own (and leaves it running)."""
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_ray_encodes_every_mark_as_the_local_pipeline(tmp_path, encoder, sample_items):
+    """Same catalog rows in the same order, the same descriptors and small copies, and the
+    unreadable files skipped with their reasons, as a local encode."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    items = [*sample_items[:10], ImageItem("BROKEN", broken),
+             ImageItem("GONE", tmp_path / "missing.png"), *sample_items[10:21]]
+    local = encode_items(items, encoder, quiet(batch_size=4))
+    remote = encode_items(items, encoder, quiet(batch_size=4, ray=RayOptions(actors=2)))
+
+    assert [(m.serial, m.name, m.sha256, m.thumbnail, m.metadata) for m in remote.marks] == [
+        (m.serial, m.name, m.sha256, m.thumbnail, m.metadata) for m in local.marks]
+    assert len(remote.marks) == 21
+    assert [s.file for s in remote.skipped] == [str(broken), str(tmp_path / "missing.png")]
+    assert [s.reason for s in remote.skipped] == [s.reason for s in local.skipped]
+    dim = encoder.descriptor_dim
+    assert cosines(remote.matrix(dim), local.matrix(dim)).min() >= 0.9999
+    for a, b in zip(remote.small_copy_matrices(), local.small_copy_matrices(), strict=True):
+        assert cosines(a, b).min() >= 0.9999
+
+
+def _manifest(tmp_path: Path, rows: list[dict], name: str) -> Path:
+    path = tmp_path / name
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _catalog(index_dir: Path) -> list[tuple]:
+    db = sqlite3.connect(store.current_version_dir(index_dir) / store.CATALOG_FILE)
+    try:
+        return db.execute("SELECT id, serial, name, source, sha256, thumbnail, metadata "
+                          "FROM marks ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def _vectors(index_dir: Path) -> np.ndarray:
+    """Every mark's vector, in catalog order (reconstructed by id)."""
+    index = vectors.load(store.current_version_dir(index_dir) / store.INDEX_FILE)
+    return np.stack([index.reconstruct(row[0]) for row in _catalog(index_dir)])
+
+
+def test_ray_build_and_add_equal_the_plain_ones(tmp_path, capsys):
+    """`build --ray` then `add --ray` from the command line: the same catalog, the same
+    vectors (cosine >= 0.9999), the same threshold, and `indexer verify` clean."""
+    with open(SAMPLES / "registry.csv") as f:
+        rows = list(csv.DictReader(f))
+    first, more = _manifest(tmp_path, rows[:24], "first.csv"), _manifest(tmp_path, rows[24:30],
+                                                                          "more.csv")
+    common = ["--images", str(SAMPLES / "registry"), "--no-progress", "--batch-size", "4"]
+    plain, clustered = tmp_path / "plain", tmp_path / "ray"
+    assert main(["build", "--manifest", str(first), "--out", str(plain), *common]) == 0
+    assert main(["build", "--manifest", str(first), "--out", str(clustered), "--ray",
+                 "--ray-actors", "2", *common]) == 0
+    assert main(["add", "--manifest", str(more), "--index", str(plain), *common]) == 0
+    assert main(["add", "--manifest", str(more), "--index", str(clustered), "--ray",
+                 *common]) == 0
+    capsys.readouterr()
+
+    assert _catalog(clustered) == _catalog(plain)
+    assert len(_catalog(clustered)) == 30
+    assert cosines(_vectors(clustered), _vectors(plain)).min() >= 0.9999
+    a, b = store.read_manifest(clustered), store.read_manifest(plain)
+    assert a.threshold == pytest.approx(b.threshold, abs=1e-3)
+    assert a.count == b.count == 30
+    assert main(["verify", "--index", str(clustered)]) == 0
+    assert "verified" in capsys.readouterr().out
+
+
+def test_plan_gives_each_gpu_an_actor_and_leaves_cpus_to_preparation():
+    assert plan({"CPU": 64, "GPU": 4}, RayOptions()).actors == 4
+    assert plan({"CPU": 64, "GPU": 4}, RayOptions(actors=2)).actors == 2
+    cpu = plan({"CPU": 16}, RayOptions(actor_threads=4))
+    assert (cpu.actors, cpu.gpus, cpu.cpus_per_actor) == (3, False, 4.0)
+    # Two one-thread actors on 2 CPUs: they reserve less than all of them, so that the
+    # tasks preparing their input still get scheduled.
+    two = plan({"CPU": 2}, RayOptions(actors=2))
+    assert two.actors * two.cpus_per_actor < 2
+
+
+def test_ray_missing_says_how_to_install(monkeypatch, tmp_path, encoder, sample_items):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(RayUnavailable, match=r'pip install "\.\[ray\]"'):
+        encode_items(sample_items[:2], encoder, quiet(ray=RayOptions()))
