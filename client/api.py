@@ -6,6 +6,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 
+from client import channel
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 
@@ -95,14 +96,18 @@ def search_request(image: bytes, k: int = 10, threshold: float | None = None,
 
 
 class SearchClient:
-    def __init__(self, target: str, timeout: float = 30.0, token: str | None = None,
+    """`server`: HOST[:PORT], several of them comma-separated, or a gRPC target such as
+    dns:///name:port (client.channel: balanced over the replicas, unary calls retried)."""
+
+    def __init__(self, server: str, timeout: float = 30.0, token: str | None = None,
                  credentials: grpc.ChannelCredentials | None = None):
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.keepalive_time_ms", 60_000)]
-        self.channel = (grpc.secure_channel(target, credentials, options) if credentials
-                        else grpc.insecure_channel(target, options))
+                   ("grpc.keepalive_time_ms", 60_000), *channel.options(server)]
+        self.target = channel.target(server)
+        self.channel = (grpc.secure_channel(self.target, credentials, options) if credentials
+                        else grpc.insecure_channel(self.target, options))
         self.stub = pb_grpc.TrademarkSearchStub(self.channel)
         self.timeout = timeout
 

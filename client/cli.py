@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,13 +19,13 @@ from tqdm import tqdm
 
 from client.api import (SearchClient, info_to_dict, parse_filters, parse_region,
                         response_to_dict, search_request)
+from client.channel import DEFAULT_PORT, AddressError
 from indexer.sources import ManifestError, iter_image_files, read_csv_rows
 from server.auth import TokenError, read_token
 from server.tls import TLSError, channel_credentials
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 50051
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 CONNECTION = {"server": DEFAULT_SERVER, "timeout": 30.0, "token_file": None, "tls": False,
               "tls_ca": None, "tls_cert": None, "tls_key": None}
@@ -35,7 +36,9 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     # before or after the subcommand without the subcommand's copy resetting them.
     g = parser.add_argument_group("connection (before or after the command)")
     g.add_argument("--server", default=argparse.SUPPRESS,
-                   help=f"HOST[:PORT] (default: {DEFAULT_SERVER}; port {DEFAULT_PORT} if none)")
+                   help=f"HOST[:PORT] (default: {DEFAULT_SERVER}; port {DEFAULT_PORT} if none); "
+                        "replicas as HOST:PORT,HOST:PORT,... or dns:///NAME:PORT, balanced "
+                        "round-robin")
     g.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
                    help=f"seconds per unary call (default: {CONNECTION['timeout']:g})")
     g.add_argument("--token-file", type=Path, default=argparse.SUPPRESS,
@@ -54,17 +57,6 @@ def _filter_arg(parser: argparse.ArgumentParser) -> None:
                         help="only registered marks whose COLUMN (a manifest column: see "
                              "`info`) holds one of the values; repeat for more columns, "
                              "all of which must hold")
-
-
-def target(server: str) -> str:
-    """A gRPC target from --server: HOST alone means HOST:50051 (not gRPC's 443)."""
-    if "://" in server:
-        return server  # dns:///name:port, unix:///path
-    if server.count(":") > 1 and not server.startswith("["):
-        return f"[{server}]:{DEFAULT_PORT}"  # a bare IPv6 address
-    if ":" in server.rpartition("]")[2]:
-        return server  # HOST:PORT, [v6]:PORT
-    return f"{server}:{DEFAULT_PORT}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,26 +186,33 @@ def _error_line(file: Path, request_id: str, code: str, message: str) -> dict:
             "error": {"code": code, "message": message}}
 
 
+# A stream that broke with these is sent again, what it left unanswered only: the replica
+# went away (UNAVAILABLE), or was stopped and cancelled its calls after its grace period.
+RESEND_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+# Streams in a row that may break without answering anything before the batch gives up.
+MAX_FRUITLESS_STREAMS = 4
+
+
 def cmd_batch(args, client: SearchClient) -> int:
     files, regions = batch_inputs(args.input, args.images)
-    unread: dict[str, str] = {}
+    unread: dict[int, str] = {}
+    answers: dict[int, dict] = {}  # answered, not yet written (lines go in input order)
 
-    def requests():
-        for i, f in enumerate(files):
+    def requests(todo: list[int]):
+        for i in todo:
             try:
-                data = f.read_bytes()
+                data = files[i].read_bytes()
             except OSError as e:
-                unread[str(i)] = str(e)
+                unread[i] = str(e)
                 continue
             yield search_request(data, args.retrievals_num, args.threshold, str(i), regions[i],
                                  args.filters)
 
-    answered: set[str] = set()
     exists, failures = 0, Counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as out, tqdm(total=len(files), unit="img",
                                           disable=args.no_progress) as bar:
-        written = 0  # lines go out in input order: the next input to write
+        written = 0  # the next input to write
 
         def write(line: dict) -> None:
             nonlocal exists
@@ -224,30 +223,47 @@ def cmd_batch(args, client: SearchClient) -> int:
             out.flush()  # an interrupted batch keeps every answer it got
             bar.update(1)
 
-        def write_unread_before(end: int) -> None:
+        def flush() -> None:
             # Files that could not be read were never sent: their lines go in their place.
             nonlocal written
-            for i in range(written, end):
-                if str(i) in unread:
-                    write(_error_line(files[i], str(i), "NOT_FOUND",
-                                      f"cannot read file: {unread[str(i)]}"))
-            written = max(written, end)
+            while written < len(files) and (written in answers or written in unread):
+                if written in unread:
+                    write(_error_line(files[written], str(written), "NOT_FOUND",
+                                      f"cannot read file: {unread[written]}"))
+                else:
+                    write(answers.pop(written))
+                written += 1
 
-        try:
-            for resp in client.search_stream(requests()):
-                i = int(resp.request_id)
-                write_unread_before(i)
-                write({"file": str(files[i])} | response_to_dict(resp))
-                answered.add(resp.request_id)
-                written = i + 1
-        except grpc.RpcError as e:
-            # Every input still gets a line: the ones the stream did not answer say why.
-            log.error("stream ended early: %s %s", e.code().name, e.details())
-            for i in range(written, len(files)):
-                write_unread_before(i + 1)
-                if str(i) not in answered and str(i) not in unread:
-                    write(_error_line(files[i], str(i), e.code().name, e.details() or ""))
-        write_unread_before(len(files))
+        todo, fruitless = list(range(len(files))), 0
+        while todo:
+            before = len(answers) + written
+            try:
+                for resp in client.search_stream(requests(todo)):
+                    i = int(resp.request_id)
+                    answers[i] = {"file": str(files[i])} | response_to_dict(resp)
+                    flush()
+                break
+            except grpc.RpcError as e:
+                # Every input is answered once: the ones this stream did not answer are
+                # sent again (round-robin gives the new stream another replica), or, past
+                # MAX_FRUITLESS_STREAMS without an answer, get a line saying why.
+                todo = [i for i in todo if i not in answers and i >= written
+                        and i not in unread]
+                fruitless = 0 if len(answers) + written > before else fruitless + 1
+                if e.code() in RESEND_CODES and todo and fruitless < MAX_FRUITLESS_STREAMS:
+                    log.warning("stream ended early (%s: %s); sending the %d unanswered "
+                                "inputs again", e.code().name, e.details(), len(todo))
+                    time.sleep(0.2 * fruitless)
+                    continue
+                log.error("stream ended early: %s %s", e.code().name, e.details())
+                for i in todo:
+                    answers[i] = _error_line(files[i], str(i), e.code().name, e.details() or "")
+                break
+        for i in range(written, len(files)):  # never so with a server that answers all
+            if i not in answers and i not in unread:
+                answers[i] = _error_line(files[i], str(i), "UNKNOWN",
+                                         "the stream ended without an answer for this input")
+        flush()
     failed = sum(failures.values())
     reasons = ", ".join(f"{n} {code}" for code, n in failures.most_common())
     print(f"{len(files)} images: {exists} exist, {len(files) - exists - failed} not, "
@@ -288,14 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         credentials = None
         if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
             credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-        with SearchClient(target(args.server), args.timeout, read_token(args.token_file),
+        with SearchClient(args.server, args.timeout, read_token(args.token_file),
                           credentials) as client:
             return COMMANDS[args.command](args, client)
     except grpc.RpcError as e:
-        hint = (f" (is a server running at {target(args.server)}? --server HOST:PORT)"
+        hint = (f" (is a server running at {args.server}? --server HOST:PORT)"
                 if e.code() == grpc.StatusCode.UNAVAILABLE else "")
         return _fail(args, e.code().name, f"{e.details()}{hint}", 1)
-    except (OSError, ManifestError, TokenError, TLSError, WebUnavailable) as e:
+    except (OSError, ManifestError, TokenError, TLSError, WebUnavailable, AddressError) as e:
         return _fail(args, "INVALID_ARGUMENT" if isinstance(e, ManifestError) else "ERROR",
                      str(e), 2)
 

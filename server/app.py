@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from indexer.index.store import IndexFormatError
+from indexer.index.store import IndexFormatError, current_version_dir
 from indexer.network.options import CPU_BATCH, GPU_BATCH, add_encoder_args
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IVF lists searched per query (default: the value tuned at build)")
     g.add_argument("--ef-search", type=int, default=None,
                    help="HNSW search breadth (default: the value tuned at build)")
+    g.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                   help="look at the index's CURRENT every SECONDS and load the version it "
+                        "names when that changes: replicas sharing one index directory follow "
+                        "each build (default: off; SIGHUP or the Reload RPC reload)")
     g = p.add_argument_group("network")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     g.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one "
@@ -180,6 +184,34 @@ def set_encoder_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
+def watch_index(root: Path, servicer: TrademarkSearchServicer, interval: float,
+                stopped: threading.Event) -> threading.Thread:
+    """A thread that reloads whenever the index's CURRENT names another version than the
+    one served, until `stopped`. A version that fails to load is not tried again until
+    CURRENT changes once more (the previous one serves on, as with SIGHUP)."""
+    def run() -> None:
+        failed = None
+        while not stopped.wait(interval):
+            try:
+                live = current_version_dir(root).name
+            except IndexFormatError:
+                continue  # mid-rewrite, or the directory went away: the old version serves
+            engine = servicer.engine
+            if live in (failed, engine.index.manifest.version if engine else None):
+                continue
+            try:
+                servicer.reload()
+                failed = None
+            except IndexFormatError as e:
+                log.error("version %s failed to load, still serving the previous one: %s",
+                          live, e)
+                failed = live
+
+    thread = threading.Thread(target=run, name="watch-index", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(args: argparse.Namespace) -> int:
     import torch
 
@@ -190,6 +222,8 @@ def serve(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and
                                                              not args.tls_cert):
         raise TLSError("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+    if args.watch is not None and not args.watch > 0:
+        raise ValueError(f"--watch takes a number of seconds > 0, got {args.watch}")
     credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
                    if args.tls_cert else None)
     token = read_token(args.token_file)
@@ -269,6 +303,8 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
+    if args.watch is not None:
+        watch_index(args.index, servicer, args.watch, stopped)
     while not stopped.wait(1.0):
         pass
     servicer.close()

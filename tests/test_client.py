@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from client.cli import main
@@ -97,12 +98,25 @@ def test_connection_options_go_before_or_after_the_command(server_address, capsy
 
 
 def test_a_host_without_port_means_the_default_port():
-    from client.cli import target
+    from client.channel import target
     assert target("localhost") == "localhost:50051"
     assert target("10.0.0.7:6000") == "10.0.0.7:6000"
     assert target("[::1]") == "[::1]:50051" and target("::1") == "[::1]:50051"
     assert target("[::1]:7000") == "[::1]:7000"
     assert target("dns:///search.internal:50051") == "dns:///search.internal:50051"
+
+
+def test_several_addresses_make_one_balanced_target():
+    from client.channel import AddressError, authority, target
+    assert target("10.0.0.7:6000,10.0.0.8") == "ipv4:10.0.0.7:6000,10.0.0.8:50051"
+    assert target("localhost:7001,127.0.0.1:7002") == "ipv4:127.0.0.1:7001,127.0.0.1:7002"
+    assert target("[::1]:7001,::1") == "ipv6:[::1]:7001,[::1]:50051"
+    assert authority("localhost:7001,127.0.0.1:7002") == "localhost:7001"
+    for bad, says in (("127.0.0.1:1,[::1]:2", "IPv4 and IPv6"), ("a:b", "port must be a number"),
+                      ("h:1,,h:2", "empty address"), ("h:70000", "1-65535"),
+                      ("no-such-host.invalid:1,127.0.0.1:2", "cannot resolve")):
+        with pytest.raises(AddressError, match=says):
+            target(bad)
 
 
 def test_usage_errors_say_how_to_fix_them(tmp_path, capsys):
