@@ -22,9 +22,10 @@ from indexer.build import BuildOptions, build, encode_batch, prepare
 from indexer.index import store, vectors
 from indexer.network.encoder import load_encoder
 from indexer.sources import read_manifest
-from tests.conftest import SAMPLES
 
 log = logging.getLogger(__name__)
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def per_mark_costs(items, encoder, opts: BuildOptions, n: int = 40) -> dict:

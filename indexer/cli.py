@@ -42,7 +42,7 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
                         "images at the same paths")
     g.add_argument("--ray-actors", type=int, default=None, metavar="N",
                    help="encoder actors (default: one per GPU of the cluster; on CPUs, one "
-                        "per --ray-actor-threads CPUs less one CPU for preparing images)")
+                        "per --ray-actor-threads CPUs)")
     g.add_argument("--ray-actor-threads", type=int, default=1, metavar="N",
                    help="encoder threads of each CPU actor (default: %(default)s)")
 

@@ -15,6 +15,7 @@ against the driver's).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -24,15 +25,21 @@ from tqdm import tqdm
 from indexer.build import (BuildError, BuildOptions, Encoded, Skipped, catalog_row, encode_batch,
                            prepare)
 from indexer.network.encoder import Encoder, EncoderError, load_encoder
-from indexer.network.options import DEFAULT_ENCODER
+from indexer.network.options import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH
 from indexer.network.preprocess import ImageDecodeError, PreprocessConfig
 from indexer.sources import ImageItem
 
 log = logging.getLogger(__name__)
 
 # Marks per task that prepares them: large enough that a task's overhead (~ms) is small
-# beside its work (~25 ms a mark), small enough to spread a small register over the cores.
+# beside its work (~30 ms a mark), small enough to spread a small register over the cores.
 PREPARE_BATCH = 16
+# CPUs a preparing task reserves. Half a CPU: reading images from a shared file system
+# waits as much as it computes. It also keeps the tasks apart from CPU encoder actors:
+# Ray Data fuses two steps whose resources are equal, and a one-thread actor would then
+# prepare and encode in turn, one CPU idle beside it.
+PREPARE_CPUS = 0.5
+MAX_BLOCKS = 1000
 
 
 class RayUnavailable(BuildError):
@@ -44,8 +51,8 @@ class RayOptions:
     # "ray://HOST:10001", "HOST:6379" or "auto" (ray.init's address); None: this process's
     # Ray if it has one, else a local Ray started on this machine and stopped at the end.
     address: str | None = None
-    # Encoder actors; None: one per GPU where the cluster has GPUs, else as many as the
-    # cluster's CPUs allow at `actor_threads` each, less one CPU left to preparation.
+    # Encoder actors; None: one per GPU where the cluster has GPUs, else one per
+    # `actor_threads` of the cluster's CPUs.
     actors: int | None = None
     # CPU actors: the encoder's threads, and the CPUs each one reserves.
     actor_threads: int = 1
@@ -110,33 +117,40 @@ def plan(resources: dict, ray_opts: RayOptions) -> _Plan:
         actors = ray_opts.actors or gpus
         return _Plan(actors, True, 1.0)
     cpus = int(resources.get("CPU", 1))
-    actors = ray_opts.actors or max(1, (cpus - 1) // threads)
-    if actors * threads >= cpus:
+    # Every CPU to an actor: preparing a mark costs a seventh of encoding it (26 against
+    # 174 CPU-ms), and on 2 CPUs two actors built 1.5x faster than one (bench.ray_build).
+    actors = ray_opts.actors or max(1, cpus // threads)
+    if actors * threads > cpus - PREPARE_CPUS:
         # Actors that held every CPU would leave none to the tasks that prepare their
         # input, and the pipeline would stall; Ray's CPUs are logical, so reserve less.
-        return _Plan(actors, False, (cpus - 0.5) / actors)
+        return _Plan(actors, False, (cpus - PREPARE_CPUS) / actors)
     return _Plan(actors, False, float(threads))
 
 
 def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
          ray_opts: RayOptions) -> Encoded:
     p = plan(ray.cluster_resources(), ray_opts)
-    batch_size = opts.batch_size or (64 if p.gpus else encoder.default_batch)
-    log.info("Ray build: %d encoder actor(s) on %s, batches of %d marks", p.actors,
+    batch_size = opts.batch_size or (GPU_BATCH if p.gpus else CPU_BATCH)
+    # Blocks of one preparing batch for a small register, so that every actor gets work;
+    # at most MAX_BLOCKS for a large one (each task then prepares a block batch by batch).
+    blocks = max(1, min(MAX_BLOCKS, math.ceil(len(items) / PREPARE_BATCH)))
+    actors = min(p.actors, blocks)  # an actor more than there are blocks would only load
+    log.info("Ray build: %d encoder actor(s) on %s, batches of %d marks", actors,
              "GPUs" if p.gpus else f"CPUs ({ray_opts.actor_threads} thread(s) each)",
              batch_size)
     # Our own progress bar, counting marks; Ray Data's bars and its per-run log lines
     # would print over it (its warnings and errors still come through).
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
     rows = [{"i": i, "path": str(item.path)} for i, item in enumerate(items)]
-    ds = ray.data.from_items(rows)
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(_prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy",
                         fn_kwargs={"preprocess": encoder.preprocess, "opts": _portable(opts)},
-                        num_cpus=0.5 if not p.gpus and p.cpus_per_actor < 1 else 1)
+                        num_cpus=PREPARE_CPUS)
     ds = ds.map_batches(
         _EncodeActor, batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=p.actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"spec": ray_opts.encoder, "runtime": ray_opts.runtime,
                                "device": "cuda" if p.gpus else "cpu",
                                "threads": max(1, ray_opts.actor_threads),
@@ -192,9 +206,13 @@ def _assemble(items: list[ImageItem], results: dict[int, dict]) -> Encoded:
 def _prepare_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
                    opts: BuildOptions) -> dict[str, np.ndarray]:
     """A Ray task: read and prepare a batch of marks. An unreadable one carries its reason
-    in `error` and no arrays; it fails alone, as in a local build."""
-    n = len(batch["i"])
-    arrays, smalls = np.empty(n, object), np.empty(n, object)
+    in `error` and blank arrays; it fails alone, as in a local build. Every column has one
+    type and shape in every block (Ray Data cannot join a block where a column holds
+    arrays to one where it holds None)."""
+    n, size = len(batch["i"]), preprocess.size
+    view = (len(preprocess.views), size, size, 3)
+    arrays = np.zeros((n, 1 + len(opts.registry_variants), *view), np.uint8)
+    smalls = np.zeros((n, len(opts.lowres.copy_px) if opts.lowres else 0, *view), np.uint8)
     errors, hashes, thumbs = [""] * n, [""] * n, np.empty(n, object)
     for j, path in enumerate(batch["path"]):
         try:
@@ -203,7 +221,9 @@ def _prepare_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
         except (ImageDecodeError, OSError) as e:
             errors[j], thumbs[j] = str(e) or type(e).__name__, b""
             continue
-        arrays[j], smalls[j], hashes[j], thumbs[j] = p.array, p.small, p.sha256, p.thumbnail
+        arrays[j], hashes[j], thumbs[j] = p.array, p.sha256, p.thumbnail
+        if p.small is not None:
+            smalls[j] = p.small
     return {"i": batch["i"], "array": arrays, "small": smalls, "error": np.array(errors),
             "sha256": np.array(hashes), "thumbnail": thumbs}
 
@@ -233,7 +253,7 @@ class _EncodeActor:
         for start in range(0, len(good), self.batch_size):
             rows = good[start:start + self.batch_size]
             arrays = [batch["array"][j] for j in rows]
-            smalls = [batch["small"][j] for j in rows if batch["small"][j] is not None]
+            smalls = [batch["small"][j] for j in rows] if self.small_sizes else []
             d, s = encode_batch(self.encoder, arrays, smalls)
             desc[rows] = d
             if small is not None:

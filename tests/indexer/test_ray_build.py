@@ -18,7 +18,7 @@ from tests.conftest import SAMPLES, quiet
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install ".[ray]"')
 pytest.importorskip("ray.data")
 
-from indexer.ray_pipeline import RayOptions, RayUnavailable, plan  # noqa: E402
+from indexer.ray_pipeline import PREPARE_CPUS, RayOptions, RayUnavailable, plan  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,11 +110,13 @@ def test_plan_gives_each_gpu_an_actor_and_leaves_cpus_to_preparation():
     assert plan({"CPU": 64, "GPU": 4}, RayOptions()).actors == 4
     assert plan({"CPU": 64, "GPU": 4}, RayOptions(actors=2)).actors == 2
     cpu = plan({"CPU": 16}, RayOptions(actor_threads=4))
-    assert (cpu.actors, cpu.gpus, cpu.cpus_per_actor) == (3, False, 4.0)
-    # Two one-thread actors on 2 CPUs: they reserve less than all of them, so that the
-    # tasks preparing their input still get scheduled.
-    two = plan({"CPU": 2}, RayOptions(actors=2))
-    assert two.actors * two.cpus_per_actor < 2
+    assert (cpu.actors, cpu.gpus) == (4, False)
+    assert plan({"CPU": 16}, RayOptions(actors=2, actor_threads=4)).cpus_per_actor == 4.0
+    # Actors that would take every CPU reserve less, so that the tasks preparing their
+    # input still get scheduled.
+    for resources, opts in (({"CPU": 2}, RayOptions()), ({"CPU": 16}, RayOptions(actor_threads=4))):
+        p = plan(resources, opts)
+        assert p.actors * p.cpus_per_actor <= resources["CPU"] - PREPARE_CPUS
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, tmp_path, encoder, sample_items):
