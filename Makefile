@@ -1,4 +1,4 @@
-# make install | demo | test | test-slow | eval | bench | bench-10m | soak | proto | clean
+# make install | demo | test | test-slow | eval | bench | bench-10m | bench-ray | soak | proto | clean
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
-.PHONY: install proto demo test test-slow eval bench bench-10m soak clean
+.PHONY: install proto demo test test-slow eval bench bench-10m bench-ray soak clean
 EVAL_DATA ?= ../shared/logobench ../shared/logobench-families
 
 install: $(STAMP) $(STUBS)
@@ -61,6 +61,11 @@ bench: install $(DEV_STAMP)
 BIG_N ?= 10000000
 bench-10m: install
 	$(PY) -m bench.streamed --n $(BIG_N) --out $(OUT)/bench-10m
+
+# The sample registry built here and on a local Ray with 1 and 2 encoder actors, side by
+# side, and the per-mark costs behind the cluster estimate (bench/ray_build.py).
+bench-ray: install
+	$(PY) -m bench.ray_build --out $(OUT)/bench-ray
 
 soak: install
 	test -d $(OUT)/demo/index || $(MAKE) demo

@@ -76,6 +76,12 @@ class OpenVinoNetwork:
         self.source = source  # "converted" or "cache"
         self._compiled: dict[int, object] = {}
         self._lock = threading.Lock()
+        # OpenVINO pins its threads to the first cores, not knowing of other processes:
+        # two one-thread Ray actors on one host then shared one core and ran at half
+        # speed (401 vs 187 ms for 8 marks). Pinned only where this network's threads
+        # take every core the process may use (the server's and the local build's
+        # lanes: 74-78 against 70 marks/s unpinned, two A/B rounds).
+        self._pin = threads >= len(os.sched_getaffinity(0))
         self._local = threading.local()
 
     def _share(self, threads: int | None) -> int:
@@ -93,11 +99,7 @@ class OpenVinoNetwork:
                     # fp32: bf16 was slower on the 2-core Xeon (no AMX) and moved the
                     # descriptors (cosine 0.993-0.995).
                     "INFERENCE_PRECISION_HINT": "f32",
-                    # OpenVINO pins its threads to the first cores of the machine, not
-                    # knowing of other processes: two one-thread Ray actors (or replicas
-                    # on one host) then shared one core and ran at half speed (401 vs
-                    # 187 ms for 8 marks); one process alone is as fast either way.
-                    "ENABLE_CPU_PINNING": False})
+                    "ENABLE_CPU_PINNING": self._pin})
             return self._compiled[share]
 
     def __call__(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Hot reload: a new index version is picked up without dropping a single request."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from indexer.cli import main as indexer_main
 from indexer.index import store
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
-from server.app import create_server
+from server.app import create_server, watch_index
 from server.engine import SearchEngine
 from server.service import TrademarkSearchServicer
 from tests.conftest import DATA, ROOT, SAMPLES
@@ -132,3 +133,42 @@ def test_sighup_reloads_a_running_server(index_copy, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def _wait_for(predicate, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_watch_follows_current_and_leaves_a_broken_version_alone(index_copy, encoder, tmp_path,
+                                                                 caplog):
+    """--watch: a new version is loaded once CURRENT names it; a broken one is logged once
+    (not retried every tick) while the previous version serves on."""
+    servicer = TrademarkSearchServicer(SearchEngine.open(index_copy, encoder),
+                                       loader=lambda: SearchEngine.open(index_copy, encoder))
+    stopped = threading.Event()
+    watcher = watch_index(index_copy, servicer, 0.05, stopped)
+    try:
+        _add_cat(index_copy, tmp_path)
+        _wait_for(lambda: servicer.engine.index.manifest.version == "v000002")
+        assert servicer.engine.index.index.ntotal == 301
+
+        # A version whose FAISS file does not match its checksum, then CURRENT swapped to it.
+        versions = index_copy / store.VERSIONS
+        shutil.copytree(versions / "v000002", versions / "v000003")
+        with open(versions / "v000003" / store.INDEX_FILE, "r+b") as f:
+            f.seek(200)
+            f.write(b"\x00" * 64)
+        (index_copy / "CURRENT.tmp").write_text("v000003")
+        os.replace(index_copy / "CURRENT.tmp", index_copy / store.CURRENT)
+        time.sleep(1.0)  # twenty ticks
+        assert servicer.engine.index.manifest.version == "v000002"
+        failures = [r for r in caplog.records if "v000003 failed to load" in r.getMessage()]
+        assert len(failures) == 1 and "does not match its recorded SHA-256" in failures[0].getMessage()
+    finally:
+        stopped.set()
+        watcher.join(timeout=10)
+        servicer.close()
+    assert not watcher.is_alive()
