@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -175,9 +175,8 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
 
 
 def _portable(opts: BuildOptions) -> BuildOptions:
-    """The options a preparing task needs, without the Ray options themselves."""
-    return BuildOptions(registry_variants=opts.registry_variants, lowres=opts.lowres,
-                        progress=False)
+    """The options as a preparing task gets them: without the Ray options themselves."""
+    return replace(opts, ray=None, progress=False)
 
 
 def _cause(e: Exception) -> str:
@@ -219,6 +218,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
             with open(path, "rb") as f:
                 p = prepare(f.read(), preprocess, opts)
         except (ImageDecodeError, OSError) as e:
+            # Never empty: an empty `error` means the mark was read.
             errors[j], thumbs[j] = str(e) or type(e).__name__, b""
             continue
         arrays[j], hashes[j], thumbs[j] = p.array, p.sha256, p.thumbnail

@@ -79,9 +79,9 @@ class OpenVinoNetwork:
         # OpenVINO pins its threads to the first cores, not knowing of other processes:
         # two one-thread Ray actors on one host then shared one core and ran at half
         # speed (401 vs 187 ms for 8 marks). Pinned only where this network's threads
-        # take every core the process may use (the server's and the local build's
-        # lanes: 74-78 against 70 marks/s unpinned, two A/B rounds).
-        self._pin = threads >= len(os.sched_getaffinity(0))
+        # take every core (the server's and the local build's lanes: 74-78 against 70
+        # marks/s unpinned, two A/B rounds).
+        self._pin = threads >= (os.cpu_count() or 1)  # as --threads counts them
         self._local = threading.local()
 
     def _share(self, threads: int | None) -> int:
