@@ -22,34 +22,16 @@ counts and rules.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
-import re
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render_training_marks import SIZE, _color, _hex, render, render_wordmark, system_fonts  # noqa: E402
+from render_training_marks import (  # noqa: E402
+    SIZE, render, render_colour, render_stroke, render_wordmark, system_fonts, tabler_icons)
 
 TRAINING_SEED, TRAINING_COUNT = 0, 3000  # what render_training_marks.py took from MDI
-
-
-def _svg_png(svg: str, size: int) -> Image.Image:
-    import cairosvg  # a dev dependency (requirements-dev.txt)
-
-    # Drawn at 512 px and resized: cairosvg applies circle-flags' masks in unscaled
-    # units, so a flag drawn straight at another size comes out as a quarter disc.
-    png = cairosvg.svg2png(bytestring=svg.encode(), output_width=512, output_height=512)
-    return Image.open(io.BytesIO(png)).convert("RGBA").resize((size, size), Image.LANCZOS)
-
-
-def _on_white(g: Image.Image) -> Image.Image:
-    canvas = Image.new("RGB", (SIZE, SIZE), "white")
-    canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
-    return canvas
 
 
 def mdi_unused(root: Path) -> list[Path]:
@@ -60,18 +42,6 @@ def mdi_unused(root: Path) -> list[Path]:
                    if f.stem not in skip and not f.stem.endswith("-outline"))
     random.Random(TRAINING_SEED).shuffle(names)
     return [root / "svg" / f"{n}.svg" for n in names[TRAINING_COUNT:]]
-
-
-def render_stroke(svg: str, rng: random.Random) -> Image.Image:
-    """A Tabler outline icon: strokes in one colour, sometimes inside a circle or tile."""
-    svg = svg.replace("currentColor", _hex(_color(rng)))
-    svg = re.sub(r'stroke-width="[\d.]+"', f'stroke-width="{rng.choice([1.5, 2, 2.5])}"', svg, 1)
-    return _on_white(_svg_png(svg, round(SIZE * rng.uniform(0.7, 0.95))))
-
-
-def render_colour(svg: str, rng: random.Random) -> Image.Image:
-    """A full-colour SVG (an emoji, a flag) as drawn, at a random size on white."""
-    return _on_white(_svg_png(svg, round(SIZE * rng.uniform(0.7, 0.95))))
 
 
 def main(argv=None) -> int:
@@ -88,9 +58,8 @@ def main(argv=None) -> int:
     sources = {
         "mdi": (mdi_unused(args.mdi), lambda s: render(s, rng),
                 "@mdi/svg 7.4.47 without Brand / Logo, -outline twins and the 3,000 training icons"),
-        "tabler": (sorted(f for f in (args.tabler / "icons" / "outline").glob("*.svg")
-                          if not f.stem.startswith("brand-")),
-                   lambda s: render_stroke(s, rng), "@tabler/icons 3.19.0 outline, no brand-*"),
+        "tabler": (tabler_icons(args.tabler), lambda s: render_stroke(s, rng),
+                   "@tabler/icons 3.19.0 outline, no brand-*"),
         "twemoji": (sorted((args.twemoji).glob("*.svg")), lambda s: render_colour(s, rng),
                     "@twemoji/svg 15.0.0"),
         "flags": (sorted((args.flags / "flags").glob("*.svg")), lambda s: render_colour(s, rng),

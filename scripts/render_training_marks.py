@@ -173,6 +173,142 @@ def render_wordmark(rng: random.Random, fonts: list[str]) -> Image.Image:
     return canvas
 
 
+def _svg_png(svg: str, size: int) -> Image.Image:
+    import cairosvg  # a dev dependency (requirements-dev.txt)
+
+    # Drawn at 512 px and resized: cairosvg applies circle-flags' masks in unscaled
+    # units, so a flag drawn straight at another size comes out as a quarter disc.
+    png = cairosvg.svg2png(bytestring=svg.encode(), output_width=512, output_height=512)
+    return Image.open(io.BytesIO(png)).convert("RGBA").resize((size, size), Image.LANCZOS)
+
+
+def _on_white(g: Image.Image) -> Image.Image:
+    canvas = Image.new("RGB", (SIZE, SIZE), "white")
+    canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
+    return canvas
+
+
+def _stroked(svg: str, rng: random.Random, color) -> str:
+    svg = svg.replace("currentColor", _hex(color))
+    return re.sub(r'stroke-width="[\d.]+"', f'stroke-width="{rng.choice([1.5, 2, 2.5])}"', svg, 1)
+
+
+def render_stroke(svg: str, rng: random.Random) -> Image.Image:
+    """A Tabler outline icon: strokes in one colour, sometimes inside a circle or tile."""
+    return _on_white(_svg_png(_stroked(svg, rng, _color(rng)), round(SIZE * rng.uniform(0.7, 0.95))))
+
+
+def render_colour(svg: str, rng: random.Random) -> Image.Image:
+    """A full-colour SVG (an emoji, a flag) as drawn, at a random size on white."""
+    return _on_white(_svg_png(svg, round(SIZE * rng.uniform(0.7, 0.95))))
+
+
+def _badge(rng: random.Random, fill) -> Image.Image:
+    canvas = Image.new("RGB", (SIZE, SIZE), "white")
+    d, box = ImageDraw.Draw(canvas), (8, 8, SIZE - 8, SIZE - 8)
+    if rng.random() < 0.5:
+        d.ellipse(box, fill=tuple(fill))
+    else:
+        d.rounded_rectangle(box, radius=rng.randint(10, 60), fill=tuple(fill))
+    return canvas
+
+
+def render_stroke_badge(svg: str, rng: random.Random) -> Image.Image:
+    """An outline icon as a registry holds it: on white half the time, else in white or
+    a dark colour on a coloured disc or tile (the crowded round-badge style)."""
+    if rng.random() < 0.5:
+        return render_stroke(svg, rng)
+    light = rng.random() < 0.5
+    canvas = _badge(rng, _color(rng, dark=not light))
+    ink = _color(rng) if light else [255, 255, 255]
+    g = _svg_png(_stroked(svg, rng, ink), round(SIZE * rng.uniform(0.5, 0.65)))
+    canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
+    return canvas
+
+
+def render_colour_badge(svg: str, rng: random.Random) -> Image.Image:
+    """A full-colour drawing on white, or on a tinted disc or tile a quarter of the time."""
+    if rng.random() < 0.75:
+        return render_colour(svg, rng)
+    canvas = _badge(rng, _color(rng, dark=False))
+    g = _svg_png(svg, round(SIZE * rng.uniform(0.5, 0.65)))
+    canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
+    return canvas
+
+
+def render_combination(svg: str, rng: random.Random, fonts: list[str]) -> Image.Image:
+    """A combination mark: an outline icon beside or above a made-up word, as most
+    registered marks are (a device and the name)."""
+    ink = _color(rng)
+    glyph = _svg_png(_stroked(svg, rng, ink), 256)
+    glyph = glyph.crop(glyph.getbbox() or (0, 0, 256, 256))
+    text = _lettering(rng, fonts)
+    canvas = Image.new("RGB", (SIZE, SIZE), "white")
+    if rng.random() < 0.5:  # icon to the left of the word
+        h = text.height
+        g = glyph.resize((max(1, round(glyph.width * h / glyph.height)), h))
+        both = Image.new("RGBA", (g.width + h // 4 + text.width, h))
+        both.paste(g, (0, 0))
+        both.paste(text, (g.width + h // 4, 0))
+    else:  # icon above the word
+        w = max(1, text.width // 2)
+        g = glyph.resize((w, max(1, round(glyph.height * w / glyph.width))))
+        both = Image.new("RGBA", (text.width, g.height + 20 + text.height))
+        both.paste(g, ((text.width - g.width) // 2, 0))
+        both.paste(text, (0, g.height + 20))
+    scale = min(SIZE * rng.uniform(0.7, 0.9) / both.width, SIZE * 0.8 / both.height)
+    both = both.resize((max(1, round(both.width * scale)), max(1, round(both.height * scale))))
+    canvas.paste(both, ((SIZE - both.width) // 2, (SIZE - both.height) // 2), both)
+    return canvas
+
+
+def tabler_icons(root: Path) -> list[Path]:
+    """Tabler's outline icons without its `brand-*` ones, in name order."""
+    return sorted(f for f in (root / "icons" / "outline").glob("*.svg")
+                  if not f.stem.startswith("brand-"))
+
+
+# Coin symbols are logos of crypto currencies (DEVELOPERS.md: no coin icons in training);
+# Tabler draws them as icons and beside other glyphs ("home-bitcoin").
+CRYPTO = re.compile(r"bitcoin|dogecoin|ethereum|litecoin|monero|solana|ripple|xrp|currency-nano")
+
+
+def twemoji_svgs(root: Path) -> list[Path]:
+    return sorted(root.glob("*.svg"))
+
+
+def _render_extras(args, fonts: list[str]) -> dict:
+    """Marks from other brand-free sets, each kept apart from the background set's marks
+    (`--exclude`, a folder of scripts/render_background_marks.py): the decision's
+    calibration treats those as marks the network never saw."""
+    rng = random.Random(f"{args.seed}:extras")  # the MDI icons and words stay as before
+    record = {}
+    for name, root, listing, draw, count in (
+            ("tabler", args.tabler, tabler_icons, render_stroke_badge, args.tabler_count),
+            ("twemoji", args.twemoji, twemoji_svgs, render_colour_badge, args.twemoji_count),
+            ("combination", args.tabler, tabler_icons,
+             lambda s, r: render_combination(s, r, fonts), args.combinations)):
+        if root is None or not count:
+            continue
+        shunned = set()
+        if args.exclude:
+            shunned = {f.stem for f in (args.exclude / name).glob("*.png")}
+            if name == "combination":  # its icons come from Tabler too
+                shunned = {f.stem for f in (args.exclude / "tabler").glob("*.png")}
+        files = [f for f in listing(root) if f.stem not in shunned and not CRYPTO.search(f.stem)]
+        rng.shuffle(files)
+        n = 0
+        for f in files[:count]:
+            try:
+                draw(f.read_text(), rng).save(args.out / f"{name}-{f.stem}.png")
+                n += 1
+            except Exception as e:  # a malformed SVG: skipped, counted
+                print(f"skipped {f}: {e}")
+        record[name] = {"eligible": len(files), "rendered": n, "left_out": len(shunned)}
+        print(f"{n} {name} marks from {len(files)} eligible")
+    return record
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--svg", type=Path, required=True, help="folder of SVG icons")
@@ -180,6 +316,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--wordmarks", type=int, default=0, help="made-up wordmarks to add")
+    p.add_argument("--tabler", type=Path, help="@tabler/icons package folder: outline icons")
+    p.add_argument("--tabler-count", type=int, default=1000)
+    p.add_argument("--twemoji", type=Path, help="@twemoji/svg package folder: emoji")
+    p.add_argument("--twemoji-count", type=int, default=1000)
+    p.add_argument("--combinations", type=int, default=0,
+                   help="marks of a Tabler icon and a made-up word (needs --tabler)")
+    p.add_argument("--exclude", type=Path,
+                   help="a background set (scripts/render_background_marks.py): its marks "
+                        "are left out")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     skip = set()
@@ -195,11 +340,15 @@ def main(argv=None) -> int:
     for name in names[:args.count]:
         render((args.svg / f"{name}.svg").read_text(), rng).save(args.out / f"{name}.png")
     print(f"{min(len(names), args.count)} marks from {len(names)} eligible icons in {args.out}")
+    fonts = system_fonts() if args.wordmarks or args.combinations else []
     if args.wordmarks:  # finding and test-drawing the fonts only when words are asked for
-        fonts = system_fonts()
         for i in range(args.wordmarks):
             render_wordmark(rng, fonts).save(args.out / f"word-{i:05d}.png")
         print(f"{args.wordmarks} wordmarks in {len(fonts)} fonts")
+    record = {"mdi": {"eligible": len(names), "rendered": min(len(names), args.count)},
+              "wordmarks": {"rendered": args.wordmarks, "fonts": len(fonts)}}
+    record |= _render_extras(args, fonts)
+    (args.out / "sources.json").write_text(json.dumps({"seed": args.seed, **record}, indent=1))
     return 0
 
 

@@ -316,6 +316,15 @@ def save(tail: Tail, path: Path, record: dict) -> None:
     path.with_suffix(".json").write_text(json.dumps(record, indent=2))
 
 
+def _sources(images: Path) -> dict | None:
+    """The counts scripts/render_training_marks.py wrote beside the marks, if any: what the
+    weights were trained on travels with them."""
+    try:
+        return json.loads((images / "sources.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -348,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     tail, history = train(acts, cfg)
     record = {
         "data": {"images": str(args.images), "description": args.describe,
-                 "marks": len(files), "views_per_mark": cfg.views},
+                 "marks": len(files), "views_per_mark": cfg.views,
+                 "sources": _sources(args.images)},
         "config": asdict(cfg), "history": history,
         "seconds": {"frozen_stages": round(t_cache, 1),
                     "training": round(time.perf_counter() - t0 - t_cache, 1)},

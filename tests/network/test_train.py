@@ -84,3 +84,55 @@ def test_wordmarks_are_drawn_in_every_font_and_repeat_with_the_seed():
         assert ink.mean() > 0.005
         at_edge += bool(ink[:, 0].any() or ink[:, -1].any() or ink[0].any() or ink[-1].any())
     assert at_edge <= 2
+
+
+STROKE_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24" '
+              'fill="none" stroke="currentColor" stroke-width="2"><path d="M4 4h16v16H4z"/>'
+              '<path d="M8 12h8"/></svg>')
+COLOUR_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 36 36">'
+              '<circle cx="18" cy="18" r="16" fill="#FFCC4D"/><path fill="#664500" '
+              'd="M10 22h16v3H10z"/></svg>')
+
+
+def test_brand_free_sources_leave_out_the_background_set_and_coin_icons(tmp_path):
+    pytest.importorskip("cairosvg")
+    r = _renderer()
+    mdi, tabler, twemoji = tmp_path / "mdi", tmp_path / "tabler", tmp_path / "twemoji"
+    (tabler / "icons" / "outline").mkdir(parents=True)
+    for d in (mdi, twemoji):
+        d.mkdir()
+    for name in ("home", "star", "bolt", "brand-acme", "currency-bitcoin", "home-bitcoin"):
+        (tabler / "icons" / "outline" / f"{name}.svg").write_text(STROKE_SVG)
+    for name in ("1f600", "1f601", "1f602"):
+        (twemoji / f"{name}.svg").write_text(COLOUR_SVG)
+    (mdi / "glyph.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">'
+                                   '<path d="M3 3h18v18H3z"/></svg>')
+    background = tmp_path / "bg"  # what the calibration holds out: never trained on
+    for source, name in (("tabler", "star"), ("twemoji", "1f601")):
+        (background / source).mkdir(parents=True)
+        r.Image.new("RGB", (8, 8)).save(background / source / f"{name}.png")
+
+    def run(out):
+        assert r.main(["--svg", str(mdi), "--out", str(out), "--count", "1",
+                       "--tabler", str(tabler), "--tabler-count", "10",
+                       "--twemoji", str(twemoji), "--twemoji-count", "10",
+                       "--combinations", "10" if r.system_fonts() else "0",
+                       "--exclude", str(background)]) == 0
+        return sorted(p.name for p in out.glob("*.png"))
+
+    names = run(tmp_path / "a")
+    assert [n for n in names if n.startswith("tabler-")] == ["tabler-bolt.png", "tabler-home.png"]
+    assert [n for n in names if n.startswith("twemoji-")] == ["twemoji-1f600.png",
+                                                             "twemoji-1f602.png"]
+    sources = json.loads((tmp_path / "a" / "sources.json").read_text())
+    assert sources["tabler"] == {"eligible": 2, "rendered": 2, "left_out": 1}
+    if r.system_fonts():
+        assert sources["combination"]["rendered"] == 2
+    for name in names:  # every mark drawn, on the canvas size the network is trained on
+        im = r.Image.open(tmp_path / "a" / name)
+        assert im.size == (r.SIZE, r.SIZE)
+        assert (np.asarray(im.convert("L")) < 250).mean() > 0.005
+    b = run(tmp_path / "b")  # the same seed draws the same marks
+    assert b == names
+    assert all(np.array_equal(np.asarray(r.Image.open(tmp_path / "a" / n)),
+                              np.asarray(r.Image.open(tmp_path / "b" / n))) for n in names)
