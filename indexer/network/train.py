@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,7 +54,7 @@ from indexer.network.encoder import (
     load_backbone_encoder,
     tuned_state,
 )
-from indexer.network.preprocess import open_image, to_input
+from indexer.network.preprocess import BlankImageError, open_image, to_input
 from indexer.network.projection import fit_pca
 from indexer.sources import iter_image_files, prefetch
 
@@ -116,10 +117,28 @@ def joint(z: torch.Tensor) -> torch.Tensor:
 
 
 # -- cached activations ----------------------------------------------------------------
+# An edit can wash a faint or thin mark out (a light emoji blurred, a hairline shrunk):
+# the copy is drawn again, up to this many times, before the clean mark stands in for it.
+EDIT_TRIES = 8
+
+
+def _edited(im: Image.Image, cfg, rng: random.Random) -> np.ndarray:
+    for _ in range(EDIT_TRIES):
+        try:
+            return to_input(augment.random_edit(im, rng), cfg)
+        except BlankImageError:
+            continue
+    return to_input(im, cfg)
+
+
 def _views(path: Path, cfg, views: int, seed: int) -> list[np.ndarray]:
     rng = random.Random(f"{seed}:{path.name}")
     im = open_image(path.read_bytes())
-    return [to_input(im, cfg)] + [to_input(augment.random_edit(im, rng), cfg) for _ in range(views)]
+    try:
+        clean = to_input(im, cfg)
+    except BlankImageError as e:
+        raise BlankImageError(f"{path}: {e}; leave it out of --images") from e
+    return [clean] + [_edited(im, cfg, rng) for _ in range(views)]
 
 
 def cache_key(files: list[Path], cfg: TrainConfig) -> str:

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from indexer.network import augment
 from indexer.network.encoder import _load_lite0, _with_tuning, pick_device
-from indexer.network.train import TrainConfig, cache_key, main
+from indexer.network.preprocess import BlankImageError, PreprocessConfig, to_input
+from indexer.network.train import TrainConfig, _views, cache_key, main
 from tests.conftest import SAMPLES
 
 
@@ -58,6 +60,30 @@ def test_cached_views_are_not_reused_after_the_edits_change(tmp_path, monkeypatc
     edited.write_text(Path(augment.__file__).read_text() + "\n# another edit\n")
     monkeypatch.setattr(augment, "__file__", str(edited))
     assert cache_key(files, cfg) != key
+
+
+def test_an_edit_that_washes_a_faint_mark_out_is_drawn_again(tmp_path):
+    # A small light-grey square: about one random edit in ten (blur, JPEG, a low
+    # resolution) leaves nothing the preprocessing can see, which used to stop training.
+    im = Image.new("RGB", (256, 256), "white")
+    ImageDraw.Draw(im).rectangle((120, 120, 124, 124), fill=(240, 240, 240))
+    path = tmp_path / "faint.png"
+    im.save(path)
+    cfg = PreprocessConfig()
+    rng = random.Random(0)
+    washed = 0
+    for _ in range(100):
+        try:
+            to_input(augment.random_edit(im, rng), cfg)
+        except BlankImageError:
+            washed += 1
+    assert washed > 0  # the case is real for this mark
+    views = _views(path, cfg, views=40, seed=0)
+    assert len(views) == 41 and all(v.shape == views[0].shape for v in views)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), "white").save(blank)
+    with pytest.raises(BlankImageError, match="blank.png"):  # names the file to leave out
+        _views(blank, cfg, views=2, seed=0)
 
 
 def _renderer():
