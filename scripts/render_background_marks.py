@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render_training_marks import (  # noqa: E402
-    SIZE, render, render_colour, render_stroke, render_wordmark, system_fonts, tabler_icons)
+    CRYPTO, SIZE, render, render_colour, render_stroke, render_wordmark, system_fonts,
+    tabler_icons)
 
 TRAINING_SEED, TRAINING_COUNT = 0, 3000  # what render_training_marks.py took from MDI
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         "mdi": (mdi_unused(args.mdi), lambda s: render(s, rng),
                 "@mdi/svg 7.4.47 without Brand / Logo, -outline twins and the 3,000 training icons"),
         "tabler": (tabler_icons(args.tabler), lambda s: render_stroke(s, rng),
-                   "@tabler/icons 3.19.0 outline, no brand-*"),
+                   "@tabler/icons 3.19.0 outline, no brand-* and no coin symbols"),
         "twemoji": (sorted((args.twemoji).glob("*.svg")), lambda s: render_colour(s, rng),
                     "@twemoji/svg 15.0.0"),
         "flags": (sorted((args.flags / "flags").glob("*.svg")), lambda s: render_colour(s, rng),
@@ -71,14 +72,22 @@ def main(argv=None) -> int:
         rng.shuffle(files)
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
-        n = 0
+        # Coin symbols are drawn and thrown away, not left out of the draw: every other
+        # mark then stays exactly as drawn before (the training marks were chosen apart
+        # from these).
+        n, coins = 0, 0
         for f in files[:args.per_source]:
             try:
-                draw(f.read_text()).save(out / f"{f.stem}.png")
+                im = draw(f.read_text())
+                if CRYPTO.search(f.stem):
+                    coins += 1
+                    continue
+                im.save(out / f"{f.stem}.png")
                 n += 1
             except Exception as e:  # a malformed SVG: skipped, counted
                 print(f"skipped {f}: {e}", file=sys.stderr)
-        record["sources"][name] = {"what": what, "eligible": len(files), "rendered": n}
+        record["sources"][name] = {"what": what, "eligible": len(files), "rendered": n,
+                                   "coin_symbols_left_out": coins}
         print(f"{name}: {n} of {len(files)} eligible")
     fonts = system_fonts()
     out = args.out / "wordmarks"
