@@ -120,7 +120,8 @@ COLOUR_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 36 36">'
               'd="M10 22h16v3H10z"/></svg>')
 
 
-def test_brand_free_sources_leave_out_the_background_set_and_coin_icons(tmp_path):
+def test_brand_free_sources_leave_out_the_background_set_coin_icons_and_skin_tones(
+        tmp_path):
     pytest.importorskip("cairosvg")
     r = _renderer()
     mdi, tabler, twemoji = tmp_path / "mdi", tmp_path / "tabler", tmp_path / "twemoji"
@@ -129,8 +130,8 @@ def test_brand_free_sources_leave_out_the_background_set_and_coin_icons(tmp_path
         d.mkdir()
     for name in ("home", "star", "bolt", "brand-acme", "currency-bitcoin", "home-bitcoin"):
         (tabler / "icons" / "outline" / f"{name}.svg").write_text(STROKE_SVG)
-    for name in ("1f600", "1f601", "1f602"):
-        (twemoji / f"{name}.svg").write_text(COLOUR_SVG)
+    for name in ("1f600", "1f601", "1f602", "1f44b-1f3fd", "1f469-1f3fb-200d-1f4bb"):
+        (twemoji / f"{name}.svg").write_text(COLOUR_SVG)  # the last two: skin tones
     (mdi / "glyph.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">'
                                    '<path d="M3 3h18v18H3z"/></svg>')
     background = tmp_path / "bg"  # what the calibration holds out: never trained on
