@@ -181,3 +181,31 @@ def test_score_counts_any_rendition_of_the_mark_on_a_register_of_families(tmp_pa
     assert got["recall@1"] == 0.5 and got["recall@1_exact_mark"] == 0.0
     assert got["tpr"] == 0.5 and got["fpr"] == 0.0
     assert got["similar_recall@1"] == 1.0 and got["similar_exists_with_sibling"] == 1.0
+
+
+def test_calibration_gap_redoes_the_builds_estimate_edit_by_edit(tmp_path, sample_index):
+    from bench import calibration_gap
+    from indexer.network.augment import CYCLE
+
+    out = tmp_path / "gap.json"
+    assert calibration_gap.main([str(sample_index), "--json", str(out)]) == 0
+    gap = json.loads(out.read_text())
+    held = gap["held_out"]
+    # The same marks, edits and seed as the build: its own estimate, to the digit.
+    assert held["tpr"] == pytest.approx(gap["estimated_tpr"], abs=1e-4)
+    assert set(held["by_edit"]) == set(CYCLE)
+    assert gap["fitted"]["copies"] == held["copies"]
+    # Families from a queries.csv: each mark alone in its family counts only its own
+    # mark found first, never more than the family bound does.
+    from indexer.index.reader import open_index
+    index = open_index(sample_index)
+    serials = [r.serial for r in index.catalog.refs(index.catalog.all_ids()).values()]
+    index.close()
+    queries = tmp_path / "queries.csv"
+    with open(queries, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "expected_serial", "transform", "kind", "family"])
+        w.writerows([f"q{i}.png", s, "identity", "known", s] for i, s in enumerate(serials))
+    alone = calibration_gap.run(sample_index, queries, fitted_too=False)
+    assert alone["counted_by"] == "the queries' families"
+    assert alone["held_out"]["tpr"] <= held["tpr"]
