@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -86,9 +87,9 @@ def test_an_edit_that_washes_a_faint_mark_out_is_drawn_again(tmp_path):
         _views(blank, cfg, views=2, seed=0)
 
 
-def _renderer():
+def _renderer(name: str = "render_training_marks"):
     spec = importlib.util.spec_from_file_location(
-        "render_training_marks", Path(__file__).parents[2] / "scripts/render_training_marks.py")
+        name, Path(__file__).parents[2] / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -163,3 +164,39 @@ def test_brand_free_sources_leave_out_the_background_set_coin_icons_and_skin_ton
     assert b == names
     assert all(np.array_equal(np.asarray(r.Image.open(tmp_path / "a" / n)),
                               np.asarray(r.Image.open(tmp_path / "b" / n))) for n in names)
+
+
+def test_the_background_set_draws_no_coin_symbols_and_keeps_the_other_marks(tmp_path):
+    pytest.importorskip("cairosvg")
+    r = _renderer("render_background_marks")
+    pkgs = {name: tmp_path / name for name in ("mdi", "tabler", "twemoji", "flags")}
+    (pkgs["mdi"] / "svg").mkdir(parents=True)
+    (pkgs["mdi"] / "meta.json").write_text(json.dumps([{"name": "glyph", "tags": []}]))
+    (pkgs["mdi"] / "svg" / "glyph.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><path d="M3 3h18v18H3z"/></svg>')
+    (pkgs["tabler"] / "icons" / "outline").mkdir(parents=True)
+    tabler = ("home", "currency-xrp", "star", "photo-bitcoin", "bolt", "brand-acme")
+    for name in tabler:
+        (pkgs["tabler"] / "icons" / "outline" / f"{name}.svg").write_text(STROKE_SVG)
+    pkgs["twemoji"].mkdir()
+    (pkgs["flags"] / "flags").mkdir(parents=True)
+    for name in ("1f600", "1f601"):
+        (pkgs["twemoji"] / f"{name}.svg").write_text(COLOUR_SVG)
+        (pkgs["flags"] / "flags" / f"{name}.svg").write_text(COLOUR_SVG)
+    out = tmp_path / "bg"
+    assert r.main([f"--{k}={v}" for k, v in pkgs.items()] + ["--out", str(out),
+                                                             "--per-source", "10"]) == 0
+    drawn = sorted(p.stem for p in (out / "tabler").glob("*.png"))
+    assert drawn == ["bolt", "home", "star"]
+    record = json.loads((out / "sources.json").read_text())["sources"]["tabler"]
+    assert record["rendered"] == 3 and record["coin_symbols_left_out"] == 2
+    # The coins are drawn and dropped: the marks after them are drawn as they would be
+    # with the coins kept, so a set made before this rule keeps its other marks.
+    kept = tmp_path / "kept"
+    r.CRYPTO = re.compile("(?!)")  # matches nothing
+    assert r.main([f"--{k}={v}" for k, v in pkgs.items()] + ["--out", str(kept),
+                                                             "--per-source", "10"]) == 0
+    for sub in ("tabler", "twemoji", "flags", "wordmarks"):
+        for png in (out / sub).glob("*.png"):
+            assert np.array_equal(np.asarray(Image.open(png)),
+                                  np.asarray(Image.open(kept / sub / png.name))), png
