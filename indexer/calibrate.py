@@ -9,9 +9,9 @@ are other marks, clean or edited the same way. Both are simulated:
   threshold is the estimated TPR.
 - *Negatives*: the background set (indexer.network.background), brand-free marks that
   are in no register, untouched and edited, projected like queries and searched. The
-  threshold holds both kinds to `target_fpr`: it is the larger of the (1 - target_fpr)
-  quantiles of the clean and of the edited ones; their share above it is the estimated
-  FPR.
+  threshold holds both kinds to `target_fpr`: it is the lowest that at most that share
+  of the clean and of the edited ones reach (`holding_to`); their share above it is the
+  estimated FPR.
 
 The negatives used to be the sampled marks themselves, searched with their own mark
 left out. That fails on real registers, where most marks are filed in several
@@ -211,11 +211,7 @@ def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image
         clean_neg, edited_neg = leave_one_out_scores(index, encoder, marks, copies, rule,
                                                      reranker)
         method = LEAVE_ONE_OUT
-    threshold = float(max(np.quantile(clean_neg, 1.0 - target_fpr),
-                          np.quantile(edited_neg, 1.0 - target_fpr)))
-    # Stored to 4 decimals, rounded up: rounding down could let a stranger that scored
-    # just below the quantile through.
-    threshold = math.ceil(threshold * 1e4) / 1e4
+    threshold = max(holding_to(clean_neg, target_fpr), holding_to(edited_neg, target_fpr))
     tpr = float((first & (own >= threshold)).mean())
     negatives = np.concatenate([clean_neg, edited_neg])
     fpr = float((negatives >= threshold).mean())
@@ -228,6 +224,25 @@ def calibrate(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, Image
     for w in cal.warnings:
         log.warning("calibration: %s", w)
     return cal
+
+
+def holding_to(negatives: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold, to 4 decimals, that at most `target_fpr` of `negatives` reach.
+
+    Not np.quantile: between two scores it interpolates, and the score above it is then
+    one more negative than the rate allows where len(negatives) * target_fpr is not whole
+    (100 of 1,998 at 5%). Stored to 4 decimals, so the threshold is the grid point just
+    above the first negative that must stay out."""
+    allowed = math.floor(target_fpr * len(negatives) + 1e-9)
+    if allowed >= len(negatives):
+        return math.floor(float(np.min(negatives)) * 1e4) / 1e4
+    out = float(np.sort(negatives)[::-1][allowed])  # the highest that must not pass
+    step = math.floor(out * 1e4) + 1
+    # Scores are float32 and compare with the threshold in float32 (NumPy's rule for a
+    # Python float): a grid point that rounds onto a score would let it through.
+    while (negatives >= step / 1e4).sum() > allowed:
+        step += 1
+    return step / 1e4
 
 
 def _warnings(cal: Calibration, marks: int, edits: int) -> list[str]:
