@@ -51,14 +51,10 @@ def breakdown(index, encoder, sources, rule: decision.Rule, threshold: float,
     if family is not None:  # marks with no family listed keep the bound's answer
         first = np.array([int(t) in family[int(m)] if int(m) in family else f
                           for t, m, f in zip(copies.ids[:, 0], copies.marks, first)])
-    names = np.array([CYCLE[n % len(CYCLE)] for k in range(len(marks))
-                      for n in range(k * edits, (k + 1) * edits)])
-    if len(names) != len(score):  # a copy left blank by its edit is dropped
-        names = names[:len(score)]
     ok = first & (score >= threshold)
     return {"copies": int(len(ok)), "tpr": round(float(ok.mean()), 4),
-            "by_edit": {e: round(float(ok[names == e].mean()), 3) for e in CYCLE
-                        if (names == e).any()}}
+            "by_edit": {e: round(float(ok[copies.edits == e].mean()), 3) for e in CYCLE
+                        if (copies.edits == e).any()}}
 
 
 def run(index_dir: Path, queries: Path | None, fitted_too: bool = True) -> dict:

@@ -43,7 +43,7 @@ from PIL import Image
 
 from indexer import decision
 from indexer.index import lowres, vectors
-from indexer.network.augment import nth_edit
+from indexer.network.augment import CYCLE, nth_edit
 from indexer.network.background import Background
 from indexer.network.encoder import CPU_BATCH, Encoder
 from indexer.network.preprocess import ImageDecodeError, Prepared, open_image, to_query
@@ -81,11 +81,13 @@ class Calibration:
 @dataclass
 class Copies:
     """The positives' search rows: scores, ids and each hit's similarity to the top hit,
-    plus the id of the mark each copy was made from."""
+    plus the id of the mark each copy was made from and the edit of the cycle it went
+    through (None for untouched marks)."""
     scores: np.ndarray
     ids: np.ndarray
     to_top: np.ndarray
     marks: np.ndarray
+    edits: np.ndarray | None = None
 
 
 def prepare(images: list[Image.Image], encoder: Encoder) -> tuple[list[Prepared], list[int]]:
@@ -124,7 +126,8 @@ def edited_copies(index: faiss.Index, encoder: Encoder, marks: list[tuple[int, I
     queries, kept = prepare([nth_edit(im, n, rng) for _, im, n in jobs], encoder)
     scores, ids = search(index, encoder, queries, decision.FAMILY_DEPTH + 1, reranker)
     return Copies(scores, ids, vectors.similarity_to_top(index, ids),
-                  np.array([jobs[n][0] for n in kept], dtype=np.int64))
+                  np.array([jobs[n][0] for n in kept], dtype=np.int64),
+                  np.array([CYCLE[jobs[n][2] % len(CYCLE)] for n in kept]))
 
 
 def own_similarity(copies: Copies) -> np.ndarray:

@@ -29,18 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render_training_marks import (  # noqa: E402
-    CRYPTO, SIZE, render, render_colour, render_stroke, render_wordmark, system_fonts,
-    tabler_icons)
+    CRYPTO, SIZE, mdi_names, render, render_colour, render_stroke, render_wordmark,
+    system_fonts, tabler_icons)
 
 TRAINING_SEED, TRAINING_COUNT = 0, 3000  # what render_training_marks.py took from MDI
 
 
 def mdi_unused(root: Path) -> list[Path]:
     """The eligible MDI icons the shipped network never saw, in a fixed order."""
-    skip = {m["name"] for m in json.loads((root / "meta.json").read_text())
-            if "Brand / Logo" in m.get("tags", []) or m.get("deprecated")}
-    names = sorted(f.stem for f in (root / "svg").glob("*.svg")
-                   if f.stem not in skip and not f.stem.endswith("-outline"))
+    names = mdi_names(root / "svg", root / "meta.json")
     random.Random(TRAINING_SEED).shuffle(names)
     return [root / "svg" / f"{n}.svg" for n in names[TRAINING_COUNT:]]
 

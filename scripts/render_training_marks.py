@@ -48,23 +48,30 @@ def _glyph(svg: str, color, size: int) -> Image.Image:
     return Image.open(io.BytesIO(png)).convert("RGBA")
 
 
-def render(svg: str, rng: random.Random) -> Image.Image:
-    style = rng.randrange(3)
-    canvas = Image.new("RGB", (SIZE, SIZE), "white")
-    if style == 0:
-        g = _glyph(svg, _color(rng), round(SIZE * rng.uniform(0.75, 0.95)))
-    else:
-        fill = _color(rng) if style == 1 else _color(rng, dark=False)
-        d = ImageDraw.Draw(canvas)
-        box = (8, 8, SIZE - 8, SIZE - 8)
-        if rng.random() < 0.5:
-            d.ellipse(box, fill=tuple(fill))
-        else:
-            d.rounded_rectangle(box, radius=rng.randint(10, 60), fill=tuple(fill))
-        ink = [255, 255, 255] if style == 1 else _color(rng)
-        g = _glyph(svg, ink, round(SIZE * rng.uniform(0.5, 0.65)))
+def _centred(canvas: Image.Image, g: Image.Image) -> Image.Image:
     canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
     return canvas
+
+
+def _badge(rng: random.Random, fill) -> Image.Image:
+    """A white canvas with a coloured disc or rounded tile filling it."""
+    canvas = Image.new("RGB", (SIZE, SIZE), "white")
+    d, box = ImageDraw.Draw(canvas), (8, 8, SIZE - 8, SIZE - 8)
+    if rng.random() < 0.5:
+        d.ellipse(box, fill=tuple(fill))
+    else:
+        d.rounded_rectangle(box, radius=rng.randint(10, 60), fill=tuple(fill))
+    return canvas
+
+
+def render(svg: str, rng: random.Random) -> Image.Image:
+    style = rng.randrange(3)
+    if style == 0:
+        return _centred(Image.new("RGB", (SIZE, SIZE), "white"),
+                        _glyph(svg, _color(rng), round(SIZE * rng.uniform(0.75, 0.95))))
+    canvas = _badge(rng, _color(rng) if style == 1 else _color(rng, dark=False))
+    ink = [255, 255, 255] if style == 1 else _color(rng)
+    return _centred(canvas, _glyph(svg, ink, round(SIZE * rng.uniform(0.5, 0.65))))
 
 
 ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fl gr kl pl st tr sh ch th qu".split()
@@ -183,9 +190,7 @@ def _svg_png(svg: str, size: int) -> Image.Image:
 
 
 def _on_white(g: Image.Image) -> Image.Image:
-    canvas = Image.new("RGB", (SIZE, SIZE), "white")
-    canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
-    return canvas
+    return _centred(Image.new("RGB", (SIZE, SIZE), "white"), g)
 
 
 def _stroked(svg: str, rng: random.Random, color) -> str:
@@ -195,22 +200,13 @@ def _stroked(svg: str, rng: random.Random, color) -> str:
 
 def render_stroke(svg: str, rng: random.Random) -> Image.Image:
     """A Tabler outline icon: strokes in one colour, sometimes inside a circle or tile."""
-    return _on_white(_svg_png(_stroked(svg, rng, _color(rng)), round(SIZE * rng.uniform(0.7, 0.95))))
+    g = _svg_png(_stroked(svg, rng, _color(rng)), round(SIZE * rng.uniform(0.7, 0.95)))
+    return _on_white(g)
 
 
 def render_colour(svg: str, rng: random.Random) -> Image.Image:
     """A full-colour SVG (an emoji, a flag) as drawn, at a random size on white."""
     return _on_white(_svg_png(svg, round(SIZE * rng.uniform(0.7, 0.95))))
-
-
-def _badge(rng: random.Random, fill) -> Image.Image:
-    canvas = Image.new("RGB", (SIZE, SIZE), "white")
-    d, box = ImageDraw.Draw(canvas), (8, 8, SIZE - 8, SIZE - 8)
-    if rng.random() < 0.5:
-        d.ellipse(box, fill=tuple(fill))
-    else:
-        d.rounded_rectangle(box, radius=rng.randint(10, 60), fill=tuple(fill))
-    return canvas
 
 
 def render_stroke_badge(svg: str, rng: random.Random) -> Image.Image:
@@ -222,8 +218,7 @@ def render_stroke_badge(svg: str, rng: random.Random) -> Image.Image:
     canvas = _badge(rng, _color(rng, dark=not light))
     ink = _color(rng) if light else [255, 255, 255]
     g = _svg_png(_stroked(svg, rng, ink), round(SIZE * rng.uniform(0.5, 0.65)))
-    canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
-    return canvas
+    return _centred(canvas, g)
 
 
 def render_colour_badge(svg: str, rng: random.Random) -> Image.Image:
@@ -231,9 +226,7 @@ def render_colour_badge(svg: str, rng: random.Random) -> Image.Image:
     if rng.random() < 0.75:
         return render_colour(svg, rng)
     canvas = _badge(rng, _color(rng, dark=False))
-    g = _svg_png(svg, round(SIZE * rng.uniform(0.5, 0.65)))
-    canvas.paste(g, ((SIZE - g.width) // 2, (SIZE - g.height) // 2), g)
-    return canvas
+    return _centred(canvas, _svg_png(svg, round(SIZE * rng.uniform(0.5, 0.65))))
 
 
 def render_combination(svg: str, rng: random.Random, fonts: list[str]) -> Image.Image:
@@ -260,6 +253,15 @@ def render_combination(svg: str, rng: random.Random, fonts: list[str]) -> Image.
     both = both.resize((max(1, round(both.width * scale)), max(1, round(both.height * scale))))
     canvas.paste(both, ((SIZE - both.width) // 2, (SIZE - both.height) // 2), both)
     return canvas
+
+
+def mdi_names(svg_dir: Path, meta: Path | None) -> list[str]:
+    """MDI's icon names in name order, without its "Brand / Logo" and deprecated icons
+    (by `meta`, its meta.json, when given) and without the "-outline" twins."""
+    skip = {m["name"] for m in json.loads(meta.read_text())
+            if "Brand / Logo" in m.get("tags", []) or m.get("deprecated")} if meta else set()
+    return sorted(f.stem for f in svg_dir.glob("*.svg")
+                  if f.stem not in skip and not f.stem.endswith("-outline"))
 
 
 def tabler_icons(root: Path) -> list[Path]:
@@ -297,11 +299,8 @@ def _render_extras(args, fonts: list[str]) -> dict:
              lambda s, r: render_combination(s, r, fonts), args.combinations)):
         if root is None or not count:
             continue
-        shunned = set()
-        if args.exclude:
-            shunned = {f.stem for f in (args.exclude / name).glob("*.png")}
-            if name == "combination":  # its icons come from Tabler too
-                shunned = {f.stem for f in (args.exclude / "tabler").glob("*.png")}
+        source = "tabler" if name == "combination" else name  # its icons are Tabler's
+        shunned = {f.stem for f in (args.exclude / source).glob("*.png")} if args.exclude else set()
         files = [f for f in listing(root) if f.stem not in shunned and not CRYPTO.search(f.stem)]
         rng.shuffle(files)
         n = 0
@@ -334,13 +333,7 @@ def main(argv=None) -> int:
                         "are left out")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    skip = set()
-    if args.meta:
-        for m in json.loads(args.meta.read_text()):
-            if "Brand / Logo" in m.get("tags", []) or m.get("deprecated"):
-                skip.add(m["name"])
-    names = sorted(f.stem for f in args.svg.glob("*.svg")
-                   if f.stem not in skip and not f.stem.endswith("-outline"))
+    names = mdi_names(args.svg, args.meta)
     rng = random.Random(args.seed)
     rng.shuffle(names)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ def test_edited_copies_score_above_background_marks_and_threshold_lies_between(e
     assert bg is not None and len(bg) >= 1000  # the shipped set, for the shipped encoder
     copies = calibrate.edited_copies(index, engine.encoder, held_marks, 2, seed=3)
     assert len(copies.marks) == 80
+    assert list(copies.edits) == [augment.CYCLE[n % len(augment.CYCLE)] for n in range(80)]
     rule = decision.Rule(decision.FAMILY, calibrate.family_similarity(copies))
     own, first = calibrate.positive_scores(index, copies, rule)
     clean_neg, edited_neg = calibrate.background_scores(index, bg, engine.encoder, rule)
