@@ -66,8 +66,26 @@ class Error(_message.Message):
     message: str
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
+class MarkAnswer(_message.Message):
+    __slots__ = ("box", "exists", "matched_serial", "top_score", "confidence", "matches", "detection_score")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    TOP_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    box: Region
+    exists: bool
+    matched_serial: str
+    top_score: float
+    confidence: float
+    matches: _containers.RepeatedCompositeFieldContainer[Match]
+    detection_score: float
+    def __init__(self, box: _Optional[_Union[Region, _Mapping]] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., confidence: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., detection_score: _Optional[float] = ...) -> None: ...
+
 class SearchResponse(_message.Message):
-    __slots__ = ("request_id", "exists", "matched_serial", "top_score", "threshold", "matches", "error", "confidence", "filtered", "candidates")
+    __slots__ = ("request_id", "exists", "matched_serial", "top_score", "threshold", "matches", "error", "confidence", "filtered", "candidates", "marks")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +96,7 @@ class SearchResponse(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     FILTERED_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MARKS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     exists: bool
     matched_serial: str
@@ -88,7 +107,8 @@ class SearchResponse(_message.Message):
     confidence: float
     filtered: bool
     candidates: int
-    def __init__(self, request_id: _Optional[str] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., threshold: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., confidence: _Optional[float] = ..., filtered: _Optional[bool] = ..., candidates: _Optional[int] = ...) -> None: ...
+    marks: _containers.RepeatedCompositeFieldContainer[MarkAnswer]
+    def __init__(self, request_id: _Optional[str] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., threshold: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., confidence: _Optional[float] = ..., filtered: _Optional[bool] = ..., candidates: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[MarkAnswer, _Mapping]]] = ...) -> None: ...
 
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()

@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "names when that changes: replicas sharing one index directory follow "
                         "each build (default: off; SIGHUP or the Reload RPC reload)")
     g = p.add_argument_group("network")
+    g.add_argument("--detector", default="shipped", metavar="FILE|shipped|none",
+                   help="finds the marks in photographs, each then answered on its own "
+                        "(indexer.network.detector); 'none' searches every picture whole "
+                        "(default: %(default)s)")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     g.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one "
                                                            "(default: %(default)s)")
@@ -212,6 +216,14 @@ def watch_index(root: Path, servicer: TrademarkSearchServicer, interval: float,
     return thread
 
 
+def open_detector(spec: str):
+    """--detector: the shipped weights, a file of them, or none."""
+    if spec == "none":
+        return None
+    from indexer.network.detector import DETECTOR_FILE, load_detector
+    return load_detector(DETECTOR_FILE if spec == "shipped" else spec)
+
+
 def serve(args: argparse.Namespace) -> int:
     import torch
 
@@ -237,7 +249,8 @@ def serve(args: argparse.Namespace) -> int:
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search))
               if v is not None}
     config = EngineConfig(args.threshold, args.max_k, args.mmap, params,
-                          gpu_index=encoder.device.type == "cuda")
+                          gpu_index=encoder.device.type == "cuda",
+                          detector=open_detector(args.detector))
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)
 
@@ -315,10 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from indexer.network.detector import DetectorError
     from indexer.network.encoder import EncoderError
     try:
         return serve(args)
-    except (IndexFormatError, EncoderError, ValueError, TokenError, TLSError,
+    except (IndexFormatError, EncoderError, DetectorError, ValueError, TokenError, TLSError,
             OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

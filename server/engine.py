@@ -5,6 +5,7 @@ each with a batch of concurrent callers' images; searches of a GPU index take tu
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -18,7 +19,9 @@ import numpy as np
 from indexer.index import lowres, vectors
 from indexer.index.filters import Filter, FilterIndex, InvalidFilter
 from indexer.index.reader import OpenIndex, encoder_for, open_index
+from indexer.network.detector import Detector
 from indexer.network.encoder import Encoder
+from indexer.network.locate import Part, locate
 from indexer.network.preprocess import Prepared, Region, prepare_query
 from server.settings import DEFAULT_MAX_K
 
@@ -58,6 +61,19 @@ def as_query(item: "Query | bytes") -> Query:
 
 
 @dataclass(frozen=True)
+class MarkAnswer:
+    """The answer for one mark of a picture."""
+
+    box: Region  # (x, y, width, height) in the pixels of the image sent
+    exists: bool
+    matched_serial: str
+    top_score: float
+    confidence: float
+    hits: list[Hit]
+    detected: float | None = None  # the detector's certainty, where it found the mark
+
+
+@dataclass(frozen=True)
 class Answer:
     exists: bool
     matched_serial: str
@@ -68,6 +84,15 @@ class Answer:
     # Under filters: how many registered marks passed them, among which the decision was
     # taken; None without filters.
     candidates: int | None = None
+    # Every mark found in the picture, most confident first; the fields above are the
+    # first one's. Empty where a photograph showed no mark (the fields above are then
+    # the whole picture's).
+    marks: tuple[MarkAnswer, ...] = ()
+
+
+# What a search gives for one picture: each part searched, with the hits of each of its
+# crops (Part.crops).
+Found = list[tuple[Part, list[list[Hit]]]]
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,9 @@ class EngineConfig:
     mmap: bool = False
     search_params: dict | None = None  # e.g. {"nprobe": 64}; None: the manifest's tuned ones
     gpu_index: bool = False  # search a GPU copy of the index (where FAISS has a GPU)
+    # Finds the marks in photographs (indexer.network.locate); None searches every
+    # picture whole.
+    detector: Detector | None = None
 
 
 def check_threshold(value: float) -> float:
@@ -90,12 +118,18 @@ class SearchEngine:
         self.encoder = encoder_for(index, encoder)
         self.index = index
         self.max_k = config.max_k
+        self.detector = config.detector
         self.rule = index.manifest.rule
         # Searches return at least this many hits, so the decision score is exact
         # whatever k the caller asked for.
         self._depth = self.rule.depth()
         self.threshold = check_threshold(
             index.manifest.threshold if config.threshold is None else config.threshold)
+        # Marks found in photographs have a threshold of their own where the build
+        # calibrated one (indexer.scene_calibration); the server's --threshold sets both.
+        scene = index.manifest.scene_threshold
+        self.scene_threshold = check_threshold(
+            self.threshold if config.threshold is not None or scene is None else scene)
         params = index.manifest.search_params | (config.search_params or {})
         self.searcher = vectors.Searcher(index.index, params, use_gpu=config.gpu_index)
         # FAISS GPU indexes must not be searched from two threads; CPU indexes may be,
@@ -131,6 +165,13 @@ class SearchEngine:
     def resolve_threshold(self, threshold: float | None) -> float:
         return self.threshold if threshold is None else check_threshold(threshold)
 
+    def threshold_for(self, part: Part, threshold: float | None) -> float:
+        """A request's threshold, else the one for this kind of part: marks found in a
+        photograph have their own (`scene_threshold`)."""
+        if threshold is not None:
+            return threshold
+        return self.scene_threshold if part.detected is not None else self.threshold
+
     @property
     def filter_index(self) -> FilterIndex:
         """The catalog's metadata by column and value, read once (1 M marks: seconds)."""
@@ -162,6 +203,13 @@ class SearchEngine:
         bytes or a region outside the image."""
         query = as_query(query)
         return prepare_query(query.image, self.encoder.preprocess, query.region)
+
+    def locate(self, query: Query | bytes) -> list[Part]:
+        """The parts of the picture to search: the picture (or the caller's region) as one
+        mark, or each mark the detector finds in a photograph (indexer.network.locate);
+        raises ImageDecodeError as `prepare` does."""
+        query = as_query(query)
+        return locate(query.image, self.encoder.preprocess, query.region, self.detector)
 
     def hits_needed(self, k: int) -> int:
         """Hits `decide` needs to answer with k of them: the decision looks further."""
@@ -212,6 +260,24 @@ class SearchEngine:
         exists = confidence >= threshold
         return Answer(exists, hits[0].serial if exists else "", hits[0].score, confidence,
                       threshold, hits[:k], candidates)
+
+    def answer(self, found: Found, threshold: float | None, k: int,
+               filters: tuple[Filter, ...] = ()) -> Answer:
+        """One answer for a picture from its parts' hits (as `search` gave them): each mark
+        decided on its own, by its surest crop; the answer's own fields are the most
+        confident mark's. `threshold`: the request's (checked), None for the defaults."""
+        decided = [(part, max((self.decide(hits, self.threshold_for(part, threshold), k,
+                                           filters) for hits in crops),
+                              key=lambda a: a.confidence))
+                   for part, crops in found]
+        if not decided:
+            return self.decide([], self.resolve_threshold(threshold), k, filters)
+        listed = sorted(((p, a) for p, a in decided if p.is_mark),
+                        key=lambda pa: pa[1].confidence, reverse=True)
+        top = listed[0][1] if listed else decided[0][1]
+        marks = [MarkAnswer(p.box, a.exists, a.matched_serial, a.top_score, a.confidence,
+                            a.hits, p.detected) for p, a in listed]
+        return dataclasses.replace(top, marks=tuple(marks))
 
     def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
         found = self.index.catalog.thumbnails(serials)

@@ -18,7 +18,8 @@ from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.batcher import BatchConfig, DeadlinePassed, MicroBatcher
 from indexer.index.filters import Filter
-from server.engine import Answer, InvalidRequest, Query, SearchEngine
+from server.engine import (
+    Answer, Hit, InvalidRequest, MarkAnswer, Query, SearchEngine, check_threshold)
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class _Item:
 
     request: pb.SearchRequest
     k: int = 0
-    threshold: float = 0.0
+    threshold: float | None = None  # the request's; None: the engine's defaults
     query: Query | None = None
     error: pb.Error | None = None
     answer: Answer | None = None
@@ -42,14 +43,26 @@ def _error(code: grpc.StatusCode, message: str) -> pb.Error:
     return pb.Error(code=code.value[0], message=message)
 
 
+def _matches(hits: list[Hit]) -> list[pb.Match]:
+    return [pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name,
+                     same_mark=h.same_mark, metadata=h.metadata)
+            for r, h in enumerate(hits, start=1)]
+
+
+def _mark(m: MarkAnswer) -> pb.MarkAnswer:
+    x, y, w, h = m.box
+    return pb.MarkAnswer(box=pb.Region(x=x, y=y, width=w, height=h), exists=m.exists,
+                         matched_serial=m.matched_serial, top_score=m.top_score,
+                         confidence=m.confidence, matches=_matches(m.hits),
+                         detection_score=m.detected)
+
+
 def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
     return pb.SearchResponse(
         request_id=request_id, exists=answer.exists, matched_serial=answer.matched_serial,
         top_score=answer.top_score, confidence=answer.confidence, threshold=answer.threshold,
         filtered=answer.candidates is not None, candidates=answer.candidates or 0,
-        matches=[pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name,
-                          same_mark=h.same_mark, metadata=h.metadata)
-                 for r, h in enumerate(answer.hits, start=1)])
+        matches=_matches(answer.hits), marks=[_mark(m) for m in answer.marks])
 
 
 def to_query(engine: SearchEngine, request: pb.SearchRequest) -> Query:
@@ -130,8 +143,8 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         item = _Item(request)
         try:
             item.k = engine.check_k(request.k if request.HasField("k") else None)
-            item.threshold = engine.resolve_threshold(
-                request.threshold if request.HasField("threshold") else None)
+            item.threshold = (check_threshold(request.threshold)
+                              if request.HasField("threshold") else None)
             item.query = to_query(engine, request)
         except InvalidRequest as e:
             item.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -146,16 +159,17 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
             try:
                 # Queued with other callers' images; skipped if the caller gives up first.
-                hits = self.batcher.search(engine, [item.query], item.k,
-                                           context.time_remaining())[0]
+                found = self.batcher.search(engine, [item.query], item.k,
+                                            context.time_remaining())[0]
             except DeadlinePassed as e:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-            if isinstance(hits, ImageDecodeError):
-                log.info("Search %r refused: %s", request.request_id, hits)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
-            answer = engine.decide(hits, item.threshold, item.k, item.query.filters)
-            log.debug("Search %r: exists=%s top=%s %.4f", request.request_id, answer.exists,
-                      hits[0].serial if hits else "-", answer.top_score)
+            if isinstance(found, ImageDecodeError):
+                log.info("Search %r refused: %s", request.request_id, found)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(found))
+            answer = engine.answer(found, item.threshold, item.k, item.query.filters)
+            log.debug("Search %r: exists=%s top=%s %.4f, %d marks", request.request_id,
+                      answer.exists, answer.hits[0].serial if answer.hits else "-",
+                      answer.top_score, len(answer.marks))
             return to_response(request.request_id, answer)
 
     def SearchStream(self, request_iterator, context):
@@ -211,11 +225,11 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
 
     def _answer_chunk(self, engine: SearchEngine, items: list[_Item],
                       future: Future) -> list[pb.SearchResponse]:
-        for it, hits in zip([it for it in items if it.error is None], future.result()):
-            if isinstance(hits, ImageDecodeError):
-                it.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(hits))
+        for it, found in zip([it for it in items if it.error is None], future.result()):
+            if isinstance(found, ImageDecodeError):
+                it.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(found))
             else:
-                it.answer = engine.decide(hits, it.threshold, it.k, it.query.filters)
+                it.answer = engine.answer(found, it.threshold, it.k, it.query.filters)
         good = [it for it in items if it.error is None]
         out = []
         for it in items:

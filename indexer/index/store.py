@@ -74,6 +74,10 @@ class Manifest:
     # Small-copy vectors for small queries (indexer.index.lowres.LowResConfig); empty: none,
     # as in manifests written before them.
     lowres: dict = field(default_factory=dict)
+    # The threshold for marks found in photographs (indexer.scene_calibration) and how it
+    # was set; None: they are decided with `threshold`, as before it existed.
+    scene_threshold: float | None = None
+    scene_calibration: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -31,6 +31,13 @@ class Recorder:
         self.sizes.append(n)
 
 
+def hits_of(found):
+    """The hits of a picture searched whole: its one part, with its one crop."""
+    (_, crops), = found
+    (hits,) = crops
+    return hits
+
+
 @pytest.fixture
 def images():
     return _marks(24)
@@ -44,7 +51,7 @@ def test_concurrent_jobs_are_batched_and_each_gets_its_own_hits(engine, images, 
                            on_batch=rec)
     try:
         with ThreadPoolExecutor(12) as pool:
-            got = list(pool.map(lambda a: batcher.search(engine, [a], 5)[0], images))
+            got = list(pool.map(lambda a: hits_of(batcher.search(engine, [a], 5)[0]), images))
     finally:
         batcher.close()
     assert [[h.serial for h in hits] for hits in got] == [[h.serial for h in hits]
@@ -68,7 +75,7 @@ def test_a_lone_request_gets_all_the_threads_in_the_first_lane(engine, images):
     batcher = MicroBatcher(BatchConfig(max_batch=8, lanes=2, threads=2), set_threads=told)
     try:
         for image in images[:3]:  # one at a time: the server is never busy
-            assert batcher.search(engine, [image], 3)[0]
+            assert hits_of(batcher.search(engine, [image], 3)[0])
     finally:
         batcher.close()
     assert told.calls == [("encoder-0", 2)]  # set once, kept while it did not change
@@ -87,7 +94,7 @@ def test_under_load_the_lanes_encode_side_by_side_on_their_share(engine, images)
                            on_batch=on_batch, set_threads=told)
     try:
         futures = [batcher.submit(engine, [image], 3) for image in images[:12]]
-        got = [f.result()[0] for f in futures]
+        got = [hits_of(f.result()[0]) for f in futures]
     finally:
         batcher.close()
     assert [[h.serial for h in g] for g in got] == [[h.serial for h in o] for o in oracle]
@@ -109,7 +116,7 @@ def test_a_lane_that_fails_tells_its_callers_and_goes_on(engine, images):
     try:
         with pytest.raises(RuntimeError, match="cannot set threads"):
             batcher.search(engine, [images[0]], 3)
-        assert batcher.search(engine, [images[1]], 3)[0]  # the lane still serves
+        assert hits_of(batcher.search(engine, [images[1]], 3)[0])  # the lane still serves
     finally:
         batcher.close()
 
@@ -121,8 +128,8 @@ def test_each_job_gets_its_own_k_from_a_shared_batch(engine, images):
         # Each as many as the engine needs for its decision: the family margin looks at
         # the first 32 hits, so k up to 32 all get 32 (`decide` cuts them to k).
         depth = engine.rule.depth()
-        assert depth == 32 and [len(f.result()[0]) for f in futures] == [depth] * 6
-        hits = futures[2].result()[0]
+        assert depth == 32 and [len(hits_of(f.result()[0])) for f in futures] == [depth] * 6
+        hits = hits_of(futures[2].result()[0])
         assert len(engine.decide(hits, engine.threshold, 10).hits) == 10
     finally:
         batcher.close()
@@ -170,20 +177,20 @@ def test_an_unreadable_image_fails_alone_in_its_batch(engine, images, decode_wor
     finally:
         batcher.close()
     assert isinstance(results[1], ImageDecodeError)
-    assert [r[0].serial for r in (results[0], results[2])] == [
+    assert [hits_of(r)[0].serial for r in (results[0], results[2])] == [
         h[0].serial for h in engine.search([engine.prepare(b) for b in images[:2]], 1)]
 
 
 @pytest.mark.parametrize("decode_workers", [0, 2])
 def test_an_image_that_breaks_preprocessing_fails_alone(engine, images, decode_workers,
                                                         monkeypatch):
-    real = server.engine.prepare_query
+    real = server.engine.locate
 
-    def prepare_query(data, cfg, region=None):  # as a 4000 x 1 JPEG once broke it
+    def locate(data, cfg, region=None, detector=None):  # as a 4000 x 1 JPEG once broke it
         if data == images[1]:
             raise ZeroDivisionError("integer division or modulo by zero")
-        return real(data, cfg, region)
-    monkeypatch.setattr(server.engine, "prepare_query", prepare_query)
+        return real(data, cfg, region, detector)
+    monkeypatch.setattr(server.engine, "locate", locate)
     batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=0, decode_workers=decode_workers))
     try:
         results = batcher.search(engine, images[:3], 3)
@@ -191,9 +198,9 @@ def test_an_image_that_breaks_preprocessing_fails_alone(engine, images, decode_w
         batcher.close()
     assert isinstance(results[1], ImageDecodeError)
     assert "ZeroDivisionError" in str(results[1])
-    assert [r[0].serial for r in (results[0], results[2])] == [
-        h[0].serial for h in engine.search([real(b, engine.encoder.preprocess)
-                                            for b in (images[0], images[2])], 1)]
+    assert [hits_of(r)[0].serial for r in (results[0], results[2])] == [
+        h[0].serial for h in engine.search([engine.prepare(b) for b in (images[0], images[2])],
+                                           1)]
 
 
 def test_bad_settings_are_refused():
