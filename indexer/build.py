@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer import calibrate, variants
+from indexer import calibrate, decision, scene_calibration, variants
 from indexer.index import lowres, store, vectors
 from indexer.index.catalog import Catalog, Mark
 from indexer.index.reader import OpenIndex, encoder_for, open_index
 from indexer.network import background
+from indexer.network.detector import DetectorError, load_detector
 from indexer.network.encoder import Encoder, default_lanes, lane_threads
 from indexer.network.preprocess import (ImageDecodeError, PreprocessConfig, mark_of, open_scaled,
                                         views_of)
@@ -61,6 +62,9 @@ class BuildOptions:
     target_fpr: float = 0.01
     calibration_marks: int = 500
     calibration_edits: int = 2
+    # Set the threshold of marks found in photographs (indexer.scene_calibration); without
+    # it they are decided with the marks' threshold.
+    scene_calibration: bool = True
     progress: bool = True
     # Each registered mark is stored as the mean of its descriptors over these mild
     # variants and itself (indexer.variants); `add` uses the ones the index records.
@@ -258,14 +262,35 @@ class _Lanes:
 
 def calibrate_index(index, encoder: Encoder, sources: list[tuple[int, str]],
                     opts: BuildOptions, reranker: lowres.Reranker | None = None
-                    ) -> calibrate.Calibration:
+                    ) -> tuple[calibrate.Calibration, scene_calibration.SceneCalibration | None]:
     """The default threshold for `index`, from the marks at `sources` and the encoder's
-    background set (indexer.network.background)."""
-    cal = calibrate.calibrate(index, encoder, calibrate.load_marks(sources), opts.target_fpr,
+    background set (indexer.network.background), and the one for marks found in
+    photographs (indexer.scene_calibration; None where there is no detector)."""
+    marks = calibrate.load_marks(sources)
+    cal = calibrate.calibrate(index, encoder, marks, opts.target_fpr,
                               opts.calibration_edits, background=background.for_encoder(encoder),
                               reranker=reranker)
     cal.held_out_ids = [mid for mid, _ in sources]
-    return cal
+    scenes = None
+    if opts.scene_calibration:
+        try:
+            detector = load_detector()
+        except DetectorError as e:
+            log.warning("photographs keep the marks' threshold: %s", e)
+        else:
+            scenes = scene_calibration.calibrate_scenes(
+                index, encoder, decision.rule_of(cal.decision, cal.family_similarity),
+                cal.threshold, detector, marks, opts.target_fpr, reranker)
+    return cal, scenes
+
+
+def _set_thresholds(manifest: store.Manifest, cal: calibrate.Calibration,
+                    scenes: scene_calibration.SceneCalibration | None) -> None:
+    manifest.threshold, manifest.threshold_method = cal.threshold, cal.method
+    manifest.decision, manifest.family_similarity = cal.decision, cal.family_similarity
+    manifest.calibration = cal.to_dict()
+    manifest.scene_threshold = scenes.threshold if scenes else None
+    manifest.scene_calibration = scenes.to_dict() if scenes else {}
 
 
 def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
@@ -283,16 +308,14 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
             sources = current.catalog.sources()
             sources = [sources[i] for i in calibrate.pick_held_out(len(sources),
                                                                     opts.calibration_marks)]
-        cal = calibrate_index(current.index, paired, sources, opts, current.reranker)
+        cal, scenes = calibrate_index(current.index, paired, sources, opts, current.reranker)
         manifest = current.manifest
     finally:
         current.close()
     with store.write_version(index_dir) as writer:
         writer.copy_from_base(store.INDEX_FILE, store.CATALOG_FILE, store.PROJECTION_FILE,
                               *lowres.files(manifest.lowres))
-        manifest.threshold, manifest.threshold_method = cal.threshold, cal.method
-        manifest.decision, manifest.family_similarity = cal.decision, cal.family_similarity
-        manifest.calibration = cal.to_dict()
+        _set_thresholds(manifest, cal, scenes)
         writer.commit(manifest)
     return cal
 
@@ -341,18 +364,18 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             reranker = lowres.Reranker(small, opts.lowres)
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
-        cal = calibrate_index(index, paired, [(ids[i], enc.marks[i].source) for i in held],
-                              opts, reranker)
+        cal, scenes = calibrate_index(index, paired,
+                                      [(ids[i], enc.marks[i].source) for i in held], opts,
+                                      reranker)
         manifest = store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
             index_preset=spec.preset, search_params=spec.search_params,
             sampled_recall=round(spec.sampled_recall, 4),
-            count=int(index.ntotal), threshold=cal.threshold, threshold_method=cal.method,
-            decision=cal.decision, family_similarity=cal.family_similarity,
-            calibration=cal.to_dict(),
+            count=int(index.ntotal), threshold=cal.threshold,
             projection=store.PROJECTION_FILE if projection else None,
             registry_variants=list(opts.registry_variants),
             lowres=opts.lowres.to_dict() if opts.lowres else {})
+        _set_thresholds(manifest, cal, scenes)
         result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),
                              time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
