@@ -35,12 +35,30 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
         "top_score": round(resp.top_score, 6),
         "confidence": round(resp.confidence, 6),
         "threshold": round(resp.threshold, 6),
-        "matches": [{"serial": m.serial, "score": round(m.score, 6), "name": m.name,
-                     "same_mark": m.same_mark, "metadata": _metadata(m.metadata)}
-                    for m in resp.matches],
+        "matches": _matches(resp.matches),
         "filtered": resp.filtered,
         "candidates": resp.candidates if resp.filtered else None,
+        "marks": [_mark(m) for m in resp.marks],
         "error": error,
+    }
+
+
+def _matches(matches) -> list[dict]:
+    return [{"serial": m.serial, "score": round(m.score, 6), "name": m.name,
+             "same_mark": m.same_mark, "metadata": _metadata(m.metadata)} for m in matches]
+
+
+def _mark(m: pb.MarkAnswer) -> dict:
+    """One mark found in the picture: its box [x, y, w, h] and its own answer."""
+    return {
+        "box": [m.box.x, m.box.y, m.box.width, m.box.height],
+        "exists": m.exists,
+        "matched_serial": m.matched_serial or None,
+        "top_score": round(m.top_score, 6),
+        "confidence": round(m.confidence, 6),
+        "detection_score": round(m.detection_score, 6) if m.HasField("detection_score")
+        else None,
+        "matches": _matches(m.matches),
     }
 
 

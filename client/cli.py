@@ -135,12 +135,28 @@ def _print_answer(result: dict) -> None:
           f"(threshold {result['threshold']:.4f})")
     if result.get("filtered"):
         print(f"among the {result['candidates']} registered marks that pass the filters")
-    for rank, m in enumerate(result["matches"], start=1):
+    _print_matches(result["matches"])
+    # Marks the detector found in a photograph, each with its own answer (a clean image
+    # or a region is one mark: the answer above).
+    found = [m for m in result.get("marks", []) if m.get("detection_score") is not None]
+    if found or result.get("marks") == []:
+        print(f"{len(found)} mark{'s' if len(found) != 1 else ''} found in the picture"
+              + (":" if found else " (the whole picture was searched)"))
+    for n, mark in enumerate(found, start=1):
+        x, y, w, h = mark["box"]
+        verdict = (f"exists: {mark['matched_serial']}" if mark["exists"] else "not registered")
+        print(f"  mark {n} at x={x} y={y} w={w} h={h} (detector {mark['detection_score']:.2f}): "
+              f"{verdict}, confidence {mark['confidence']:.4f}")
+        _print_matches(mark["matches"][:3], indent="    ")
+
+
+def _print_matches(matches: list[dict], indent: str = "") -> None:
+    for rank, m in enumerate(matches, start=1):
         same = "  (same mark)" if m.get("same_mark") and rank > 1 else ""
         # the manifest's other columns; its name is printed already
         extra = {k: v for k, v in (m.get("metadata") or {}).items() if k != "name"}
         meta = "  " + json.dumps(extra, ensure_ascii=False) if extra else ""
-        print(f"{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}{meta}")
+        print(f"{indent}{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}{meta}")
 
 
 def cmd_search(args, client: SearchClient) -> int:
@@ -153,8 +169,8 @@ def cmd_search(args, client: SearchClient) -> int:
     else:
         _print_answer(result)
     if args.plot:
-        from client.plot import save_results
-        thumbs = client.thumbnails([m["serial"] for m in result["matches"]])
+        from client.plot import save_results, wanted_serials
+        thumbs = client.thumbnails(wanted_serials(result))
         path = save_results(args.plot, image, result, thumbs, args.input_img.name)
         print(f"picture written to {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
@@ -182,7 +198,7 @@ def batch_inputs(path: Path, images: Path | None = None
 def _error_line(file: Path, request_id: str, code: str, message: str) -> dict:
     return {"file": str(file), "request_id": request_id, "exists": False,
             "matched_serial": None, "top_score": 0.0, "confidence": 0.0, "threshold": 0.0,
-            "matches": [], "filtered": False, "candidates": None,
+            "matches": [], "filtered": False, "candidates": None, "marks": [],
             "error": {"code": code, "message": message}}
 
 

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, region: null, url: null };
+const state = { file: null, region: null, url: null, marks: [] };
 
 function fmt(x) { return Number(x).toFixed(4); }
 
@@ -49,7 +49,14 @@ function setImage(file) {
   $("stage").hidden = false;
   $("search").disabled = false;
   clearRegion();
+  clearMarks();
   showError("");
+}
+
+function clearMarks() {
+  state.marks = [];
+  $("mark-boxes").replaceChildren();
+  $("marks").hidden = true;
 }
 
 function clearRegion() {
@@ -161,6 +168,61 @@ function render(res) {
     (res.filtered ? `; among the ${res.candidates} registered marks that pass the filters` : "");
   const list = $("matches");
   list.replaceChildren(...res.matches.map((m, i) => matchItem(m, i, res)));
+  renderMarks(res);
+}
+
+// Marks the detector found in a photograph: boxed on the picture, listed, and each
+// one's matches shown when it is picked (the first, most confident, to start with).
+// A clean image or a region is one mark: the verdict above is its answer.
+function renderMarks(res) {
+  const found = (res.marks || []).filter((m) => m.detection_score !== null);
+  const boxes = $("mark-boxes"), list = $("mark-list");
+  state.marks = found;
+  boxes.replaceChildren();
+  list.replaceChildren();
+  $("marks").hidden = !found.length && !(res.marks && res.marks.length === 0);
+  $("marks-text").textContent = found.length
+    ? `${found.length} mark${found.length > 1 ? "s" : ""} found in the picture; pick one to see its matches.`
+    : "No mark found in the picture: the whole picture was searched.";
+  found.forEach((mark, n) => {
+    const div = document.createElement("div");
+    div.className = "mark-box " + (mark.exists ? "exists" : "absent");
+    div.dataset.mark = String(n + 1);
+    div.textContent = String(n + 1);
+    boxes.append(div);
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "mark-pick " + (mark.exists ? "exists" : "absent");
+    b.dataset.mark = String(n + 1);
+    const [x, y, w, h] = mark.box;
+    b.textContent = `Mark ${n + 1}: ` + (mark.exists ? `exists, ${mark.matched_serial}` : "not registered") +
+      ` (confidence ${fmt(mark.confidence)}; ${w} × ${h} px at (${x}, ${y}))`;
+    b.addEventListener("click", () => pickMark(n));
+    li.append(b);
+    list.append(li);
+  });
+  placeMarkBoxes();
+  if (found.length) pickMark(0);
+}
+
+function placeMarkBoxes() {
+  const img = $("preview");
+  if (!img.naturalWidth) return;
+  const scale = img.clientWidth / img.naturalWidth;
+  (state.marks || []).forEach((mark, n) => {
+    const div = $("mark-boxes").children[n];
+    const [x, y, w, h] = mark.box.map((v) => v * scale);
+    Object.assign(div.style, { left: `${x}px`, top: `${y}px`, width: `${w}px`, height: `${h}px` });
+  });
+}
+
+function pickMark(n) {
+  const mark = state.marks[n];
+  for (const el of document.querySelectorAll(".mark-pick, .mark-box")) {
+    el.classList.toggle("picked", el.dataset.mark === String(n + 1));
+  }
+  $("matches").replaceChildren(...mark.matches.map((m, i) => matchItem(m, i, mark)));
 }
 
 function matchItem(m, i, res) {
@@ -221,4 +283,5 @@ document.addEventListener("DOMContentLoaded", () => {
   setupCrop();
   $("search-form").addEventListener("submit", search);
   loadInfo();
+  window.addEventListener("resize", placeMarkBoxes);
 });
