@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from indexer import decision
-from indexer.calibrate import holding_to, search
+from indexer.calibrate import MIN_MARKS, holding_to, search
 from indexer.index import lowres, vectors
 from indexer.network.detector import DETECTOR_FILE, Detector, load_detector
 from indexer.network.encoder import DEFAULT_ENCODER, WEIGHTS_FILE, Encoder, load_encoder
@@ -189,6 +189,10 @@ def calibrate_scenes(index: faiss.Index, encoder: Encoder, rule: decision.Rule,
     """`encoder`: paired with the index's projection; `marks`: held-out registered marks
     (id, image) for the positives. None where the shipped negatives do not fit this
     encoder and detector."""
+    if index.ntotal < MIN_MARKS:
+        log.warning("only %d marks: photographs are decided with the marks' threshold",
+                    index.ntotal)
+        return None
     bg = background_for(encoder, detector)
     if bg is None:
         log.warning("photographs are decided with the marks' threshold")

@@ -49,8 +49,10 @@ def cut_out(mark: Image.Image, tol: int = 24) -> Image.Image:
     a = np.asarray(mark, dtype=np.int16)
     edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     far = np.abs(a - np.median(edge, axis=0)).max(axis=2) > tol
+    # A copy: Pillow's fromarray() may share the array's read-only memory, and
+    # floodfill() then changes nothing.
     grid = Image.fromarray(np.pad(np.where(far, 0, 255).astype(np.uint8), 1,
-                                  constant_values=255), "L")
+                                  constant_values=255)).copy()
     ImageDraw.floodfill(grid, (0, 0), 128)
     outside = np.asarray(grid)[1:-1, 1:-1] == 128
     alpha = Image.fromarray(np.where(outside, 0, 255).astype(np.uint8), "L")
