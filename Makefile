@@ -10,7 +10,7 @@ STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
 .PHONY: install proto demo test test-slow eval bench bench-10m bench-ray soak clean
-EVAL_DATA ?= ../shared/logobench ../shared/logobench-families
+EVAL_DATA ?= ../shared/logobench ../shared/logobench-families ../shared/logobench-scenes
 
 install: $(STAMP) $(STUBS)
 

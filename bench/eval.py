@@ -78,7 +78,8 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
         serials = [m["serial"] for m in r["matches"]]
         expected = q["expected_serial"].split("|")
         rows.append({"transform": q["transform"], "kind": q["kind"], "expected": expected,
-                     "family": set((q.get("family") or q["expected_serial"]).split("|")),
+                     "family": set((q.get("family") or scene_family(q)
+                                    or q["expected_serial"]).split("|")),
                      "serials": serials, "exists": r["exists"], "error": r["error"],
                      # the decision score (the baselines have only their top score)
                      "top": r.get("confidence", r["top_score"])})
@@ -91,11 +92,13 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
     exists = np.array([x["exists"] for x in rows])
     top = np.array([x["top"] for x in rows])
     decided = known | unknown  # the ROC's population: similar queries are neither
-    per, per_tpr = defaultdict(list), defaultdict(list)
+    per, per_tpr, per_fpr = defaultdict(list), defaultdict(list), defaultdict(list)
     for x, hit, said in zip(rows, r1, exists):
         if x["kind"] == "known":
             per[x["transform"]].append(hit)
             per_tpr[x["transform"]].append(hit and said)
+        elif x["kind"] == "unknown":
+            per_fpr[x["transform"]].append(said)
     out = {
         "queries": len(rows), "known": int(known.sum()), "unknown": int(unknown.sum()),
         "errors": sum(x["error"] is not None for x in rows),
@@ -103,6 +106,7 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
         "recall@1_by_transform": {t: float(np.mean(v)) for t, v in sorted(per.items())},
         "tpr": float((exists & r1)[known].mean()), "fpr": float(exists[unknown].mean()),
         "tpr_by_transform": {t: float(np.mean(v)) for t, v in sorted(per_tpr.items())},
+        "fpr_by_transform": {t: float(np.mean(v)) for t, v in sorted(per_fpr.items())},
         "tpr@fpr1%": tpr_at_fpr(top[decided], r1[decided], known[decided], 0.01),
         "auc": auc(top[decided], known[decided]),
         "_roc": roc(top[decided], r1[decided], known[decided]),
@@ -115,6 +119,64 @@ def score(queries: dict[str, dict], results: list[dict]) -> dict:
                 "similar_recall@10": float(r10[similar].mean()),
                 "similar_exists_with_sibling": float((exists & r1)[similar].mean())}
     return out
+
+
+def scene_family(q: dict) -> str:
+    """A scene's right answers (LogoBench-scenes): every rendition of every registered mark
+    in it, '|'-separated; '' for other sets."""
+    return "|".join(f for f in (q.get("box_families") or "").split(";") if f)
+
+
+def _boxes(text: str) -> list[tuple[int, ...]]:
+    return [tuple(int(v) for v in b.split(",")) for b in text.split(";") if b]
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / max(1e-9, a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def score_marks(queries: dict[str, dict], results: list[dict]) -> dict:
+    """Per mark, on a set whose queries.csv has true boxes (LogoBench-scenes): the share
+    of registered marks found (a mark of the answer said to exist with a serial of that
+    mark's brand; each answered mark counts for one true mark), the share of those
+    whose box overlaps the true one by IoU >= 0.5, `two_marks` scenes with both found,
+    and unregistered marks (strangers) answered as registered."""
+    found = located = registered = strangers = stranger_yes = 0
+    both: list[bool] = []
+    for r in results:
+        q = queries[str(Path(r["file"]).resolve())]
+        boxes = _boxes(q.get("boxes") or "")
+        families = (q.get("box_families") or "").split(";")
+        marks = [m for m in r.get("marks") or [] if m["exists"]]
+        used: set[int] = set()
+        hits = 0
+        for box, family in zip(boxes, families + [""] * len(boxes)):
+            if not family:
+                strangers += 1
+                stranger_yes += any(iou(m["box"], box) >= 0.5 for m in marks)
+                continue
+            registered += 1
+            fam = set(family.split("|"))
+            right = [i for i, m in enumerate(marks) if i not in used
+                     and m["matched_serial"] in fam]
+            if not right:
+                continue
+            best = max(right, key=lambda i: iou(marks[i]["box"], box))
+            used.add(best)
+            found += 1
+            hits += 1
+            located += iou(marks[best]["box"], box) >= 0.5
+        if q["transform"] == "two_marks":
+            both.append(hits == 2)
+    return {"marks_registered": registered, "marks_found": found / max(1, registered),
+            "marks_found_box_iou50": located / max(1, found),
+            "two_marks_both_found": float(np.mean(both)) if both else float("nan"),
+            "strangers": strangers,
+            "strangers_said_registered": stranger_yes / max(1, strangers)}
 
 
 def _timed_build(data: Path, index: Path) -> dict:
@@ -140,12 +202,16 @@ def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], floa
 
 
 SERVICE_KEYS = ("indexed", "skipped", "build_images_per_s", "index_bytes", "server_startup_s",
-                "search_p50_ms", "search_p99_ms", "batch_queries_per_s", "threshold",
+                "search_p50_ms", "search_p99_ms", "scene_p50_ms", "scene_p99_ms",
+                "batch_queries_per_s", "threshold",
                 "estimated_tpr", "estimated_fpr")
 SCORE_KEYS = ("recall@1", "recall@1_exact_mark", "recall@10", "tpr", "fpr", "tpr@fpr1%", "auc",
-              "similar_recall@1", "similar_recall@10", "similar_exists_with_sibling")
+              "similar_recall@1", "similar_recall@10", "similar_exists_with_sibling",
+              "marks_found", "marks_found_box_iou50", "two_marks_both_found",
+              "strangers_said_registered")
 # Only the service decides; the baselines have a ranking and a ROC, no threshold.
-DECIDED_KEYS = ("tpr", "fpr", "similar_exists_with_sibling")
+DECIDED_KEYS = ("tpr", "fpr", "similar_exists_with_sibling", "marks_found",
+                "marks_found_box_iou50", "two_marks_both_found", "strangers_said_registered")
 
 
 def _fmt(v) -> str:
@@ -169,6 +235,10 @@ def report_markdown(service: dict, methods: dict[str, dict]) -> str:
     lines += [f"| {t} | " + " | ".join(f"{methods[n]['recall@1_by_transform'][t]:.3f}"
                                         for n in names) + f" | {tpr[t]:.3f} |"
               for t in transforms]
+    fpr = methods[names[0]].get("fpr_by_transform") or {}
+    if len(fpr) > 1:  # several kinds of unregistered query (scenes: a stranger, none)
+        lines += ["", f"| FPR by kind | {names[0]} |", "|---|---|"]
+        lines += [f"| {t} | {v:.3f} |" for t, v in fpr.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -207,12 +277,18 @@ def evaluate(data: Path, out: Path, latency_rounds: int, baselines_too: bool
         registry = sorted((data / "registry").glob("*.png"))[:latency_rounds]
         lat = latency_ms(address, [p.read_bytes() for p in registry], latency_rounds)
         metrics |= {"search_p50_ms": lat["p50_ms"], "search_p99_ms": lat["p99_ms"]}
+        queries = load_queries(data / "queries.csv")
+        if any(q.get("boxes") for q in queries.values()):  # photographs: time them too
+            scenes = [Path(f) for f in sorted(queries)][:latency_rounds]
+            lat = latency_ms(address, [p.read_bytes() for p in scenes], latency_rounds)
+            metrics |= {"scene_p50_ms": lat["p50_ms"], "scene_p99_ms": lat["p99_ms"]}
         results, wall = _batch(address, data / "queries.csv", out / "results.jsonl")
         metrics["batch_queries_per_s"] = len(results) / wall
     finally:
         stop_server(proc)
-    queries = load_queries(data / "queries.csv")
     methods = {"service": score(queries, results)}
+    if any(q.get("boxes") for q in queries.values()):
+        methods["service"] |= score_marks(queries, results)
     if baselines_too:
         files = [Path(f) for f in queries]
         methods["raw-pooled"] = score(queries, baselines.raw_pooled(data, files))

@@ -26,3 +26,20 @@ def photo_jpeg(mark: Image.Image, mark_px: int, canvas: tuple[int, int] = PHONE,
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality, **save)
     return buf.getvalue()
+
+
+def scene_jpegs(marks: list[Image.Image], count: int = 10, size: tuple[int, int] = (800, 600),
+                seed: int = 0) -> list[bytes]:
+    """`count` photographed scenes (indexer.network.scenes) of one or two of `marks` on a
+    made-up surface, each `size` px, as JPEG bytes: what the mark detector works on."""
+    import random
+
+    from indexer.network.scenes import compose
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        scene = compose(rng, rng.sample(marks, rng.choice([1, 2])))
+        buf = io.BytesIO()
+        scene.image.resize(size, Image.Resampling.BILINEAR).save(buf, "JPEG", quality=88)
+        out.append(buf.getvalue())
+    return out

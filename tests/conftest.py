@@ -1,6 +1,7 @@
 """Shared fixtures: the real encoder, a real index of the sample marks, a real server."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import shutil
 from pathlib import Path
@@ -11,11 +12,12 @@ import torch
 from PIL import Image
 
 from indexer.build import BuildOptions, build
+from indexer.network.detector import load_detector
 from indexer.network.encoder import load_encoder
 from indexer.sources import read_manifest
 from proto import trademark_search_pb2_grpc as pb_grpc
 from server.app import create_server
-from server.engine import SearchEngine
+from server.engine import EngineConfig, SearchEngine
 from server.service import TrademarkSearchServicer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,14 +91,44 @@ def engine(sample_index, encoder):
     eng.close()
 
 
-@pytest.fixture(scope="session")
-def server_address(engine):
+@contextlib.contextmanager
+def serving(engine):
+    """A real gRPC server of `engine` on a free loopback port: its address."""
     servicer = TrademarkSearchServicer(engine, stream_batch=8)
     server, port, _ = create_server("127.0.0.1:0", servicer)
     server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(None)
-    servicer.close()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+        servicer.close()
+
+
+@pytest.fixture(scope="session")
+def server_address(engine):
+    with serving(engine) as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """The shipped mark detector (indexer.network.detector)."""
+    return load_detector()
+
+
+@pytest.fixture(scope="session")
+def scene_engine(sample_index, encoder, detector):
+    """The sample index served as `python -m server` serves it: marks in photographs
+    found by the detector and answered one by one."""
+    eng = SearchEngine.open(sample_index, encoder, EngineConfig(detector=detector))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def scene_server_address(scene_engine):
+    with serving(scene_engine) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

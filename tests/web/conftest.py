@@ -48,3 +48,10 @@ def running(client: SearchClient):
 def web_url(server_address):
     with SearchClient(server_address) as client, running(client) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def scene_web_url(scene_server_address):
+    """The page against a server that finds the marks in photographs."""
+    with SearchClient(scene_server_address) as client, running(client) as url:
+        yield url

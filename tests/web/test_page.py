@@ -137,3 +137,51 @@ def test_the_page_is_usable_by_keyboard(page):
         page.keyboard.press("Tab")
         seen.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
     assert seen.index("drop") < seen.index("k") < seen.index("threshold")
+
+
+def test_the_marks_of_a_photograph_are_boxed_and_each_shows_its_matches(browser,
+                                                                        scene_web_url,
+                                                                        tmp_path):
+    """A photograph of two registered marks (the scene generator's): the page draws a box
+    over each mark found, lists them, and shows the matches of the one picked."""
+    import random
+
+    from PIL import Image
+
+    from indexer.network.scenes import compose
+    from tests.conftest import SAMPLES
+    serials = ["86000000", "86000296"]
+    scene = compose(random.Random(11), [Image.open(SAMPLES / "registry" / f"{s}.png")
+                                        for s in serials])
+    path = tmp_path / "photo.jpg"
+    scene.image.save(path, quality=90)
+    context = browser.new_context(viewport={"width": 1366, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(scene_web_url)
+        choose(page, path)
+        page.get_by_role("button", name="Search", exact=True).click()
+        boxes = page.locator("#mark-boxes .mark-box")
+        playwright.expect(boxes).to_have_count(2)
+        playwright.expect(page.locator("#marks-text")).to_contain_text("2 marks found")
+        # each box drawn where its mark is, in the picture's scale
+        img = page.locator("#preview").bounding_box()
+        scale = img["width"] / scene.image.width
+        drawn = [boxes.nth(i).bounding_box() for i in range(2)]
+        for true in scene.boxes:
+            tx, ty, tw, th = (v * scale for v in true)
+            assert any(abs(d["x"] - img["x"] - tx) < 0.5 * tw + 4
+                       and abs(d["y"] - img["y"] - ty) < 0.5 * th + 4 for d in drawn)
+        picks = page.locator("#mark-list .mark-pick")
+        playwright.expect(picks).to_have_count(2)
+        picks.nth(1).click()
+        playwright.expect(picks.nth(1)).to_have_class("mark-pick exists picked"
+                                                       if "exists," in picks.nth(1).inner_text()
+                                                       else "mark-pick absent picked")
+        shown = page.locator("#matches .match").first.get_attribute("data-serial")
+        second = picks.nth(1).inner_text()
+        if "exists," in second:
+            assert shown in second
+        page.screenshot(path=str(tmp_path / "page.png"))
+    finally:
+        context.close()

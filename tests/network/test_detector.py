@@ -1,0 +1,85 @@
+"""The brand-free scene generator and the mark detector trained on its scenes."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from bench.eval import iou
+from indexer.network import detector as det
+from indexer.network.locate import is_photograph, locate
+from indexer.network.preprocess import PreprocessConfig
+from indexer.network.scenes import compose, cut_out, make_scene
+from indexer.scene_calibration import strangers
+from tests.conftest import SAMPLES
+
+
+def test_the_same_seed_makes_the_same_scene_and_boxes_lie_inside():
+    pool = strangers()[:20]
+    a, b = (make_scene(random.Random(4), pool, 2) for _ in range(2))
+    assert a.boxes == b.boxes and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    for x, y, w, h in a.boxes:
+        assert x >= 0 and y >= 0 and x + w <= a.image.width and y + h <= a.image.height
+    assert make_scene(random.Random(4), pool, 0).boxes == []
+
+
+def test_cut_out_drops_the_canvas_around_a_mark_and_keeps_what_it_encloses():
+    im = Image.new("RGB", (100, 100), "white")
+    d = ImageDraw.Draw(im)
+    d.rectangle((20, 20, 79, 79), outline="black", width=6)  # a frame, white inside
+    out = cut_out(im)
+    assert out.size == (60, 60)  # cropped to the mark
+    alpha = np.asarray(out.getchannel("A"))
+    assert alpha[30, 30] == 255  # the white it encloses stays
+    tinted = Image.new("RGB", (100, 100), (230, 240, 250))  # a tinted canvas goes too
+    ImageDraw.Draw(tinted).ellipse((30, 30, 69, 69), fill="red")
+    assert cut_out(tinted).size == (40, 40)
+
+
+def test_peaks_turn_a_heatmap_into_boxes_in_the_pictures_pixels():
+    out = torch.full((3, 32, 32), -10.0)
+    out[0, 10, 20] = 5.0  # a centre in cell (row 10, column 20)
+    out[1, 10, 20] = np.log(4.0)  # 4 cells wide
+    out[2, 10, 20] = np.log(2.0)  # 2 high
+    (found,) = det.peaks(out, scale=0.5, image_size=(1024, 768), min_score=0.3, max_marks=5)
+    x, y, w, h = found.box
+    # centre (20.5, 10.5) cells * 16 px / 0.5 = (656, 336); 4 x 2 cells = 128 x 64 px there
+    assert (x, y, w, h) == (656 - 64, 336 - 32, 128, 64)
+    assert found.score > 0.99
+    assert det.peaks(out, 0.5, (1024, 768), min_score=0.999, max_marks=5) == []
+
+
+def test_the_detector_finds_marks_it_never_saw_in_scenes_it_never_saw(detector):
+    """Registered sample marks (the detector trained on brand-free icons and words only),
+    photographed by the generator with another seed than training's."""
+    marks = sorted((SAMPLES / "registry").glob("*.png"))
+    rng = random.Random(99)
+    hit = total = false = 0
+    for _ in range(10):
+        scene = make_scene(rng, marks, 1 + rng.randrange(2))
+        found = detector.detect([scene.image])[0]
+        total += len(scene.boxes)
+        hit += sum(any(iou(f.box, b) >= 0.5 for f in found) for b in scene.boxes)
+        false += sum(all(iou(f.box, b) < 0.5 for b in scene.boxes) for f in found)
+    assert hit >= 0.8 * total and false <= 3
+
+
+def test_a_clean_mark_is_not_a_photograph_and_a_photograph_is(detector):
+    cfg = PreprocessConfig()
+    clean = (SAMPLES / "registry" / "86000000.png").read_bytes()
+    assert not is_photograph(Image.open(SAMPLES / "registry" / "86000000.png").convert("RGB"))
+    (part,) = locate(clean, cfg, None, detector)
+    assert part.detected is None and part.is_mark and len(part.crops) == 1
+    assert is_photograph(make_scene(random.Random(1), [], 0).image)  # a made-up surface
+
+
+@pytest.mark.parametrize("size", [(5, 900), (900, 5), (40, 40)])
+def test_odd_shapes_go_through_the_detector(detector, size):
+    rng = np.random.default_rng(1)
+    im = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    for found in detector.detect([im])[0]:
+        x, y, w, h = found.box
+        assert 0 <= x and 0 <= y and x + w <= size[0] and y + h <= size[1]
