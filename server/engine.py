@@ -264,8 +264,12 @@ class SearchEngine:
     def answer(self, found: Found, threshold: float | None, k: int,
                filters: tuple[Filter, ...] = ()) -> Answer:
         """One answer for a picture from its parts' hits (as `search` gave them): each mark
-        decided on its own, by its surest crop; the answer's own fields are the most
-        confident mark's. `threshold`: the request's (checked), None for the defaults."""
+        decided on its own, by its surest crop, most confident first; the answer's own
+        fields are the first one's. A photograph is searched whole too (Part.is_mark
+        False): where that is surer than every mark found, it answers, and is listed
+        first as a mark with the whole picture as its box if it exists (the marks found
+        that say the same serial are then that one mark). `threshold`: the request's
+        (checked), None for the defaults."""
         decided = [(part, max((self.decide(hits, self.threshold_for(part, threshold), k,
                                            filters) for hits in crops),
                               key=lambda a: a.confidence))
@@ -274,7 +278,14 @@ class SearchEngine:
             return self.decide([], self.resolve_threshold(threshold), k, filters)
         listed = sorted(((p, a) for p, a in decided if p.is_mark),
                         key=lambda pa: pa[1].confidence, reverse=True)
-        top = listed[0][1] if listed else decided[0][1]
+        whole = next(((p, a) for p, a in decided if not p.is_mark), None)
+        if whole is not None and (not listed or whole[1].confidence > listed[0][1].confidence):
+            top = whole[1]
+            if top.exists:
+                listed = [whole] + [(p, a) for p, a in listed
+                                    if a.matched_serial != top.matched_serial]
+        else:
+            top = listed[0][1]
         marks = [MarkAnswer(p.box, a.exists, a.matched_serial, a.top_score, a.confidence,
                             a.hits, p.detected) for p, a in listed]
         return dataclasses.replace(top, marks=tuple(marks))

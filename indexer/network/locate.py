@@ -7,8 +7,10 @@ Three kinds of picture reach the service:
 - a photograph (a sign, a label, a sticker on a laptop): its border is a texture, not
   a colour (preprocess's own test, on the 128 px probe it takes anyway). The detector
   (indexer.network.detector) finds the marks in it, and each is cut out of the picture
-  and searched on its own. Where it finds none, the picture is searched whole, as
-  before, so a photograph of one mark filling the frame is still answered.
+  and searched on its own. The picture is searched whole too, as before: a photograph
+  of one mark filling the frame is best searched that way (trimming lifts the mark off
+  its surface, and the detector's box of it can be rough), and where the whole picture
+  is answered more surely than every mark found, it is the answer.
 
 Boxes are in the pixels of the image as sent, EXIF orientation applied (as a region).
 """
@@ -54,8 +56,8 @@ class Part:
     # The detector's certainty where it found this part; None for a clean image, a
     # caller's region or a photograph searched whole.
     detected: float | None = None
-    # False for a photograph searched whole because the detector found no mark in it:
-    # it answers the request, but is not a mark found.
+    # False for a photograph searched whole beside the marks the detector found in it:
+    # it answers the request where it is surer than they are (server.engine.answer).
     is_mark: bool = True
 
 
@@ -109,9 +111,7 @@ def locate(data: bytes, cfg: PreprocessConfig, region: Region | None = None,
         if crops:
             parts.append(Part(_box_in_file((x, y, x + w, y + h), decoded.scale),
                               tuple(crops), det.score))
-    if not parts:
-        parts = [Part(whole, (to_query(im, cfg, decoded.scale),), is_mark=False)]
-    return parts
+    return parts + [Part(whole, (to_query(im, cfg, decoded.scale),), is_mark=False)]
 
 
 def _inset(box: tuple[int, int, int, int], share: float) -> tuple[int, int, int, int]:
