@@ -266,10 +266,10 @@ class SearchEngine:
         """One answer for a picture from its parts' hits (as `search` gave them): each mark
         decided on its own, by its surest crop, most confident first; the answer's own
         fields are the first one's. A photograph is searched whole too (Part.is_mark
-        False): where that is surer than every mark found, it answers, and is listed
-        first as a mark with the whole picture as its box if it exists (the marks found
-        that say the same serial are then that one mark). `threshold`: the request's
-        (checked), None for the defaults."""
+        False): where that is surer than every mark found, it answers, and if it
+        exists it is listed first, with the box of the mark found whose top match it
+        shares (that mark, answered by the whole picture), else the whole picture's.
+        `threshold`: the request's (checked), None for the defaults."""
         decided = [(part, max((self.decide(hits, self.threshold_for(part, threshold), k,
                                            filters) for hits in crops),
                               key=lambda a: a.confidence))
@@ -282,8 +282,10 @@ class SearchEngine:
         if whole is not None and (not listed or whole[1].confidence > listed[0][1].confidence):
             top = whole[1]
             if top.exists:
-                listed = [whole] + [(p, a) for p, a in listed
-                                    if a.matched_serial != top.matched_serial]
+                # The mark found that the whole picture's answer is about keeps its box.
+                same = [p for p, a in listed if a.hits and a.hits[0].serial == top.hits[0].serial]
+                listed = [(same[0] if same else whole[0], top)] + [
+                    (p, a) for p, a in listed if p not in same]
         else:
             top = listed[0][1]
         marks = [MarkAnswer(p.box, a.exists, a.matched_serial, a.top_score, a.confidence,

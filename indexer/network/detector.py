@@ -2,7 +2,7 @@
 
 A photograph of a sign or a label holds one mark or several among other things; each is
 searched on its own. The detector is a CenterNet-style head (a heatmap of mark centres,
-each centre's box size and sub-cell offset) on the stride-16 map of the ImageNet
+each centre's box size) on the stride-16 map of the ImageNet
 EfficientNet-Lite0 stages the similarity network leaves untouched (the stem and blocks
 0-10), so it costs one backbone pass over the scene at DETECT_SIZE px (28 ms on two
 cores) and no second network. Trained on brand-free scenes only
@@ -10,7 +10,7 @@ cores) and no second network. Trained on brand-free scenes only
 photograph of the evaluation sets.
 
     scene (RGB) -> letterboxed DETECT_SIZE square -> blocks 0-10 (112 x S/16 x S/16)
-    -> head -> heatmap, size, offset -> peaks -> boxes in the scene's pixels
+    -> head -> heatmap, size -> peaks -> boxes in the scene's pixels
 """
 from __future__ import annotations
 
@@ -49,11 +49,11 @@ class DetectorError(RuntimeError):
 
 
 class DetectorHead(nn.Module):
-    """112-channel stride-16 features -> 4 maps: centre logit, log width, log height (in
-    cells), and no offset (boxes are centred on their cell's peak, refined by a 3x3
-    weighted mean of the heatmap)."""
+    """112-channel stride-16 features -> 3 maps: centre logit, log width and log height
+    (in cells). No offset map: a box is centred on the heat-weighted mean of the 3x3
+    cells around its peak."""
 
-    def __init__(self, in_ch: int = CHANNELS, width: int = 96):
+    def __init__(self, in_ch: int = CHANNELS, width: int = 64):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_ch, width, 3, padding=1), nn.ReLU(inplace=True),
@@ -100,7 +100,7 @@ def backbone_lite0() -> EfficientNetLite:
 
 def peaks(out: torch.Tensor, scale: float, image_size: tuple[int, int], min_score: float,
           max_marks: int) -> list[Detection]:
-    """One output (4, h, w) -> boxes at the heatmap's local maxima over `min_score`."""
+    """One output (3, h, w) -> boxes at the heatmap's local maxima over `min_score`."""
     heat = torch.sigmoid(out[0])
     local = F.max_pool2d(heat[None, None], 3, stride=1, padding=1)[0, 0]
     ys, xs = torch.nonzero((heat == local) & (heat >= min_score), as_tuple=True)
@@ -166,7 +166,7 @@ def _load(path: Path) -> Detector:
         raise DetectorError(f"no detector weights at {path}: train them with "
                             "`python -m indexer.network.train_detector` (docs/scenes.md)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    head = DetectorHead(width=int(state["meta"].get("width", 96)))
+    head = DetectorHead(width=int(state["meta"]["width"]))
     head.load_state_dict(state["head"])
     return Detector(head, backbone_lite0(), state["meta"], sha256=file_sha256(path))
 

@@ -2,8 +2,11 @@
 
     python scripts/render_training_marks.py --svg package/svg --meta package/meta.json \
         --out data/detector-marks --count 1500 --wordmarks 700 --seed 7
+    npm pack @mdi/svg@7.4.47 && tar xzf mdi-svg-7.4.47.tgz      # for the first line
     python -m indexer.network.train_detector --marks data/detector-marks \
-        --scenes 6000 --out indexer/network/weights/detector.pt
+        --out indexer/network/weights/detector.pt \
+        --strangers-out indexer/network/weights/scene_strangers
+    python -m indexer.scene_calibration   # the scene calibration's negatives, anew
 
 Scenes are made by indexer.network.scenes (drawn surfaces, no photograph); the frozen
 backbone's map of each (blocks 0-10, see indexer.network.detector) is computed once and
@@ -141,8 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--marks", type=Path, required=True, help="folder of brand-free marks (PNG)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--scenes", type=int, default=6000)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--width", type=int, default=96)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--width", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strangers-out", type=Path,

@@ -54,10 +54,12 @@ def box(m: pb.MarkAnswer) -> tuple[int, int, int, int]:
 
 def test_two_registered_marks_in_photographs_are_each_answered_with_their_box(stub, registered):
     """Photographs made by the scene generator (the detector never saw these marks, nor
-    these pictures), two registered marks each: both found, each in its own answer,
-    against the generator's own boxes."""
+    these pictures), two registered marks each: each mark gets an answer of its own,
+    where the generator put it, with that mark first among its matches; a mark said to
+    exist is said to be the right one. (How many are confirmed over the threshold is
+    `make eval`'s figure: docs/scenes.md.)"""
     rng = random.Random(11)
-    found = located = total = 0
+    answered = total = 0
     for _ in range(6):
         serials = rng.sample(registered, 2)
         scene = compose(rng, [mark(s) for s in serials])
@@ -65,17 +67,19 @@ def test_two_registered_marks_in_photographs_are_each_answered_with_their_box(st
         assert list(resp.marks) == sorted(resp.marks, key=lambda m: -m.confidence)
         for serial, true in zip(serials, scene.boxes):
             total += 1
-            mine = [m for m in resp.marks if m.exists and m.matched_serial == serial]
-            found += bool(mine)
-            located += any(iou(box(m), true) >= 0.5 for m in mine)
+            answered += any(iou(box(m), true) >= 0.5 and m.matches[0].serial == serial
+                            for m in resp.marks)
+        for m in resp.marks:
+            if m.exists:
+                assert any(m.matched_serial == s and iou(box(m), b) >= 0.5
+                           for s, b in zip(serials, scene.boxes))
         if resp.marks:  # the answer's own fields are the surest mark's
             top = resp.marks[0]
             assert (resp.exists, resp.matched_serial, resp.confidence) == (
                 top.exists, top.matched_serial, top.confidence)
             assert [m.serial for m in resp.matches] == [m.serial for m in top.matches]
     assert total == 12
-    assert found >= 9, f"{found} of {total} registered marks found"
-    assert located == found  # every one found where it is
+    assert answered >= 8, f"{answered} of {total} registered marks answered in their place"
 
 
 def test_a_strangers_mark_in_a_photograph_does_not_exist(stub):
@@ -109,13 +113,17 @@ def test_a_photograph_with_no_mark_says_so_and_is_searched_whole(stub):
 
 
 def test_a_huge_photograph_is_answered_in_its_own_pixels(stub, registered):
+    """The same photograph at 8 times the size (5-6 k px a side): the same mark, its box
+    8 times as large, in the big picture's pixels."""
     rng = random.Random(2)
     scene = compose(rng, [mark(registered[3])])
-    big = scene.image.resize((scene.image.width * 8, scene.image.height * 8))
-    resp = search(stub, jpeg(big, 80))
-    assert resp.marks, "the mark was not found"
-    x, y, w, h = scene.boxes[0]
-    assert iou(box(resp.marks[0]), (8 * x, 8 * y, 8 * w, 8 * h)) >= 0.5
+    small = search(stub, jpeg(scene.image))
+    big = search(stub, jpeg(scene.image.resize((scene.image.width * 8,
+                                                scene.image.height * 8)), 80))
+    assert small.marks and big.marks, "the mark was not found"
+    assert big.matched_serial == small.matched_serial == registered[3]
+    x, y, w, h = box(small.marks[0])
+    assert iou(box(big.marks[0]), (8 * x, 8 * y, 8 * w, 8 * h)) >= 0.7
 
 
 def test_a_region_with_nothing_in_it_is_invalid_argument(stub, registered):
