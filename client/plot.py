@@ -5,7 +5,6 @@ Drawn with Pillow alone so the client stays light (no matplotlib).
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps

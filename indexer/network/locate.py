@@ -16,17 +16,12 @@ Boxes are in the pixels of the image as sent, EXIF orientation applied (as a reg
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-
-from PIL import Image
 
 from indexer.network.detector import Detector
 from indexer.network.preprocess import (
-    BlankImageError, PreprocessConfig, Prepared, Region, _decode, _first_box, _probe,
-    crop_region, open_image, open_scaled, to_query)
-
-log = logging.getLogger(__name__)
+    BlankImageError, PreprocessConfig, Prepared, Region, crop_region, has_textured_border,
+    open_at_least, open_image, open_scaled, to_query)
 
 # A photograph is decoded with at least this many pixels on its longer side (libjpeg
 # reduces a larger JPEG while decoding): a mark a tenth of a 12 Mpx photo still gets
@@ -61,20 +56,6 @@ class Part:
     is_mark: bool = True
 
 
-def is_photograph(im: Image.Image) -> bool:
-    """Whether the picture's border is a texture rather than one colour (see
-    preprocess.trim_background): a photograph of a mark somewhere, not a mark's file."""
-    small, _ = _probe(im, 128)
-    _, textured = _first_box(small, 32)
-    return textured
-
-
-def open_scaled_at(data: bytes, cfg: PreprocessConfig, side: int):
-    """open_scaled with the image's longer side kept at `side` px or more."""
-    return _decode(data, cfg.max_pixels,
-                   lambda size: next((d for d in (8, 4, 2) if max(size) / d >= side), 1))
-
-
 def _box_in_file(box: tuple[int, int, int, int], scale: float) -> Region:
     x0, y0, x1, y1 = box
     return (round(x0 / scale), round(y0 / scale), round((x1 - x0) / scale),
@@ -91,10 +72,10 @@ def locate(data: bytes, cfg: PreprocessConfig, region: Region | None = None,
     decoded = open_scaled(data, cfg)
     im = decoded.image
     whole = (0, 0, round(im.width / decoded.scale), round(im.height / decoded.scale))
-    if detector is None or not is_photograph(im):
+    if detector is None or not has_textured_border(im):
         return [Part(whole, (to_query(im, cfg, decoded.scale),))]
     if decoded.scale < 1.0:  # reduced for the whole picture's mark: too far for a part
-        decoded = open_scaled_at(data, cfg, SCENE_SIDE)
+        decoded = open_at_least(data, cfg, SCENE_SIDE)
         im = decoded.image
     parts = []
     for det in detector.detect([im])[0]:

@@ -153,6 +153,21 @@ def _decode(data: bytes, max_pixels: int,
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {e}") from e
 
 
+def open_at_least(data: bytes, cfg: PreprocessConfig, side: int) -> Decoded:
+    """`open_image`, a JPEG reduced while decoding only as far as its longer side keeps
+    `side` px (a photograph whose marks are parts of it, not the whole)."""
+    return _decode(data, cfg.max_pixels,
+                   lambda size: next((d for d in (8, 4, 2) if max(size) / d >= side), 1))
+
+
+def has_textured_border(im: Image.Image, tol: int = 32, probe: int = 128) -> bool:
+    """Whether the picture's border is a texture rather than one colour, as
+    trim_background tells them apart: a photograph with a mark somewhere in it, not a
+    mark's file."""
+    small, _ = _probe(im, probe)
+    return _first_box(small, tol)[1]
+
+
 def _draft_divisor(data: bytes, size: tuple[int, int], least: float, trim: bool) -> int:
     """8, 4, 2 or 1: how far a JPEG of `size` may be reduced while decoding, its mark
     keeping `least` pixels on its longer side. When trimming, the mark is measured on a

@@ -10,9 +10,10 @@ from PIL import Image, ImageDraw
 
 from bench.eval import iou
 from indexer.network import detector as det
-from indexer.network.locate import is_photograph, locate
+from indexer.network.locate import locate
+from indexer.network.preprocess import has_textured_border
 from indexer.network.preprocess import PreprocessConfig
-from indexer.network.scenes import compose, cut_out, make_scene
+from indexer.network.scenes import cut_out, make_scene
 from indexer.scene_calibration import strangers
 from tests.conftest import SAMPLES
 
@@ -70,10 +71,10 @@ def test_the_detector_finds_marks_it_never_saw_in_scenes_it_never_saw(detector):
 def test_a_clean_mark_is_not_a_photograph_and_a_photograph_is(detector):
     cfg = PreprocessConfig()
     clean = (SAMPLES / "registry" / "86000000.png").read_bytes()
-    assert not is_photograph(Image.open(SAMPLES / "registry" / "86000000.png").convert("RGB"))
+    assert not has_textured_border(Image.open(SAMPLES / "registry" / "86000000.png").convert("RGB"))
     (part,) = locate(clean, cfg, None, detector)
     assert part.detected is None and part.is_mark and len(part.crops) == 1
-    assert is_photograph(make_scene(random.Random(1), [], 0).image)  # a made-up surface
+    assert has_textured_border(make_scene(random.Random(1), [], 0).image)  # a made-up surface
 
 
 @pytest.mark.parametrize("size", [(5, 900), (900, 5), (40, 40)])
