@@ -31,6 +31,7 @@ import numpy as np
 from bench import baselines
 from bench.load import latency_ms
 from bench.procs import run_build, start_server, stop_server
+from indexer.network.detector import iou
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,6 @@ def scene_family(q: dict) -> str:
 
 def _boxes(text: str) -> list[tuple[int, ...]]:
     return [tuple(int(v) for v in b.split(",")) for b in text.split(";") if b]
-
-
-def iou(a, b) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / max(1e-9, a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def score_marks(queries: dict[str, dict], results: list[dict]) -> dict:

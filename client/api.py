@@ -43,6 +43,12 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
     }
 
 
+def found_marks(result: dict) -> list[dict]:
+    """The marks of a response dict that the detector found in a photograph (a clean
+    image or a region is one mark: the answer itself)."""
+    return [m for m in result.get("marks", []) if m.get("detection_score") is not None]
+
+
 def _matches(matches) -> list[dict]:
     return [{"serial": m.serial, "score": round(m.score, 6), "name": m.name,
              "same_mark": m.same_mark, "metadata": _metadata(m.metadata)} for m in matches]

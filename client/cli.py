@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from client.api import (SearchClient, info_to_dict, parse_filters, parse_region,
+from client.api import (SearchClient, found_marks, info_to_dict, parse_filters, parse_region,
                         response_to_dict, search_request)
 from client.channel import DEFAULT_PORT, AddressError
 from indexer.sources import ManifestError, iter_image_files, read_csv_rows
@@ -138,7 +138,7 @@ def _print_answer(result: dict) -> None:
     _print_matches(result["matches"])
     # Marks the detector found in a photograph, each with its own answer (a clean image
     # or a region is one mark: the answer above).
-    found = [m for m in result.get("marks", []) if m.get("detection_score") is not None]
+    found = found_marks(result)
     if found or result.get("marks") == []:
         print(f"{len(found)} mark{'s' if len(found) != 1 else ''} found in the picture"
               + (":" if found else " (the whole picture was searched)"))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from client.api import found_marks
+
 TILE = 160
 CAPTION = 44
 PAD = 12
@@ -34,12 +36,6 @@ def _tile(data: bytes | None, size: int) -> Image.Image:
         except OSError:
             pass
     return canvas
-
-
-def found_marks(result: dict) -> list[dict]:
-    """The marks the detector found in a photograph (a clean image or a region is one
-    mark: the answer itself)."""
-    return [m for m in result.get("marks", []) if m.get("detection_score") is not None]
 
 
 def wanted_serials(result: dict) -> list[str]:

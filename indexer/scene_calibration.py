@@ -172,10 +172,9 @@ def _surest(conf: np.ndarray, picture: np.ndarray, part: np.ndarray, top: np.nda
     return out
 
 
-def _decide(index: faiss.Index, rule: decision.Rule, vecs: np.ndarray, mark_px,
-            reranker: lowres.Reranker | None) -> tuple[np.ndarray, np.ndarray]:
-    scores, ids = lowres.search(index.search, np.ascontiguousarray(vecs, dtype=np.float32),
-                                mark_px, rule.depth(), reranker)
+def _decide(index: faiss.Index, rule: decision.Rule, scores: np.ndarray, ids: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Each search's decision score and top id."""
     conf = rule.scores(scores, vectors.similarity_to_top(index, ids)
                        if rule.needs_vectors else None)
     return conf, ids[:, 0]
@@ -199,7 +198,9 @@ def calibrate_scenes(index: faiss.Index, encoder: Encoder, rule: decision.Rule,
         return None
     neg = np.full(bg.pictures, -1.0, np.float32)  # no mark found: nothing to say yes to
     if len(bg.descriptors):
-        conf, top = _decide(index, rule, encoder.project(bg.descriptors), bg.mark_px, reranker)
+        vecs = np.ascontiguousarray(encoder.project(bg.descriptors), dtype=np.float32)
+        conf, top = _decide(index, rule, *lowres.search(index.search, vecs, bg.mark_px,
+                                                        rule.depth(), reranker))
         for n, found in enumerate(_surest(conf, bg.picture, bg.part, top, bg.pictures)):
             if found:
                 neg[n] = max(c for c, _ in found)
@@ -212,12 +213,10 @@ def calibrate_scenes(index: faiss.Index, encoder: Encoder, rule: decision.Rule,
                                            for _, im in picked])
         right = np.zeros(len(picked), bool)
         if crops:
-            scores, ids = search(index, encoder, [c for _, _, c in crops], rule.depth(),
-                                 reranker)
-            conf = rule.scores(scores, vectors.similarity_to_top(index, ids)
-                               if rule.needs_vectors else None)
+            conf, top = _decide(index, rule, *search(index, encoder, [c for _, _, c in crops],
+                                                     rule.depth(), reranker))
             found = _surest(conf, np.array([n for n, _, _ in crops]),
-                            np.array([j for _, j, _ in crops]), ids[:, 0], len(picked))
+                            np.array([j for _, j, _ in crops]), top, len(picked))
             for n, ((mid, _), marks_found) in enumerate(zip(picked, found)):
                 right[n] = any(c >= threshold and _same_mark(index, rule, t, mid)
                                for c, t in marks_found)

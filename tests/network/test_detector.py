@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from bench.eval import iou
 from indexer.network import detector as det
+from indexer.network.detector import iou
 from indexer.network.locate import locate
 from indexer.network.preprocess import has_textured_border
 from indexer.network.preprocess import PreprocessConfig

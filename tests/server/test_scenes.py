@@ -13,7 +13,7 @@ import grpc
 import pytest
 from PIL import Image
 
-from bench.eval import iou
+from indexer.network.detector import iou
 from indexer.scene_calibration import strangers
 from indexer.network.scenes import compose
 from proto import trademark_search_pb2 as pb
