@@ -39,6 +39,10 @@ def response_to_dict(resp: pb.SearchResponse) -> dict:
         "filtered": resp.filtered,
         "candidates": resp.candidates if resp.filtered else None,
         "marks": [_mark(m) for m in resp.marks],
+        "words": resp.words,
+        "words_score": round(resp.words_score, 6),
+        "matched_by": resp.matched_by or None,
+        "words_threshold": round(resp.words_threshold, 6) or None,
         "error": error,
     }
 
@@ -51,7 +55,8 @@ def found_marks(result: dict) -> list[dict]:
 
 def _matches(matches) -> list[dict]:
     return [{"serial": m.serial, "score": round(m.score, 6), "name": m.name,
-             "same_mark": m.same_mark, "metadata": _metadata(m.metadata)} for m in matches]
+             "same_mark": m.same_mark, "metadata": _metadata(m.metadata), "text": m.text,
+             "text_score": round(m.text_score, 6)} for m in matches]
 
 
 def _mark(m: pb.MarkAnswer) -> dict:
@@ -65,6 +70,9 @@ def _mark(m: pb.MarkAnswer) -> dict:
         "detection_score": round(m.detection_score, 6) if m.HasField("detection_score")
         else None,
         "matches": _matches(m.matches),
+        "words": m.words,
+        "words_score": round(m.words_score, 6),
+        "matched_by": m.matched_by or None,
     }
 
 
@@ -107,8 +115,11 @@ def parse_filters(texts: Sequence[str]) -> dict[str, list[str]]:
 
 def search_request(image: bytes, k: int = 10, threshold: float | None = None,
                    request_id: str = "", region: Sequence[int] | None = None,
-                   filters: Mapping[str, Sequence[str]] | None = None) -> pb.SearchRequest:
-    req = pb.SearchRequest(request_id=request_id, image=image, k=k)
+                   filters: Mapping[str, Sequence[str]] | None = None, text: str = "",
+                   read_words: bool = False) -> pb.SearchRequest:
+    """`image` b"" with `text`: a search by words alone."""
+    req = pb.SearchRequest(request_id=request_id, image=image, k=k, text=text,
+                           read_words=read_words)
     if threshold is not None:
         req.threshold = threshold
     if region is not None:
@@ -146,8 +157,10 @@ class SearchClient:
 
     def search(self, image: bytes, k: int = 10, threshold: float | None = None,
                request_id: str = "", region: Sequence[int] | None = None,
-               filters: Mapping[str, Sequence[str]] | None = None) -> pb.SearchResponse:
-        req = search_request(image, k, threshold, request_id, region, filters)
+               filters: Mapping[str, Sequence[str]] | None = None, text: str = "",
+               read_words: bool = False) -> pb.SearchResponse:
+        req = search_request(image, k, threshold, request_id, region, filters, text,
+                             read_words)
         return self.stub.Search(req, timeout=self.timeout, metadata=self.metadata)
 
     def search_stream(self, requests: Iterable[pb.SearchRequest],

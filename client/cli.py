@@ -67,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="search one image")
     _connection_args(s)
-    s.add_argument("--input-img", required=True, type=Path, help="image file to look up")
+    s.add_argument("--input-img", type=Path, help="image file to look up")
+    s.add_argument("--text", default="", metavar="WORDS",
+                   help="the mark's words: searched alone (without --input-img), or instead "
+                        "of the words read in the image")
+    s.add_argument("--read-words", action="store_true",
+                   help="read the image's words even where its picture's answer is sure")
     s.add_argument("--retrievals-num", type=int, default=10, help="similar marks to list (k)")
     s.add_argument("--threshold", type=float, default=None,
                    help="existence threshold for this query (default: the server's)")
@@ -114,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError as e:
             p.error(str(e))
     if args.command == "search":
+        if args.input_img is None and not args.text.strip():
+            p.error("give --input-img IMAGE, --text WORDS, or both")
+        if args.input_img is None and (args.plot or getattr(args, "region", None)):
+            p.error("--plot and --region need --input-img")
+        if args.input_img is None:
+            return args
         if args.plot and args.plot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
             p.error(f"--plot {args.plot}: give the picture's file name with .png or .jpg")
         # Path() folds "https://" to "https:/": any scheme before ":/" is a URL.
@@ -135,6 +146,10 @@ def _print_answer(result: dict) -> None:
           f"(threshold {result['threshold']:.4f})")
     if result.get("filtered"):
         print(f"among the {result['candidates']} registered marks that pass the filters")
+    if result.get("words"):
+        how = {"words": " (exists by its words)", "picture": ""}.get(result.get("matched_by"), "")
+        print(f"words {result['words']!r}: best match {result['words_score']:.2f} "
+              f"(threshold {result['words_threshold'] or 0:.2f}){how}")
     _print_matches(result["matches"])
     # Marks the detector found in a photograph, each with its own answer (a clean image
     # or a region is one mark: the answer above).
@@ -156,14 +171,18 @@ def _print_matches(matches: list[dict], indent: str = "") -> None:
         # the manifest's other columns; its name is printed already
         extra = {k: v for k, v in (m.get("metadata") or {}).items() if k != "name"}
         meta = "  " + json.dumps(extra, ensure_ascii=False) if extra else ""
-        print(f"{indent}{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}{meta}")
+        words = f"  words {m['text']!r} {m['text_score']:.2f}" \
+            if m.get("text") and m.get("text_score") else ""
+        print(f"{indent}{rank:>4}. {m['serial']}  {m['score']:.4f}  {m['name']}{same}{words}"
+              f"{meta}")
 
 
 def cmd_search(args, client: SearchClient) -> int:
-    image = args.input_img.read_bytes()
-    resp = client.search(image, args.retrievals_num, args.threshold, str(args.input_img),
-                         args.region, args.filters)
-    result = {"file": str(args.input_img)} | response_to_dict(resp)
+    image = args.input_img.read_bytes() if args.input_img else b""
+    resp = client.search(image, args.retrievals_num, args.threshold,
+                         str(args.input_img or ""), args.region, args.filters, args.text,
+                         args.read_words)
+    result = {"file": str(args.input_img) if args.input_img else None} | response_to_dict(resp)
     if args.json:
         print(json.dumps(result))
     else:

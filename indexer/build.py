@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer import calibrate, decision, scene_calibration, variants
+from indexer import calibrate, decision, scene_calibration, variants, word_calibration, words
 from indexer.index import lowres, store, vectors
 from indexer.index.catalog import Catalog, Mark
 from indexer.index.reader import OpenIndex, encoder_for, open_index
@@ -72,6 +72,9 @@ class BuildOptions:
     # More vectors per mark, of small copies of it, for small queries (indexer.index.lowres);
     # None: none. `add` uses what the index records.
     lowres: lowres.LowResConfig | None = field(default_factory=lowres.LowResConfig)
+    # Read the words of marks whose manifest gives none (indexer.words); False: only the
+    # manifest's `text` is kept.
+    read_words: bool = True
     # Prepare and encode on a Ray cluster (indexer.ray_pipeline.RayOptions); None: here.
     ray: "RayOptions | None" = None
 
@@ -137,14 +140,20 @@ class Prepared:
     small: np.ndarray | None  # (sizes, views, S, S, 3) uint8 small copies, where kept
     sha256: str
     thumbnail: bytes  # PNG, at most THUMBNAIL_SIZE a side
+    text: str = ""  # the words read in the mark, where asked for
 
 
-def prepare(data: bytes, preprocess: PreprocessConfig, opts: BuildOptions) -> Prepared:
+def prepare(data: bytes, preprocess: PreprocessConfig, opts: BuildOptions,
+            read_words: bool = False) -> Prepared:
     """The mark's prepared array with its registry variants, its small copies (where the
-    index keeps them) and its thumbnail: everything but the encoder's work, run in the
-    decoding threads (or a Ray task: indexer.ray_pipeline). ImageDecodeError if unreadable."""
+    index keeps them), its thumbnail and, with `read_words`, the words read in it:
+    everything but the encoder's work, run in the decoding threads (or a Ray task:
+    indexer.ray_pipeline). ImageDecodeError if unreadable."""
     im = open_scaled(data, preprocess).image
     mark_im = mark_of(im, preprocess)
+    # Read in the picture as decoded (not the network's letterboxed copy): the words
+    # keep their pixels.
+    text = words.reader().read(mark_im) if read_words else ""
     array = variants.expand(views_of(mark_im, preprocess), opts.registry_variants)
     small = lowres.small_copies(mark_im, preprocess, opts.lowres.copy_px) \
         if opts.lowres else None
@@ -153,22 +162,32 @@ def prepare(data: bytes, preprocess: PreprocessConfig, opts: BuildOptions) -> Pr
     # zlib's default level: optimize=True (level 9) took 3x as long for 4% fewer bytes,
     # a sixth of preparing a mark once the encoder ran on OpenVINO.
     im.save(buf, "PNG")
-    return Prepared(array, small, hashlib.sha256(data).hexdigest(), buf.getvalue())
+    return Prepared(array, small, hashlib.sha256(data).hexdigest(), buf.getvalue(), text)
 
 
-def catalog_row(item: ImageItem, sha256: str, thumbnail: bytes) -> Mark:
-    return Mark(item.serial, item.name, str(item.path), sha256, thumbnail, item.metadata)
+def reads_words(item: ImageItem, opts: BuildOptions) -> bool:
+    """Whether the build reads this mark's words: the manifest's, where given, are kept."""
+    return opts.read_words and item.text is None
+
+
+def catalog_row(item: ImageItem, prepared: Prepared) -> Mark:
+    return Mark(item.serial, item.name, str(item.path), prepared.sha256, prepared.thumbnail,
+                item.metadata, item.text if item.text is not None else prepared.text)
 
 
 def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
               ) -> tuple[np.ndarray, np.ndarray | None, Mark]:
-    prepared = prepare(item.path.read_bytes(), encoder.preprocess, opts)
-    return prepared.array, prepared.small, catalog_row(item, prepared.sha256, prepared.thumbnail)
+    prepared = prepare(item.path.read_bytes(), encoder.preprocess, opts, reads_words(item, opts))
+    return prepared.array, prepared.small, catalog_row(item, prepared)
 
 
 def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
     """Backbone descriptors of every readable item; the rest are listed as skipped. With
     `opts.ray`, on a Ray cluster (indexer.ray_pipeline), else in this process."""
+    if opts.read_words and any(i.text is None for i in items) and not words.can_read():
+        log.warning("the words of marks are not read (no OCR here: pip install "
+                    "rapidocr-onnxruntime==1.4.4); only a manifest's `text` is kept")
+        opts = replace(opts, read_words=False)
     if opts.ray is not None:
         from indexer import ray_pipeline  # Ray is an optional extra
         return ray_pipeline.encode_items(items, encoder, opts)
@@ -293,6 +312,21 @@ def _set_thresholds(manifest: store.Manifest, cal: calibrate.Calibration,
     manifest.scene_calibration = scenes.to_dict() if scenes else {}
 
 
+def _set_words_threshold(manifest: store.Manifest, catalog_file: Path,
+                         target_fpr: float | None = None) -> None:
+    """The words' threshold of the catalog at `catalog_file` (None where no mark has words):
+    cheap (a second for 2,000 made-up words), so set anew whenever the marks change."""
+    target = target_fpr or manifest.words_calibration.get("target_fpr") or \
+        manifest.calibration.get("target_fpr", 0.01)
+    catalog = Catalog(catalog_file)
+    try:
+        cal = word_calibration.calibrate_words(catalog, target)
+    finally:
+        catalog.close()
+    manifest.words_threshold = cal.threshold if cal else None
+    manifest.words_calibration = cal.to_dict() if cal else {}
+
+
 def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
                 ) -> calibrate.Calibration:
     """A new version whose manifest carries a freshly estimated threshold."""
@@ -316,6 +350,7 @@ def recalibrate(index_dir: str | Path, encoder: Encoder, opts: BuildOptions
         writer.copy_from_base(store.INDEX_FILE, store.CATALOG_FILE, store.PROJECTION_FILE,
                               *lowres.files(manifest.lowres))
         _set_thresholds(manifest, cal, scenes)
+        _set_words_threshold(manifest, writer.path / store.CATALOG_FILE, opts.target_fpr)
         writer.commit(manifest)
     return cal
 
@@ -376,6 +411,7 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             registry_variants=list(opts.registry_variants),
             lowres=opts.lowres.to_dict() if opts.lowres else {})
         _set_thresholds(manifest, cal, scenes)
+        _set_words_threshold(manifest, writer.path / store.CATALOG_FILE, opts.target_fpr)
         result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),
                              time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
@@ -418,6 +454,7 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
         if reranker is not None:
             _add_small_copies(writer.path, reranker.config, reranker.indexes, ids, small_vecs)
         manifest.count = int(index.ntotal)
+        _set_words_threshold(manifest, writer.path / store.CATALOG_FILE)
         result = BuildResult(str(index_dir), "", len(ids), replaced, enc.skipped,
                              manifest.count, time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
@@ -474,5 +511,6 @@ def remove(serials: list[str], index_dir: str | Path) -> RemoveResult:
             vectors.remove(small, list(found.values()))
             vectors.save(small, writer.path / name)
         manifest.count = int(index.ntotal)
+        _set_words_threshold(manifest, writer.path / store.CATALOG_FILE)
         version = writer.commit(manifest)
     return RemoveResult(version, list(found), not_found, manifest.count)

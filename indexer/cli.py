@@ -22,8 +22,12 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("images")
     g.add_argument("--images", required=True, type=Path,
                    help="folder of marks (searched recursively: jpg png gif bmp tiff webp)")
-    g.add_argument("--manifest", type=Path, help="CSV with columns serial,file[,name,...]; "
-                   "file is relative to --images. Without it the serial is the file's stem")
+    g.add_argument("--manifest", type=Path, help="CSV with columns serial,file[,name,text,...]; "
+                   "file is relative to --images; text is the mark's words as filed. Without "
+                   "it the serial is the file's stem")
+    g.add_argument("--no-read-words", dest="read_words", action="store_false",
+                   help="do not read the words of marks whose manifest gives none (OCR: "
+                        "~20 ms a mark); such marks are then found by their picture alone")
     g = parser.add_argument_group("pipeline")
     g.add_argument("--batch-size", type=int, default=None,
                    help=f"images per encoder batch (default: {CPU_BATCH} on CPU, "

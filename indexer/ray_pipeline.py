@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
-from indexer.build import (BuildError, BuildOptions, Encoded, Skipped, catalog_row, encode_batch,
-                           prepare)
+from indexer.build import (BuildError, BuildOptions, Encoded, Prepared, Skipped, catalog_row,
+                           encode_batch, prepare, reads_words)
 from indexer.network.encoder import Encoder, EncoderError, load_encoder
 from indexer.network.options import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH
 from indexer.network.preprocess import ImageDecodeError, PreprocessConfig
@@ -143,7 +143,8 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
-    rows = [{"i": i, "path": str(item.path)} for i, item in enumerate(items)]
+    rows = [{"i": i, "path": str(item.path), "read": reads_words(item, opts)}
+            for i, item in enumerate(items)]
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(_prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy",
                         fn_kwargs={"preprocess": encoder.preprocess, "opts": _portable(opts)},
@@ -195,7 +196,8 @@ def _assemble(items: list[ImageItem], results: dict[int, dict]) -> Encoded:
             out.skipped.append(Skipped(str(item.path), str(r["error"])))
             log.warning("skipped %s: %s", item.path, r["error"])
             continue
-        out.marks.append(catalog_row(item, str(r["sha256"]), bytes(r["thumbnail"])))
+        out.marks.append(catalog_row(item, Prepared(None, None, str(r["sha256"]),
+                                                    bytes(r["thumbnail"]), str(r["text"]))))
         out.descriptors.append(np.asarray(r["descriptor"], np.float32)[None])
         if "small" in r:
             out.small_copies.append(np.asarray(r["small"], np.float32)[None])
@@ -212,20 +214,20 @@ def _prepare_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
     view = (len(preprocess.views), size, size, 3)
     arrays = np.zeros((n, 1 + len(opts.registry_variants), *view), np.uint8)
     smalls = np.zeros((n, len(opts.lowres.copy_px) if opts.lowres else 0, *view), np.uint8)
-    errors, hashes, thumbs = [""] * n, [""] * n, np.empty(n, object)
-    for j, path in enumerate(batch["path"]):
+    errors, hashes, texts, thumbs = [""] * n, [""] * n, [""] * n, np.empty(n, object)
+    for j, (path, read) in enumerate(zip(batch["path"], batch["read"])):
         try:
             with open(path, "rb") as f:
-                p = prepare(f.read(), preprocess, opts)
+                p = prepare(f.read(), preprocess, opts, bool(read))
         except (ImageDecodeError, OSError) as e:
             # Never empty: an empty `error` means the mark was read.
             errors[j], thumbs[j] = str(e) or type(e).__name__, b""
             continue
-        arrays[j], hashes[j], thumbs[j] = p.array, p.sha256, p.thumbnail
+        arrays[j], hashes[j], thumbs[j], texts[j] = p.array, p.sha256, p.thumbnail, p.text
         if p.small is not None:
             smalls[j] = p.small
     return {"i": batch["i"], "array": arrays, "small": smalls, "error": np.array(errors),
-            "sha256": np.array(hashes), "thumbnail": thumbs}
+            "sha256": np.array(hashes), "thumbnail": thumbs, "text": np.array(texts)}
 
 
 class _EncodeActor:
@@ -259,7 +261,7 @@ class _EncodeActor:
             if small is not None:
                 small[rows] = s
         out = {"i": batch["i"], "error": batch["error"], "sha256": batch["sha256"],
-               "thumbnail": batch["thumbnail"], "descriptor": desc}
+               "thumbnail": batch["thumbnail"], "text": batch["text"], "descriptor": desc}
         if small is not None:
             out["small"] = small
         return out

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from indexer import words
+
 T = TypeVar("T")
 
 IMAGE_EXTENSIONS = frozenset(
@@ -27,6 +29,8 @@ class ImageItem:
     path: Path
     name: str = ""
     metadata: dict = field(default_factory=dict, hash=False, compare=False)
+    # The verbal element as filed (the manifest's `text`); None: read from the image.
+    text: str | None = None
 
 
 def iter_image_files(root: str | Path) -> list[Path]:
@@ -48,7 +52,8 @@ def scan_folder(root: str | Path) -> list[ImageItem]:
 def read_manifest(csv_path: str | Path, images_root: str | Path) -> list[ImageItem]:
     """Rows `serial,file[,name,...]`; `file` relative to `images_root`, which it must stay in.
 
-    Extra columns are kept as metadata; `name` is also shown in search results.
+    Extra columns are kept as metadata; `name` is also shown in search results, and `text`
+    is the mark's verbal element as filed (an empty cell: read from the image).
     """
     csv_path, root = Path(csv_path), Path(images_root).resolve()
     rows = read_csv_rows(csv_path, required=("serial", "file"))
@@ -60,8 +65,12 @@ def read_manifest(csv_path: str | Path, images_root: str | Path) -> list[ImageIt
         path = (root / file).resolve()
         if not path.is_relative_to(root):
             raise ManifestError(f"{csv_path}:{line}: {file!r} points outside {root}")
-        meta = {k: v for k, v in row.items() if k not in ("serial", "file") and k}
-        items.append(ImageItem(serial, path, meta.get("name", ""), meta))
+        meta = {k: v for k, v in row.items() if k not in ("serial", "file", "text") and k}
+        try:
+            text = words.check_text(row.get("text") or "") or None
+        except words.WordsError as e:
+            raise ManifestError(f"{csv_path}:{line}: {e}") from None
+        items.append(ImageItem(serial, path, meta.get("name", ""), meta, text))
     _check_unique(items, "serial")
     return items
 

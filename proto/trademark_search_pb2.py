@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/trademark_search.proto\x12\x0ctrademark.v1\"\xcb\x01\n\rSearchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12)\n\x06region\x18\x05 \x01(\x0b\x32\x14.trademark.v1.RegionH\x02\x88\x01\x01\x12%\n\x07\x66ilters\x18\x06 \x03(\x0b\x32\x14.trademark.v1.FilterB\x04\n\x02_kB\x0c\n\n_thresholdB\t\n\x07_region\"=\n\x06Region\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"(\n\x06\x46ilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"g\n\x05Match\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tsame_mark\x18\x05 \x01(\x08\x12\x10\n\x08metadata\x18\x06 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd6\x01\n\nMarkAnswer\x12!\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x14.trademark.v1.Region\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x16\n\x0ematched_serial\x18\x03 \x01(\t\x12\x11\n\ttop_score\x18\x04 \x01(\x02\x12\x12\n\nconfidence\x18\x05 \x01(\x02\x12$\n\x07matches\x18\x06 \x03(\x0b\x32\x13.trademark.v1.Match\x12\x1c\n\x0f\x64\x65tection_score\x18\x07 \x01(\x02H\x00\x88\x01\x01\x42\x12\n\x10_detection_score\"\x9f\x02\n\x0eSearchResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x16\n\x0ematched_serial\x18\x03 \x01(\t\x12\x11\n\ttop_score\x18\x04 \x01(\x02\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12$\n\x07matches\x18\x06 \x03(\x0b\x32\x13.trademark.v1.Match\x12\"\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x13.trademark.v1.Error\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x12\x10\n\x08\x66iltered\x18\t \x01(\x08\x12\x12\n\ncandidates\x18\n \x01(\x03\x12\'\n\x05marks\x18\x0b \x03(\x0b\x32\x18.trademark.v1.MarkAnswer\"\x15\n\x13GetIndexInfoRequest\"\x89\x02\n\tIndexInfo\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\x11\n\tthreshold\x18\x06 \x01(\x02\x12\x15\n\rindex_version\x18\x07 \x01(\t\x12\x0f\n\x07\x63reated\x18\x08 \x01(\t\x12\r\n\x05max_k\x18\t \x01(\x05\x12\x18\n\x10threshold_method\x18\n \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x0b \x01(\t\x12\x19\n\x11\x66\x61mily_similarity\x18\x0c \x01(\x02\x12\x1a\n\x12\x66ilterable_columns\x18\r \x03(\t\"\'\n\x14GetThumbnailsRequest\x12\x0f\n\x07serials\x18\x01 \x03(\t\"8\n\tThumbnail\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\"D\n\x15GetThumbnailsResponse\x12+\n\nthumbnails\x18\x01 \x03(\x0b\x32\x17.trademark.v1.Thumbnail\"\x0f\n\rReloadRequest\"P\n\x0eReloadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x32\x90\x03\n\x0fTrademarkSearch\x12\x43\n\x06Search\x12\x1b.trademark.v1.SearchRequest\x1a\x1c.trademark.v1.SearchResponse\x12M\n\x0cSearchStream\x12\x1b.trademark.v1.SearchRequest\x1a\x1c.trademark.v1.SearchResponse(\x01\x30\x01\x12J\n\x0cGetIndexInfo\x12!.trademark.v1.GetIndexInfoRequest\x1a\x17.trademark.v1.IndexInfo\x12X\n\rGetThumbnails\x12\".trademark.v1.GetThumbnailsRequest\x1a#.trademark.v1.GetThumbnailsResponse\x12\x43\n\x06Reload\x12\x1b.trademark.v1.ReloadRequest\x1a\x1c.trademark.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/trademark_search.proto\x12\x0ctrademark.v1\"\xed\x01\n\rSearchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12)\n\x06region\x18\x05 \x01(\x0b\x32\x14.trademark.v1.RegionH\x02\x88\x01\x01\x12%\n\x07\x66ilters\x18\x06 \x03(\x0b\x32\x14.trademark.v1.Filter\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x12\n\nread_words\x18\x08 \x01(\x08\x42\x04\n\x02_kB\x0c\n\n_thresholdB\t\n\x07_region\"=\n\x06Region\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"(\n\x06\x46ilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\x89\x01\n\x05Match\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tsame_mark\x18\x05 \x01(\x08\x12\x10\n\x08metadata\x18\x06 \x01(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x12\n\ntext_score\x18\x08 \x01(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8e\x02\n\nMarkAnswer\x12!\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x14.trademark.v1.Region\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x16\n\x0ematched_serial\x18\x03 \x01(\t\x12\x11\n\ttop_score\x18\x04 \x01(\x02\x12\x12\n\nconfidence\x18\x05 \x01(\x02\x12$\n\x07matches\x18\x06 \x03(\x0b\x32\x13.trademark.v1.Match\x12\x1c\n\x0f\x64\x65tection_score\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05words\x18\x08 \x01(\t\x12\x13\n\x0bwords_score\x18\t \x01(\x02\x12\x12\n\nmatched_by\x18\n \x01(\tB\x12\n\x10_detection_score\"\xf0\x02\n\x0eSearchResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x16\n\x0ematched_serial\x18\x03 \x01(\t\x12\x11\n\ttop_score\x18\x04 \x01(\x02\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12$\n\x07matches\x18\x06 \x03(\x0b\x32\x13.trademark.v1.Match\x12\"\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x13.trademark.v1.Error\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x12\x10\n\x08\x66iltered\x18\t \x01(\x08\x12\x12\n\ncandidates\x18\n \x01(\x03\x12\'\n\x05marks\x18\x0b \x03(\x0b\x32\x18.trademark.v1.MarkAnswer\x12\r\n\x05words\x18\x0c \x01(\t\x12\x13\n\x0bwords_score\x18\r \x01(\x02\x12\x12\n\nmatched_by\x18\x0e \x01(\t\x12\x17\n\x0fwords_threshold\x18\x0f \x01(\x02\"\x15\n\x13GetIndexInfoRequest\"\xbc\x02\n\tIndexInfo\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\x11\n\tthreshold\x18\x06 \x01(\x02\x12\x15\n\rindex_version\x18\x07 \x01(\t\x12\x0f\n\x07\x63reated\x18\x08 \x01(\t\x12\r\n\x05max_k\x18\t \x01(\x05\x12\x18\n\x10threshold_method\x18\n \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x0b \x01(\t\x12\x19\n\x11\x66\x61mily_similarity\x18\x0c \x01(\x02\x12\x1a\n\x12\x66ilterable_columns\x18\r \x03(\t\x12\x17\n\x0fwords_threshold\x18\x0e \x01(\x02\x12\x18\n\x10marks_with_words\x18\x0f \x01(\x03\"\'\n\x14GetThumbnailsRequest\x12\x0f\n\x07serials\x18\x01 \x03(\t\"8\n\tThumbnail\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\"D\n\x15GetThumbnailsResponse\x12+\n\nthumbnails\x18\x01 \x03(\x0b\x32\x17.trademark.v1.Thumbnail\"\x0f\n\rReloadRequest\"P\n\x0eReloadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x32\x90\x03\n\x0fTrademarkSearch\x12\x43\n\x06Search\x12\x1b.trademark.v1.SearchRequest\x1a\x1c.trademark.v1.SearchResponse\x12M\n\x0cSearchStream\x12\x1b.trademark.v1.SearchRequest\x1a\x1c.trademark.v1.SearchResponse(\x01\x30\x01\x12J\n\x0cGetIndexInfo\x12!.trademark.v1.GetIndexInfoRequest\x1a\x17.trademark.v1.IndexInfo\x12X\n\rGetThumbnails\x12\".trademark.v1.GetThumbnailsRequest\x1a#.trademark.v1.GetThumbnailsResponse\x12\x43\n\x06Reload\x12\x1b.trademark.v1.ReloadRequest\x1a\x1c.trademark.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,33 +32,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.trademark_search_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEARCHREQUEST']._serialized_start=47
-  _globals['_SEARCHREQUEST']._serialized_end=250
-  _globals['_REGION']._serialized_start=252
-  _globals['_REGION']._serialized_end=313
-  _globals['_FILTER']._serialized_start=315
-  _globals['_FILTER']._serialized_end=355
-  _globals['_MATCH']._serialized_start=357
-  _globals['_MATCH']._serialized_end=460
-  _globals['_ERROR']._serialized_start=462
-  _globals['_ERROR']._serialized_end=500
-  _globals['_MARKANSWER']._serialized_start=503
-  _globals['_MARKANSWER']._serialized_end=717
-  _globals['_SEARCHRESPONSE']._serialized_start=720
-  _globals['_SEARCHRESPONSE']._serialized_end=1007
-  _globals['_GETINDEXINFOREQUEST']._serialized_start=1009
-  _globals['_GETINDEXINFOREQUEST']._serialized_end=1030
-  _globals['_INDEXINFO']._serialized_start=1033
-  _globals['_INDEXINFO']._serialized_end=1298
-  _globals['_GETTHUMBNAILSREQUEST']._serialized_start=1300
-  _globals['_GETTHUMBNAILSREQUEST']._serialized_end=1339
-  _globals['_THUMBNAIL']._serialized_start=1341
-  _globals['_THUMBNAIL']._serialized_end=1397
-  _globals['_GETTHUMBNAILSRESPONSE']._serialized_start=1399
-  _globals['_GETTHUMBNAILSRESPONSE']._serialized_end=1467
-  _globals['_RELOADREQUEST']._serialized_start=1469
-  _globals['_RELOADREQUEST']._serialized_end=1484
-  _globals['_RELOADRESPONSE']._serialized_start=1486
-  _globals['_RELOADRESPONSE']._serialized_end=1566
-  _globals['_TRADEMARKSEARCH']._serialized_start=1569
-  _globals['_TRADEMARKSEARCH']._serialized_end=1969
+  _globals['_SEARCHREQUEST']._serialized_end=284
+  _globals['_REGION']._serialized_start=286
+  _globals['_REGION']._serialized_end=347
+  _globals['_FILTER']._serialized_start=349
+  _globals['_FILTER']._serialized_end=389
+  _globals['_MATCH']._serialized_start=392
+  _globals['_MATCH']._serialized_end=529
+  _globals['_ERROR']._serialized_start=531
+  _globals['_ERROR']._serialized_end=569
+  _globals['_MARKANSWER']._serialized_start=572
+  _globals['_MARKANSWER']._serialized_end=842
+  _globals['_SEARCHRESPONSE']._serialized_start=845
+  _globals['_SEARCHRESPONSE']._serialized_end=1213
+  _globals['_GETINDEXINFOREQUEST']._serialized_start=1215
+  _globals['_GETINDEXINFOREQUEST']._serialized_end=1236
+  _globals['_INDEXINFO']._serialized_start=1239
+  _globals['_INDEXINFO']._serialized_end=1555
+  _globals['_GETTHUMBNAILSREQUEST']._serialized_start=1557
+  _globals['_GETTHUMBNAILSREQUEST']._serialized_end=1596
+  _globals['_THUMBNAIL']._serialized_start=1598
+  _globals['_THUMBNAIL']._serialized_end=1654
+  _globals['_GETTHUMBNAILSRESPONSE']._serialized_start=1656
+  _globals['_GETTHUMBNAILSRESPONSE']._serialized_end=1724
+  _globals['_RELOADREQUEST']._serialized_start=1726
+  _globals['_RELOADREQUEST']._serialized_end=1741
+  _globals['_RELOADRESPONSE']._serialized_start=1743
+  _globals['_RELOADRESPONSE']._serialized_end=1823
+  _globals['_TRADEMARKSEARCH']._serialized_start=1826
+  _globals['_TRADEMARKSEARCH']._serialized_end=2226
 # @@protoc_insertion_point(module_scope)

@@ -7,20 +7,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("request_id", "image", "k", "threshold", "region", "filters")
+    __slots__ = ("request_id", "image", "k", "threshold", "region", "filters", "text", "read_words")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    READ_WORDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     image: bytes
     k: int
     threshold: float
     region: Region
     filters: _containers.RepeatedCompositeFieldContainer[Filter]
-    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., k: _Optional[int] = ..., threshold: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+    text: str
+    read_words: bool
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., k: _Optional[int] = ..., threshold: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., text: _Optional[str] = ..., read_words: _Optional[bool] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("x", "y", "width", "height")
@@ -43,20 +47,24 @@ class Filter(_message.Message):
     def __init__(self, column: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("serial", "score", "rank", "name", "same_mark", "metadata")
+    __slots__ = ("serial", "score", "rank", "name", "same_mark", "metadata", "text", "text_score")
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SAME_MARK_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SCORE_FIELD_NUMBER: _ClassVar[int]
     serial: str
     score: float
     rank: int
     name: str
     same_mark: bool
     metadata: str
-    def __init__(self, serial: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., name: _Optional[str] = ..., same_mark: _Optional[bool] = ..., metadata: _Optional[str] = ...) -> None: ...
+    text: str
+    text_score: float
+    def __init__(self, serial: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., name: _Optional[str] = ..., same_mark: _Optional[bool] = ..., metadata: _Optional[str] = ..., text: _Optional[str] = ..., text_score: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -67,7 +75,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class MarkAnswer(_message.Message):
-    __slots__ = ("box", "exists", "matched_serial", "top_score", "confidence", "matches", "detection_score")
+    __slots__ = ("box", "exists", "matched_serial", "top_score", "confidence", "matches", "detection_score", "words", "words_score", "matched_by")
     BOX_FIELD_NUMBER: _ClassVar[int]
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +83,9 @@ class MarkAnswer(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    WORDS_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_BY_FIELD_NUMBER: _ClassVar[int]
     box: Region
     exists: bool
     matched_serial: str
@@ -82,10 +93,13 @@ class MarkAnswer(_message.Message):
     confidence: float
     matches: _containers.RepeatedCompositeFieldContainer[Match]
     detection_score: float
-    def __init__(self, box: _Optional[_Union[Region, _Mapping]] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., confidence: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., detection_score: _Optional[float] = ...) -> None: ...
+    words: str
+    words_score: float
+    matched_by: str
+    def __init__(self, box: _Optional[_Union[Region, _Mapping]] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., confidence: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., detection_score: _Optional[float] = ..., words: _Optional[str] = ..., words_score: _Optional[float] = ..., matched_by: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("request_id", "exists", "matched_serial", "top_score", "threshold", "matches", "error", "confidence", "filtered", "candidates", "marks")
+    __slots__ = ("request_id", "exists", "matched_serial", "top_score", "threshold", "matches", "error", "confidence", "filtered", "candidates", "marks", "words", "words_score", "matched_by", "words_threshold")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +111,10 @@ class SearchResponse(_message.Message):
     FILTERED_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MARKS_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    WORDS_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_BY_FIELD_NUMBER: _ClassVar[int]
+    WORDS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     exists: bool
     matched_serial: str
@@ -108,14 +126,18 @@ class SearchResponse(_message.Message):
     filtered: bool
     candidates: int
     marks: _containers.RepeatedCompositeFieldContainer[MarkAnswer]
-    def __init__(self, request_id: _Optional[str] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., threshold: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., confidence: _Optional[float] = ..., filtered: _Optional[bool] = ..., candidates: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[MarkAnswer, _Mapping]]] = ...) -> None: ...
+    words: str
+    words_score: float
+    matched_by: str
+    words_threshold: float
+    def __init__(self, request_id: _Optional[str] = ..., exists: _Optional[bool] = ..., matched_serial: _Optional[str] = ..., top_score: _Optional[float] = ..., threshold: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., confidence: _Optional[float] = ..., filtered: _Optional[bool] = ..., candidates: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[MarkAnswer, _Mapping]]] = ..., words: _Optional[str] = ..., words_score: _Optional[float] = ..., matched_by: _Optional[str] = ..., words_threshold: _Optional[float] = ...) -> None: ...
 
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("count", "dim", "metric", "encoder", "index_type", "threshold", "index_version", "created", "max_k", "threshold_method", "decision", "family_similarity", "filterable_columns")
+    __slots__ = ("count", "dim", "metric", "encoder", "index_type", "threshold", "index_version", "created", "max_k", "threshold_method", "decision", "family_similarity", "filterable_columns", "words_threshold", "marks_with_words")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +151,8 @@ class IndexInfo(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     FAMILY_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     FILTERABLE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    WORDS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MARKS_WITH_WORDS_FIELD_NUMBER: _ClassVar[int]
     count: int
     dim: int
     metric: str
@@ -142,7 +166,9 @@ class IndexInfo(_message.Message):
     decision: str
     family_similarity: float
     filterable_columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., encoder: _Optional[str] = ..., index_type: _Optional[str] = ..., threshold: _Optional[float] = ..., index_version: _Optional[str] = ..., created: _Optional[str] = ..., max_k: _Optional[int] = ..., threshold_method: _Optional[str] = ..., decision: _Optional[str] = ..., family_similarity: _Optional[float] = ..., filterable_columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    words_threshold: float
+    marks_with_words: int
+    def __init__(self, count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., encoder: _Optional[str] = ..., index_type: _Optional[str] = ..., threshold: _Optional[float] = ..., index_version: _Optional[str] = ..., created: _Optional[str] = ..., max_k: _Optional[int] = ..., threshold_method: _Optional[str] = ..., decision: _Optional[str] = ..., family_similarity: _Optional[float] = ..., filterable_columns: _Optional[_Iterable[str]] = ..., words_threshold: _Optional[float] = ..., marks_with_words: _Optional[int] = ...) -> None: ...
 
 class GetThumbnailsRequest(_message.Message):
     __slots__ = ("serials",)

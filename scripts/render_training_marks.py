@@ -24,9 +24,13 @@ import json
 import random
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from indexer.words import made_up_word  # noqa: E402  (the repository's root, above)
 
 SIZE = 256
 
@@ -74,17 +78,8 @@ def render(svg: str, rng: random.Random) -> Image.Image:
     return _centred(canvas, _glyph(svg, ink, round(SIZE * rng.uniform(0.5, 0.65))))
 
 
-ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fl gr kl pl st tr sh ch th qu".split()
-VOWELS = "a e i o u a e i o y ai ea io ou".split()
-CODAS = ["", "", "", "n", "r", "s", "x", "l", "m", "t", "ck", "nd", "st"]
-
-
 def _word(rng: random.Random) -> str:
-    syllables = rng.choice([1, 2, 2, 3, 3, 4])
-    w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(syllables))
-    w += rng.choice(CODAS)
-    case = rng.randrange(3)
-    return w.upper() if case == 0 else w.capitalize() if case == 1 else w
+    return made_up_word(rng)
 
 
 def system_fonts() -> list[str]:

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from indexer.index import lowres, vectors
+from indexer import words
+from indexer.index import lowres, vectors, wordindex
 from indexer.index.filters import Filter, FilterIndex, InvalidFilter
 from indexer.index.reader import OpenIndex, encoder_for, open_index
 from indexer.network.detector import Detector
 from indexer.network.encoder import Encoder
 from indexer.network.locate import Part, locate
-from indexer.network.preprocess import Prepared, Region, prepare_query
+from indexer.network.preprocess import Prepared, Region, open_image, prepare_query
 from server.settings import DEFAULT_MAX_K
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,10 @@ class Hit:
     to_top: float = 1.0
     same_mark: bool = False  # a rendition of the top match (see indexer.decision)
     metadata: str = "{}"  # the manifest's other columns for this mark, JSON text
+    text: str = ""  # the registered mark's words
+    # How alike its words are to the query's (indexer.words.similarity); 0 where the
+    # query has none.
+    text_score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,11 @@ class Query:
     image: bytes
     region: Region | None = None  # (x, y, width, height) in the pixels of the image sent
     filters: tuple[Filter, ...] = ()
+    # The mark's words as the caller gives them (checked: indexer.words.check_text); with
+    # no image, a search by words alone.
+    text: str = ""
+    # Read the words in the picture even where its answer is sure without them.
+    read_words: bool = False
 
 
 def as_query(item: "Query | bytes") -> Query:
@@ -71,6 +82,11 @@ class MarkAnswer:
     confidence: float
     hits: list[Hit]
     detected: float | None = None  # the detector's certainty, where it found the mark
+    words: str = ""  # the mark's words, as read in the picture or given
+    # The best match of those words among the register's (Hit.text_score); the mark
+    # exists where confidence reaches its threshold or this the words' threshold.
+    words_score: float = 0.0
+    matched_by: str = ""  # "picture" or "words" where it exists (see SearchEngine.add_words)
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,16 @@ class Answer:
     # first one's. Empty where a photograph showed no mark and nothing registered when
     # searched whole (the fields above are then the whole picture's).
     marks: tuple[MarkAnswer, ...] = ()
+    words: str = ""
+    words_score: float = 0.0
+    matched_by: str = ""
+    # The threshold of a match by words (indexer.word_calibration); None: the register
+    # has no words.
+    words_threshold: float | None = None
+
+
+# How an answer says why a mark exists.
+BY_PICTURE, BY_WORDS = "picture", "words"
 
 
 # What a search gives for one picture: each part searched, with the hits of each of its
@@ -130,6 +156,9 @@ class SearchEngine:
         scene = index.manifest.scene_threshold
         self.scene_threshold = check_threshold(
             self.threshold if config.threshold is not None or scene is None else scene)
+        # Words are matched where the build kept any (indexer.word_calibration); a register
+        # without words is searched by its pictures alone.
+        self.words_threshold = index.manifest.words_threshold
         params = index.manifest.search_params | (config.search_params or {})
         self.searcher = vectors.Searcher(index.index, params, use_gpu=config.gpu_index)
         # FAISS GPU indexes must not be searched from two threads; CPU indexes may be,
@@ -243,7 +272,8 @@ class SearchEngine:
         refs = self.index.catalog.refs(sorted({int(i) for i in ids.ravel() if i >= 0}))
         same = self.rule.family(to_top) if self.rule.needs_vectors else \
             np.arange(to_top.shape[1])[None, :] == 0
-        return [[Hit(refs[i].serial, refs[i].name, float(s), float(t), bool(m), refs[i].metadata)
+        return [[Hit(refs[i].serial, refs[i].name, float(s), float(t), bool(m), refs[i].metadata,
+                     refs[i].text)
                  for s, i, t, m in zip(row_s, row_i, row_t, row_m) if i >= 0 and i in refs]
                 for row_s, row_i, row_t, row_m in zip(scores, ids.tolist(), to_top, same)]
 
@@ -259,7 +289,7 @@ class SearchEngine:
         confidence = float(self.rule.scores(scores, to_top)[0])
         exists = confidence >= threshold
         return Answer(exists, hits[0].serial if exists else "", hits[0].score, confidence,
-                      threshold, hits[:k], candidates)
+                      threshold, hits[:k], candidates, matched_by=BY_PICTURE if exists else "")
 
     def answer(self, found: Found, threshold: float | None, k: int,
                filters: tuple[Filter, ...] = ()) -> Answer:
@@ -291,9 +321,109 @@ class SearchEngine:
         else:
             top = listed[0][1]
         marks = [MarkAnswer(p.box, a.exists, a.matched_serial, a.top_score, a.confidence,
-                            a.hits, p.detected) for p, a in listed]
+                            a.hits, p.detected, matched_by=a.matched_by) for p, a in listed]
         return dataclasses.replace(top, marks=tuple(marks), candidates=candidates)
 
     def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
         found = self.index.catalog.thumbnails(serials)
         return [(s, *found[s]) for s in dict.fromkeys(serials) if s in found]
+
+    # -- words: read, given, matched (indexer.words, indexer.index.wordindex) ----------
+    def check_text(self, text: str) -> str:
+        try:
+            text = words.check_text(text)
+        except words.WordsError as e:
+            raise InvalidRequest(str(e)) from None
+        if text and self.words_threshold is None:
+            raise InvalidRequest("this register keeps no words (built without a manifest "
+                                 "`text` column and without reading them): search it by "
+                                 "picture alone")
+        return text
+
+    def search_text(self, text: str, k: int, filters: tuple[Filter, ...] = ()) -> Answer:
+        """A search by words alone: the registered marks whose words match `text` (checked
+        with check_text), best first; exists where the best reaches the words' threshold."""
+        allowed = self.allowed(filters)
+        query = words.words_of(text)
+        # Under filters, look further: the best matches may not pass them.
+        depth = max(k, wordindex.CANDIDATES) if allowed is not None else k
+        found = [h for h in wordindex.search(self.index.catalog, query, depth, short=True)
+                 if h.score > 0]
+        if allowed is not None:
+            keep = set(allowed.tolist())
+            found = [h for h in found if h.id in keep]
+        refs = self.index.catalog.refs([h.id for h in found[:k]])
+        hits = [Hit(refs[h.id].serial, refs[h.id].name, 0.0, metadata=refs[h.id].metadata,
+                    text=h.text, text_score=h.score) for h in found[:k] if h.id in refs]
+        best = hits[0].text_score if hits else 0.0
+        exists = best >= self.words_threshold
+        by = BY_WORDS if exists else ""
+        mark = MarkAnswer((0, 0, 0, 0), exists, hits[0].serial if exists else "", 0.0, 0.0,
+                          hits, words=text, words_score=best, matched_by=by)
+        return Answer(exists, mark.matched_serial, 0.0, 0.0, self.threshold, hits,
+                      len(allowed) if allowed is not None else None, (mark,), text, best, by,
+                      self.words_threshold)
+
+    def add_words(self, answer: Answer, query: Query, k: int) -> Answer:
+        """The answer with each mark's words matched against the register's: words given
+        with the query stand for the first mark's; otherwise a mark's words are read in its
+        box where they can change its answer (it does not exist by its picture) or the
+        query asks. A registered mark whose words reach the words' threshold exists by
+        its words; such marks rank first, after the picture's top match where that
+        exists. A register without words: the answer unchanged."""
+        if self.words_threshold is None:
+            return answer
+        picture = None
+        marks = list(answer.marks)
+        for i, m in enumerate(marks):
+            text = query.text if i == 0 and query.text else ""
+            if not text and (query.read_words or not m.exists):
+                if picture is None:
+                    picture = open_image(query.image)
+                text = self.read_words(picture, m.box)
+            if text:
+                marks[i] = self._with_words(m, text, k, typed=text is query.text)
+        if marks == list(answer.marks):
+            return dataclasses.replace(answer, words_threshold=self.words_threshold)
+        marks.sort(key=lambda m: (m.exists, m.confidence, m.words_score), reverse=True)
+        top = marks[0]
+        return dataclasses.replace(
+            answer, exists=top.exists, matched_serial=top.matched_serial,
+            top_score=top.top_score, confidence=top.confidence, hits=top.hits,
+            marks=tuple(marks), words=top.words, words_score=top.words_score,
+            matched_by=top.matched_by, words_threshold=self.words_threshold)
+
+    def read_words(self, picture: Image.Image, box: Region) -> str:
+        x, y, w, h = box
+        try:
+            return words.reader().read(picture.crop((x, y, x + w, y + h)))
+        except words.ReaderUnavailable as e:
+            log.warning("%s", e)
+            return ""
+
+    def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool) -> MarkAnswer:
+        """`typed`: the caller's words (short words count: indexer.words.similarity)."""
+        query = words.words_of(text)
+        scored = [dataclasses.replace(h, text_score=words.similarity(
+            query, words.words_of(h.text), typed)) for h in mark.hits]
+        seen = {h.serial for h in scored}
+        refs = {}
+        found = wordindex.search(self.index.catalog, query, k, typed)
+        if found:
+            refs = self.index.catalog.refs([h.id for h in found])
+        by_words = [Hit(refs[h.id].serial, refs[h.id].name, 0.0, metadata=refs[h.id].metadata,
+                        text=h.text, text_score=h.score)
+                    for h in found if h.id in refs and refs[h.id].serial not in seen]
+        matched = sorted([h for h in scored + by_words if h.text_score >= self.words_threshold],
+                         key=lambda h: (h.text_score, h.score), reverse=True)
+        best = max((h.text_score for h in scored + by_words), default=0.0)
+        if mark.exists:  # the picture's top match stays first
+            rest = [h for h in matched if h.serial != scored[0].serial]
+            hits = scored[:1] + rest + [h for h in scored[1:] if h not in rest]
+            return dataclasses.replace(mark, hits=hits[:k], words=text, words_score=best)
+        hits = matched + [h for h in scored if h not in matched]
+        if not matched:
+            return dataclasses.replace(mark, hits=hits[:k], words=text, words_score=best)
+        return dataclasses.replace(mark, hits=hits[:k], words=text, words_score=best,
+                                   exists=True, matched_serial=matched[0].serial,
+                                   matched_by=BY_WORDS)

@@ -45,7 +45,8 @@ def _error(code: grpc.StatusCode, message: str) -> pb.Error:
 
 def _matches(hits: list[Hit]) -> list[pb.Match]:
     return [pb.Match(serial=h.serial, score=h.score, rank=r, name=h.name,
-                     same_mark=h.same_mark, metadata=h.metadata)
+                     same_mark=h.same_mark, metadata=h.metadata, text=h.text,
+                     text_score=h.text_score)
             for r, h in enumerate(hits, start=1)]
 
 
@@ -54,7 +55,8 @@ def _mark(m: MarkAnswer) -> pb.MarkAnswer:
     return pb.MarkAnswer(box=pb.Region(x=x, y=y, width=w, height=h), exists=m.exists,
                          matched_serial=m.matched_serial, top_score=m.top_score,
                          confidence=m.confidence, matches=_matches(m.hits),
-                         detection_score=m.detected)
+                         detection_score=m.detected, words=m.words, words_score=m.words_score,
+                         matched_by=m.matched_by)
 
 
 def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
@@ -62,11 +64,14 @@ def to_response(request_id: str, answer: Answer) -> pb.SearchResponse:
         request_id=request_id, exists=answer.exists, matched_serial=answer.matched_serial,
         top_score=answer.top_score, confidence=answer.confidence, threshold=answer.threshold,
         filtered=answer.candidates is not None, candidates=answer.candidates or 0,
-        matches=_matches(answer.hits), marks=[_mark(m) for m in answer.marks])
+        matches=_matches(answer.hits), marks=[_mark(m) for m in answer.marks],
+        words=answer.words, words_score=answer.words_score, matched_by=answer.matched_by,
+        words_threshold=answer.words_threshold or 0.0)
 
 
 def to_query(engine: SearchEngine, request: pb.SearchRequest) -> Query:
-    """The request's image, region and filters; InvalidRequest for a bad region or filter."""
+    """The request's image, region, filters and words; InvalidRequest for a bad region,
+    filter or text."""
     region = None
     if request.HasField("region"):
         r = request.region
@@ -74,7 +79,13 @@ def to_query(engine: SearchEngine, request: pb.SearchRequest) -> Query:
     filters = tuple(Filter(f.column, tuple(v.strip() for v in f.values if v.strip()))
                     for f in request.filters)
     engine.allowed(filters)  # an unknown column is refused here, before any decoding
-    return Query(request.image, region, filters)
+    text = engine.check_text(request.text)
+    if not request.image and not text:
+        raise InvalidRequest("the request has neither an image nor text: send the mark's "
+                             "picture, its words, or both")
+    if region is not None and not request.image:
+        raise InvalidRequest("a region needs an image to cut it from")
+    return Query(request.image, region, filters, text, request.read_words)
 
 
 class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
@@ -157,6 +168,9 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if item.error is not None:
                 log.info("Search %r refused: %s", request.request_id, item.error.message)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
+            if not item.query.image:  # words alone
+                return to_response(request.request_id, engine.search_text(
+                    item.query.text, item.k, item.query.filters))
             try:
                 # Queued with other callers' images; skipped if the caller gives up first.
                 found = self.batcher.search(engine, [item.query], item.k,
@@ -166,7 +180,9 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if isinstance(found, ImageDecodeError):
                 log.info("Search %r refused: %s", request.request_id, found)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(found))
-            answer = engine.answer(found, item.threshold, item.k, item.query.filters)
+            answer = engine.add_words(
+                engine.answer(found, item.threshold, item.k, item.query.filters),
+                item.query, item.k)
             log.debug("Search %r: exists=%s top=%s %.4f, %d marks", request.request_id,
                       answer.exists, answer.hits[0].serial if answer.hits else "-",
                       answer.top_score, len(answer.marks))
@@ -219,17 +235,22 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
 
     def _submit_chunk(self, engine: SearchEngine, requests: list) -> tuple[list[_Item], Future]:
         items = [self._check(engine, r) for r in requests]
-        good = [it for it in items if it.error is None]
+        for it in items:
+            if it.error is None and not it.query.image:  # words alone: answered here
+                it.answer = engine.search_text(it.query.text, it.k, it.query.filters)
+        good = [it for it in items if it.error is None and it.answer is None]
         k = max((it.k for it in good), default=1)
         return items, self.batcher.submit(engine, [it.query for it in good], k)
 
     def _answer_chunk(self, engine: SearchEngine, items: list[_Item],
                       future: Future) -> list[pb.SearchResponse]:
-        for it, found in zip([it for it in items if it.error is None], future.result()):
+        pictures = [it for it in items if it.error is None and it.answer is None]
+        for it, found in zip(pictures, future.result()):
             if isinstance(found, ImageDecodeError):
                 it.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(found))
             else:
-                it.answer = engine.answer(found, it.threshold, it.k, it.query.filters)
+                it.answer = engine.add_words(
+                    engine.answer(found, it.threshold, it.k, it.query.filters), it.query, it.k)
         good = [it for it in items if it.error is None]
         out = []
         for it in items:
@@ -255,7 +276,9 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             threshold=engine.threshold, index_version=m.version, created=m.created,
             max_k=engine.max_k, threshold_method=m.threshold_method,
             decision=engine.rule.kind, family_similarity=engine.rule.family_similarity or 0.0,
-            filterable_columns=engine.filter_index.columns)
+            filterable_columns=engine.filter_index.columns,
+            words_threshold=engine.words_threshold or 0.0,
+            marks_with_words=m.words_calibration.get("marks_with_words", 0))
 
     def GetThumbnails(self, request, context):
         with self.metrics.observe("GetThumbnails", context):

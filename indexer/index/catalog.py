@@ -1,4 +1,4 @@
-"""SQLite catalog: FAISS id <-> serial, with name, metadata, source, hash and thumbnail.
+"""SQLite catalog: FAISS id <-> serial, with name, words, metadata, source, hash and thumbnail.
 
 The FAISS id of a mark is its catalog row id. Ids are never reused
 (AUTOINCREMENT), and re-adding a serial keeps its id, so ids are stable across
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from indexer import words
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS marks (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -22,8 +24,19 @@ CREATE TABLE IF NOT EXISTS marks (
     sha256    TEXT NOT NULL DEFAULT '',
     thumbnail BLOB,
     metadata  TEXT NOT NULL DEFAULT '{}',
-    added_at  TEXT NOT NULL
+    added_at  TEXT NOT NULL,
+    text      TEXT NOT NULL DEFAULT ''
 );
+"""
+# The words of each mark that has any, found by their three-letter pieces (FTS5's trigram
+# tokenizer: substrings and fuzzy candidates without a scan), and by keys of each word
+# (indexer.words.keys: the word, its sound, and a short word with a letter left out).
+# rowid / id = the mark's id.
+WORDS_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS mark_words USING fts5(words, tokenize='trigram');
+CREATE TABLE IF NOT EXISTS mark_keys (key TEXT NOT NULL, id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS mark_keys_key ON mark_keys (key);
+CREATE INDEX IF NOT EXISTS mark_keys_id ON mark_keys (id);
 """
 
 
@@ -35,6 +48,7 @@ class Mark:
     sha256: str = ""
     thumbnail: bytes | None = None
     metadata: dict = field(default_factory=dict)
+    text: str = ""  # the verbal element, as filed or as read ('' : none)
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class MarkRef:
     serial: str
     name: str
     metadata: str = "{}"  # the manifest's other columns, as JSON text
+    text: str = ""  # the mark's words
 
 
 class Catalog:
@@ -58,7 +73,14 @@ class Catalog:
         else:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
             self._db.executescript(SCHEMA)
+            if "text" not in self._columns():  # a catalog written before words were kept
+                self._db.execute("ALTER TABLE marks ADD COLUMN text TEXT NOT NULL DEFAULT ''")
+            self._db.executescript(WORDS_SCHEMA)
         self._lock = threading.Lock()
+        self.has_text_column = "text" in self._columns()
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self._db.execute("PRAGMA table_info(marks)")}
 
     def close(self) -> None:
         self._db.close()
@@ -91,22 +113,37 @@ class Catalog:
         ids = []
         with self._lock, self._db:
             for m in marks:
-                row = (m.name, m.source, m.sha256, m.thumbnail, json.dumps(m.metadata), now)
+                row = (m.name, m.source, m.sha256, m.thumbnail, json.dumps(m.metadata), now,
+                       m.text)
                 if m.serial in existing:
                     # A mark added from a bare folder (no manifest) brings no name and no
                     # metadata: the row keeps the ones it had.
                     self._db.execute(
                         "UPDATE marks SET name=COALESCE(NULLIF(?, ''), name), source=?, sha256=?, "
                         "thumbnail=?, metadata=CASE WHEN ?='{}' THEN metadata ELSE ? END, "
-                        "added_at=? WHERE serial=?",
-                        (m.name, m.source, m.sha256, m.thumbnail, row[4], row[4], now, m.serial))
+                        "added_at=?, text=? WHERE serial=?",
+                        (m.name, m.source, m.sha256, m.thumbnail, row[4], row[4], now, m.text,
+                         m.serial))
                     ids.append(existing[m.serial])
                 else:
                     cur = self._db.execute(
                         "INSERT INTO marks (name, source, sha256, thumbnail, metadata, added_at, "
-                        "serial) VALUES (?, ?, ?, ?, ?, ?, ?)", row + (m.serial,))
+                        "text, serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row + (m.serial,))
                     ids.append(cur.lastrowid)
+                self._index_words(ids[-1], m.text)
         return ids, len(existing)
+
+    def _index_words(self, mark_id: int, text: str) -> None:
+        self._db.execute("DELETE FROM mark_words WHERE rowid=?", (mark_id,))
+        self._db.execute("DELETE FROM mark_keys WHERE id=?", (mark_id,))
+        found = words.words_of(text)
+        if not found:
+            return
+        # Stored run together too, so that "visual studio code" is found as one word.
+        self._db.execute("INSERT INTO mark_words (rowid, words) VALUES (?, ?)",
+                         (mark_id, " ".join(found) + " " + "".join(found)))
+        self._db.executemany("INSERT INTO mark_keys (key, id) VALUES (?, ?)",
+                             [(k, mark_id) for k in words.keys(found)])
 
     def delete(self, serials: list[str]) -> dict[str, int]:
         """Delete serials; returns {serial: id} of those that existed."""
@@ -114,14 +151,50 @@ class Catalog:
         with self._lock, self._db:
             for chunk in _chunks(list(found)):
                 self._db.execute(f"DELETE FROM marks WHERE serial IN ({_marks(chunk)})", chunk)
+            for chunk in _chunks(list(found.values())):
+                self._db.execute(f"DELETE FROM mark_words WHERE rowid IN ({_marks(chunk)})", chunk)
+                self._db.execute(f"DELETE FROM mark_keys WHERE id IN ({_marks(chunk)})", chunk)
         return found
 
     def refs(self, ids: list[int]) -> dict[int, MarkRef]:
         out = {}
+        text = "text" if self.has_text_column else "''"
         for chunk in _chunks(ids):
-            q = f"SELECT id, serial, name, metadata FROM marks WHERE id IN ({_marks(chunk)})"
+            q = (f"SELECT id, serial, name, metadata, {text} FROM marks "
+                 f"WHERE id IN ({_marks(chunk)})")
             out.update({r[0]: MarkRef(*r) for r in self._all(q, chunk)})
         return out
+
+    def count_with_words(self) -> int:
+        if not self.has_text_column:
+            return 0
+        return self._one("SELECT COUNT(*) FROM marks WHERE text != ''")[0]
+
+    def texts(self, ids: list[int]) -> dict[int, str]:
+        """{id: words} of those of `ids` that have words."""
+        out = {}
+        for chunk in _chunks(ids):
+            out.update(self._all(f"SELECT id, text FROM marks WHERE id IN ({_marks(chunk)}) "
+                                 "AND text != ''", chunk))
+        return out
+
+    def word_candidates(self, pieces: list[str], keys: list[str], limit: int) -> list[int]:
+        """Ids of marks whose words share the most of these three-letter `pieces` (at most
+        `limit`, by FTS5's bm25 rank), and of those with one of these `keys`
+        (indexer.words.keys)."""
+        if not self.has_text_column:
+            return []
+        ids: dict[int, None] = {}
+        if pieces:
+            match = " OR ".join('"' + p.replace('"', '""') + '"' for p in pieces)
+            ids.update(dict.fromkeys(r[0] for r in self._all(
+                "SELECT rowid FROM mark_words WHERE mark_words MATCH ? ORDER BY rank LIMIT ?",
+                (match, limit))))
+        for chunk in _chunks(keys):
+            ids.update(dict.fromkeys(r[0] for r in self._all(
+                f"SELECT id FROM mark_keys WHERE key IN ({_marks(chunk)}) LIMIT ?",
+                [*chunk, limit])))
+        return list(ids)
 
     def metadata_rows(self) -> list[tuple[int, str]]:
         """(id, metadata JSON) of every mark that has any (indexer.index.filters)."""

@@ -78,6 +78,10 @@ class Manifest:
     # was set; None: they are decided with `threshold`, as before it existed.
     scene_threshold: float | None = None
     scene_calibration: dict = field(default_factory=dict)
+    # The threshold of a match by a mark's words (indexer.word_calibration) and how it was
+    # set; None: the register keeps no words, and is searched by picture alone.
+    words_threshold: float | None = None
+    words_calibration: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -1,0 +1,244 @@
+"""The words of a mark: read from its picture, normalised, keyed by sound, compared.
+
+Trademark examiners search a mark's verbal element beside its picture: two marks that
+read the same conflict whatever their fonts. A mark's words come from the register's
+manifest (`text`, the verbal element as filed) or are read from its image here, with
+PP-OCR (detection and recognition, in the `rapidocr-onnxruntime` wheel: no download at
+run time). The angle classifier is left off: it turned a fifth of upright wordmarks
+upside down ("yarn" read as "unoh"), and marks are filed upright.
+
+Words are compared three ways at once (`similarity`): spelled alike (an edit distance
+that counts a swap of two letters as one edit), a word among several (either mark's
+words found in the other's), and by sound (a phonetic key: "Kwik" ~ "Quick",
+"Foto" ~ "Photo").
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+# A verbal element is a name or a slogan, not a text: a longer one is a mistake.
+MAX_TEXT = 200
+# Recognised words under this confidence are left out (PP-OCR's own default).
+MIN_READ_SCORE = 0.5
+# Words shorter than this take no part in a match on their own: "TM", "DB", "&" are on
+# many marks and say nothing of which.
+MIN_WORD = 3
+# What a match by sound alone scores: under an exact spelling, over most one-letter slips.
+SOUND_SCORE = 0.9
+# What words beside the matched ones cost, at most (similarity).
+EXTRA_WORDS = 0.05
+# OCR reads best with the text some tens of pixels high: small marks are enlarged, large
+# pictures reduced (their time grows with the pixels).
+READ_SIDE = (320, 960)
+
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+class WordsError(ValueError):
+    """Text that cannot be searched as a mark's words; the message says why."""
+
+
+class ReaderUnavailable(RuntimeError):
+    """No OCR here: the words of marks cannot be read from their pictures."""
+
+
+ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fl gr kl pl st tr sh ch th qu".split()
+VOWELS = "a e i o u a e i o y ai ea io ou".split()
+CODAS = ["", "", "", "n", "r", "s", "x", "l", "m", "t", "ck", "nd", "st"]
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable word of random syllables, in one of three cases: no brand's name
+    but for chance (the training marks' wordmarks, the words' calibration negatives)."""
+    syllables = rng.choice([1, 2, 2, 3, 3, 4])
+    w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(syllables))
+    w += rng.choice(CODAS)
+    case = rng.randrange(3)
+    return w.upper() if case == 0 else w.capitalize() if case == 1 else w
+
+
+def check_text(text: str) -> str:
+    """A caller's text, checked: WordsError for one too long, with control characters or
+    with no letter or digit. Empty stays empty (no words given)."""
+    if len(text) > MAX_TEXT:
+        raise WordsError(f"text is {len(text)} characters; a mark's words are at most "
+                         f"{MAX_TEXT}")
+    if _CONTROL.search(text):
+        raise WordsError("text holds control characters; send the mark's words as plain text")
+    if text.strip() and not words_of(text):
+        raise WordsError(f"text {text[:40]!r} has no letter or digit to search for")
+    return text.strip()
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """The words of a text as compared: compatibility forms folded (NFKC), case folded,
+    split at anything that is not a letter or a digit."""
+    return tuple(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
+
+
+def normalised(text: str) -> str:
+    return " ".join(words_of(text))
+
+
+_RESPELL = (("ph", "f"), ("qu", "kw"), ("ck", "k"), ("x", "ks"))
+
+
+def sound(word: str) -> str:
+    """A phonetic key of one word (Metaphone after a few English respellings that it does
+    not make itself: "qu" -> "kw", so that Quick and Kwik meet); '' for a word without
+    Latin letters or under MIN_WORD letters."""
+    import jellyfish  # a small C extension, imported where used
+    if len(word) < MIN_WORD or not word.isascii():
+        return ""
+    for a, b in _RESPELL:
+        word = word.replace(a, b)
+    return jellyfish.metaphone(word)
+
+
+# Words this long or shorter are also found with one letter left out: a slip in a short
+# word changes all its three-letter pieces ("jvaa" shares none with "java").
+SHORT_WORD = 6
+
+
+def keys(found: tuple[str, ...], query: bool = False) -> list[str]:
+    """The catalog's lookup keys of a text's words: each word ("w:"), its sound ("s:") and,
+    for a short word, the word with each letter left out in turn ("d:"), so that two
+    words one slip apart (a letter changed, added, dropped or two swapped) share a key.
+    A query also looks its words up among those keys."""
+    out = []
+    for w in found:
+        out += [f"w:{w}", f"d:{w}"]
+        if key := sound(w):
+            out.append(f"s:{key}")
+        if MIN_WORD <= len(w) <= SHORT_WORD:
+            out += [f"d:{w[:i]}{w[i + 1:]}" for i in range(len(w))]
+    if query:  # a query word that is a registered word with a letter left out
+        out += [f"d:{w}" for w in found]
+    return list(dict.fromkeys(out))
+
+
+def _spelled(a: str, b: str) -> float:
+    from rapidfuzz.distance import OSA  # Levenshtein with a swap of neighbours as one edit
+    return OSA.normalized_similarity(a, b)
+
+
+def _word_score(a: str, b: str) -> float:
+    score = _spelled(a, b)
+    if score < SOUND_SCORE and (key := sound(a)) and key == sound(b):
+        return SOUND_SCORE
+    return score
+
+
+def _covered(inner: tuple[str, ...], outer: tuple[str, ...], short: bool = False) -> float:
+    """How well `outer` holds each word of `inner`, weighted by the words' lengths; words
+    under MIN_WORD letters count only where all of `inner` is such words and `short`."""
+    long = [w for w in inner if len(w) >= MIN_WORD] or (list(inner) if short else [])
+    if not long or not outer:
+        return 0.0
+    total = sum(len(w) for w in long)
+    return sum(len(w) * max(_word_score(w, o) for o in outer) for w in long) / total
+
+
+def similarity(query: tuple[str, ...], mark: tuple[str, ...], short: bool = False) -> float:
+    """How alike two marks' words are, in [0, 1]: 1 for the same words in any order or the
+    one's words all among the other's; the best of the whole spelling compared (words run
+    together: "Visual Studio Code" ~ "VisualStudioCode") and word by word. Words under
+    MIN_WORD letters match only with `short`, for a query of such words that a person
+    typed ("GO"): read in a picture, a lone letter is more often a glyph than a word."""
+    if not query or not mark:
+        return 0.0
+    joined_q, joined_m = "".join(query), "".join(mark)
+    whole = _spelled(joined_q, joined_m) if min(len(joined_q), len(joined_m)) >= MIN_WORD \
+        else 0.0
+    # A registered mark's short words alone ("TM", read on many marks) never make a match.
+    within = sorted((_covered(query, mark, short), _covered(mark, query)))
+    # One's words among more of the other's: a near-full score, a little under the same
+    # words alone ("zsh" is ZSH before OH MY ZSH).
+    return max(whole, within[1] - EXTRA_WORDS * (1 - within[0]))
+
+
+def trigrams(words: tuple[str, ...]) -> list[str]:
+    """The three-letter pieces of a text's words (and of the words run together), the
+    keys under which the catalog finds a mark's words (SQLite FTS5's trigram index)."""
+    out = []
+    for w in (*words, "".join(words)) if len(words) > 1 else words:
+        out += [w[i:i + 3] for i in range(len(w) - 2)]
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    threads: int = 1  # ONNX Runtime threads of each model
+    min_score: float = MIN_READ_SCORE
+
+
+class WordReader:
+    """Reads the words of a picture with PP-OCR (`rapidocr-onnxruntime`). One per thread
+    that reads (`reader()`): the engine keeps per-call state."""
+
+    def __init__(self, config: ReaderConfig = ReaderConfig()):
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as e:
+            raise ReaderUnavailable(
+                "reading words needs the OCR package: pip install rapidocr-onnxruntime==1.4.4 "
+                f"(or give the words in the manifest's `text` column) ({e})") from None
+        self.config = config
+        threads = config.threads
+        self._ocr = RapidOCR(use_cls=False, det_limit_type="max",
+                             det_limit_side_len=READ_SIDE[1], text_score=config.min_score,
+                             intra_op_num_threads=threads, inter_op_num_threads=1)
+
+    def read(self, image: Image.Image) -> str:
+        """The words read in a picture, in reading order (top to bottom, left to right),
+        joined by spaces; '' where none was read."""
+        im = _reading_size(image.convert("RGB"))
+        result, _ = self._ocr(np.asarray(im)[:, :, ::-1])  # PP-OCR was trained on BGR
+        if not result:
+            return ""
+        lines = sorted(result, key=lambda r: (round(min(p[1] for p in r[0]) / 16), r[0][0][0]))
+        # A lone character read on its own is more often a glyph of the picture ("O" for
+        # a ring, "M" for a zigzag) than a word.
+        return " ".join(text for _, text, score in lines
+                        if float(score) >= self.config.min_score
+                        and sum(map(len, words_of(text))) >= 2)
+
+
+def _reading_size(im: Image.Image) -> Image.Image:
+    lo, hi = READ_SIDE
+    side = max(im.size)
+    if lo <= side <= hi:
+        return im
+    scale = (lo if side < lo else hi) / side
+    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                     Image.Resampling.LANCZOS)
+
+
+_local = threading.local()
+
+
+def reader(config: ReaderConfig = ReaderConfig()) -> WordReader:
+    """This thread's reader (made at its first use: ~0.3 s to load the models)."""
+    current = getattr(_local, "reader", None)
+    if current is None or current.config != config:
+        current = _local.reader = WordReader(config)
+    return current
+
+
+def can_read() -> bool:
+    try:
+        import rapidocr_onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
