@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import baselines
+from bench import baselines, words_eval
 from bench.load import latency_ms
 from bench.procs import run_build, start_server, stop_server
 from indexer.network.detector import iou
@@ -197,7 +197,9 @@ def _batch(address: str, queries_csv: Path, out: Path) -> tuple[list[dict], floa
 SERVICE_KEYS = ("indexed", "skipped", "build_images_per_s", "index_bytes", "server_startup_s",
                 "search_p50_ms", "search_p99_ms", "scene_p50_ms", "scene_p99_ms",
                 "batch_queries_per_s", "threshold",
-                "estimated_tpr", "estimated_fpr")
+                "estimated_tpr", "estimated_fpr", "marks_with_words",
+                "words_read_brand_found", "text_recall@1", "text_slip_recall@10",
+                "text_made_up_exists")
 SCORE_KEYS = ("recall@1", "recall@1_exact_mark", "recall@10", "tpr", "fpr", "tpr@fpr1%", "auc",
               "similar_recall@1", "similar_recall@10", "similar_exists_with_sibling",
               "marks_found", "marks_found_box_iou50", "two_marks_both_found",
@@ -277,6 +279,9 @@ def evaluate(data: Path, out: Path, latency_rounds: int, baselines_too: bool
             metrics |= {"scene_p50_ms": lat["p50_ms"], "scene_p99_ms": lat["p99_ms"]}
         results, wall = _batch(address, data / "queries.csv", out / "results.jsonl")
         metrics["batch_queries_per_s"] = len(results) / wall
+        if words_eval.has_wordmarks(data / "registry.csv"):
+            metrics |= words_eval.words_read(out / "index", data / "registry.csv")
+            metrics |= words_eval.text_search(address, data / "registry.csv")
     finally:
         stop_server(proc)
     methods = {"service": score(queries, results)}

@@ -21,7 +21,6 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -33,8 +32,10 @@ MIN_READ_SCORE = 0.5
 # Words shorter than this take no part in a match on their own: "TM", "DB", "&" are on
 # many marks and say nothing of which.
 MIN_WORD = 3
-# What a match by sound alone scores: under an exact spelling, over most one-letter slips.
+# What a match by sound alone scores: under an exact spelling, over most one-letter slips;
+# less for a key of two sounds (sound).
 SOUND_SCORE = 0.9
+SHORT_SOUND_SCORE = 0.85
 # What words beside the matched ones cost, at most (similarity).
 EXTRA_WORDS = 0.05
 # OCR reads best with the text some tens of pixels high: small marks are enlarged, large
@@ -82,8 +83,10 @@ def check_text(text: str) -> str:
 
 
 def words_of(text: str) -> tuple[str, ...]:
-    """The words of a text as compared: compatibility forms folded (NFKC), case folded,
-    split at anything that is not a letter or a digit."""
+    """The words of a text as compared: symbols (™, ®, ©) dropped, compatibility forms
+    folded (NFKC: full-width letters), case folded, split at anything that is not a letter
+    or a digit."""
+    text = "".join(" " if unicodedata.category(c)[0] == "S" else c for c in text)
     return tuple(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
@@ -96,10 +99,10 @@ _RESPELL = (("ph", "f"), ("qu", "kw"), ("ck", "k"), ("x", "ks"))
 
 def sound(word: str) -> str:
     """A phonetic key of one word (Metaphone after a few English respellings that it does
-    not make itself: "qu" -> "kw", so that Quick and Kwik meet); '' for a word without
-    Latin letters or under MIN_WORD letters."""
+    not make itself: "qu" -> "kw", so that Quick and Kwik meet); '' for a word of other
+    than Latin letters (digits too: Metaphone passes over them) or under MIN_WORD letters."""
     import jellyfish  # a small C extension, imported where used
-    if len(word) < MIN_WORD or not word.isascii():
+    if len(word) < MIN_WORD or not (word.isascii() and word.isalpha()):
         return ""
     for a, b in _RESPELL:
         word = word.replace(a, b)
@@ -136,7 +139,9 @@ def _spelled(a: str, b: str) -> float:
 def _word_score(a: str, b: str) -> float:
     score = _spelled(a, b)
     if score < SOUND_SCORE and (key := sound(a)) and key == sound(b):
-        return SOUND_SCORE
+        # Metaphone keeps a word's consonants: two sounds ("FT": Foto, Photo; but also
+        # tile, toll) say less than three (KWK: Kwik, Quick).
+        return max(score, SOUND_SCORE if len(key) >= 3 else SHORT_SOUND_SCORE)
     return score
 
 
@@ -159,13 +164,13 @@ def similarity(query: tuple[str, ...], mark: tuple[str, ...], short: bool = Fals
     if not query or not mark:
         return 0.0
     joined_q, joined_m = "".join(query), "".join(mark)
-    whole = _spelled(joined_q, joined_m) if min(len(joined_q), len(joined_m)) >= MIN_WORD \
-        else 0.0
+    whole = _spelled(joined_q, joined_m) \
+        if short or min(len(joined_q), len(joined_m)) >= MIN_WORD else 0.0
     # A registered mark's short words alone ("TM", read on many marks) never make a match.
     within = sorted((_covered(query, mark, short), _covered(mark, query)))
     # One's words among more of the other's: a near-full score, a little under the same
     # words alone ("zsh" is ZSH before OH MY ZSH).
-    return max(whole, within[1] - EXTRA_WORDS * (1 - within[0]))
+    return max(whole, within[1] - EXTRA_WORDS * (within[1] - within[0]))
 
 
 def trigrams(words: tuple[str, ...]) -> list[str]:
@@ -203,6 +208,7 @@ class WordReader:
     def read(self, image: Image.Image) -> str:
         """The words read in a picture, in reading order (top to bottom, left to right),
         joined by spaces; '' where none was read."""
+        import numpy as np  # the server's, not the client's (indexer.sources imports this)
         im = _reading_size(image.convert("RGB"))
         result, _ = self._ocr(np.asarray(im)[:, :, ::-1])  # PP-OCR was trained on BGR
         if not result:

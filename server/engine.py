@@ -114,6 +114,8 @@ class Answer:
 
 # How an answer says why a mark exists.
 BY_PICTURE, BY_WORDS = "picture", "words"
+# Words read in a picture confirm one of its first this many matches (SearchEngine.add_words).
+CONFIRM_DEPTH = 3
 
 
 # What a search gives for one picture: each part searched, with the hits of each of its
@@ -402,28 +404,38 @@ class SearchEngine:
             return ""
 
     def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool) -> MarkAnswer:
-        """`typed`: the caller's words (short words count: indexer.words.similarity)."""
+        """The mark's answer with its words matched. Words the caller typed are evidence of
+        their own: the register's marks that bear them rank first (after the picture's
+        top match where that exists) and make the mark exist. Words read in the picture
+        only confirm it: one of the picture's first CONFIRM_DEPTH matches whose words
+        match comes first and makes the mark exist. (On LogoBench, read words that
+        matched a mark the picture did not rank were all unregistered brands that share
+        a word with a registered one: "Express", "uber"; those that confirmed a match
+        were nearly all right.)"""
         query = words.words_of(text)
         scored = [dataclasses.replace(h, text_score=words.similarity(
             query, words.words_of(h.text), typed)) for h in mark.hits]
-        seen = {h.serial for h in scored}
-        refs = {}
-        found = wordindex.search(self.index.catalog, query, k, typed)
-        if found:
-            refs = self.index.catalog.refs([h.id for h in found])
-        by_words = [Hit(refs[h.id].serial, refs[h.id].name, 0.0, metadata=refs[h.id].metadata,
-                        text=h.text, text_score=h.score)
-                    for h in found if h.id in refs and refs[h.id].serial not in seen]
-        matched = sorted([h for h in scored + by_words if h.text_score >= self.words_threshold],
+        by_words: list[Hit] = []
+        if typed:
+            found = wordindex.search(self.index.catalog, query, k, short=True)
+            refs = self.index.catalog.refs([h.id for h in found]) if found else {}
+            seen = {h.serial for h in scored}
+            by_words = [Hit(refs[h.id].serial, refs[h.id].name, 0.0,
+                            metadata=refs[h.id].metadata, text=h.text, text_score=h.score)
+                        for h in found if h.id in refs and refs[h.id].serial not in seen]
+            candidates = scored + by_words
+        else:
+            candidates = scored[:CONFIRM_DEPTH]
+        matched = sorted([h for h in candidates if h.text_score >= self.words_threshold],
                          key=lambda h: (h.text_score, h.score), reverse=True)
         best = max((h.text_score for h in scored + by_words), default=0.0)
+        mark = dataclasses.replace(mark, words=text, words_score=best)
         if mark.exists:  # the picture's top match stays first
             rest = [h for h in matched if h.serial != scored[0].serial]
             hits = scored[:1] + rest + [h for h in scored[1:] if h not in rest]
-            return dataclasses.replace(mark, hits=hits[:k], words=text, words_score=best)
+            return dataclasses.replace(mark, hits=hits[:k])
         hits = matched + [h for h in scored if h not in matched]
         if not matched:
-            return dataclasses.replace(mark, hits=hits[:k], words=text, words_score=best)
-        return dataclasses.replace(mark, hits=hits[:k], words=text, words_score=best,
-                                   exists=True, matched_serial=matched[0].serial,
-                                   matched_by=BY_WORDS)
+            return dataclasses.replace(mark, hits=hits[:k])
+        return dataclasses.replace(mark, hits=hits[:k], exists=True,
+                                   matched_serial=matched[0].serial, matched_by=BY_WORDS)

@@ -1,0 +1,129 @@
+"""Searching by a mark's words through the real server: words alone, words with a
+picture, the answer's words fields, and bad text (INVALID_ARGUMENT, alone in a stream)."""
+from __future__ import annotations
+
+import random
+
+import grpc
+import pytest
+
+from indexer import words
+from indexer.build import build
+from indexer.sources import read_manifest
+from proto import trademark_search_pb2 as pb
+from proto import trademark_search_pb2_grpc as pb_grpc
+from server.engine import SearchEngine
+from tests.conftest import SAMPLES, quiet, sample_queries, serving
+
+pytestmark = pytest.mark.skipif(not words.can_read(),
+                                reason="rapidocr-onnxruntime is not installed")
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture(scope="module")
+def worded(engine) -> tuple[str, str]:
+    """A sample mark whose words the build read (five letters or more): serial, words."""
+    cat = engine.index.catalog
+    texts = cat.texts(cat.all_ids())
+    mark_id, text = next((i, t) for i, t in sorted(texts.items())
+                         if sum(map(len, words.words_of(t))) >= 5)
+    return cat.refs([mark_id])[mark_id].serial, text
+
+
+def test_words_alone_find_the_mark_that_bears_them(stub, worded):
+    serial, text = worded
+    resp = stub.Search(pb.SearchRequest(text=text, k=5))
+    assert resp.exists and resp.matched_by == "words" and resp.matched_serial == serial
+    assert resp.matches[0].serial == serial and resp.matches[0].text == text
+    assert resp.matches[0].text_score == pytest.approx(1.0)
+    assert resp.words == text and resp.words_threshold > 0
+    assert resp.words_score >= resp.words_threshold
+    assert len(resp.marks) == 1 and resp.marks[0].matched_by == "words"
+
+
+def test_a_slip_in_the_words_still_ranks_the_mark(stub, worded):
+    serial, text = worded
+    word = max(words.words_of(text), key=len)
+    slipped = word[0] + word[2] + word[1] + word[3:]  # two letters swapped
+    resp = stub.Search(pb.SearchRequest(text=slipped, k=10))
+    assert serial in [m.serial for m in resp.matches]
+
+
+def test_made_up_words_do_not_exist(stub):
+    rng = random.Random(99)
+    said = [stub.Search(pb.SearchRequest(text=words.made_up_word(rng) + " "
+                                         + words.made_up_word(rng), k=3)).exists
+            for _ in range(20)]
+    assert sum(said) <= 1
+
+
+def test_words_given_with_an_unregistered_picture_decide_by_words(stub, worded):
+    serial, text = worded
+    image, alone = next((im, r) for q in sample_queries("unknown")
+                        if not (r := stub.Search(pb.SearchRequest(
+                            image=(im := q["path"].read_bytes()), k=5))).exists)
+    assert alone.matched_by == ""
+    both = stub.Search(pb.SearchRequest(image=image, text=text, k=5))
+    assert both.exists and both.matched_by == "words" and both.matched_serial == serial
+    assert both.words == text and both.marks[0].words == text
+    assert both.top_score == pytest.approx(alone.top_score)  # the picture's own figure
+
+
+def test_a_registered_picture_keeps_its_answer_and_can_read_its_words(stub, worded):
+    serial, text = worded
+    image = (SAMPLES / "registry" / f"{serial}.png").read_bytes()
+    resp = stub.Search(pb.SearchRequest(image=image, k=5, read_words=True))
+    assert resp.exists and resp.matched_serial == serial and resp.matched_by == "picture"
+    assert resp.words == text  # read as the build read it
+    assert resp.matches[0].text_score == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("x" * 10_000, "at most 200"),
+    ("MAVEN\x00", "control characters"),
+    ("?!-", "no letter or digit"),
+])
+def test_bad_text_is_invalid_argument(stub, text, why):
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Search(pb.SearchRequest(text=text))
+    assert e.value.code() == INVALID and why in e.value.details()
+
+
+def test_neither_image_nor_text_is_invalid_argument(stub):
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Search(pb.SearchRequest(k=3))
+    assert e.value.code() == INVALID and "neither an image nor text" in e.value.details()
+
+
+def test_a_stream_answers_words_and_fails_bad_text_alone(stub, worded):
+    serial, text = worded
+    image = (SAMPLES / "registry" / f"{serial}.png").read_bytes()
+    requests = [pb.SearchRequest(request_id="words", text=text, k=3),
+                pb.SearchRequest(request_id="bad", text="a\x01b", k=3),
+                pb.SearchRequest(request_id="picture", image=image, k=3)]
+    out = {r.request_id: r for r in stub.SearchStream(iter(requests))}
+    assert out["words"].matched_serial == serial and out["words"].matched_by == "words"
+    assert out["bad"].error.code == INVALID.value[0]
+    assert out["picture"].matched_serial == serial
+
+
+def test_a_register_without_words_is_searched_by_picture_alone(tmp_path, encoder):
+    items = read_manifest(SAMPLES / "registry.csv", SAMPLES / "registry")[:30]
+    build(items, tmp_path / "index", encoder,
+          quiet(read_words=False, scene_calibration=False, calibration_marks=8))
+    engine = SearchEngine.open(tmp_path / "index", encoder)
+    try:
+        assert engine.words_threshold is None
+        with serving(engine) as address, grpc.insecure_channel(address) as ch:
+            stub = pb_grpc.TrademarkSearchStub(ch)
+            resp = stub.Search(pb.SearchRequest(image=items[0].path.read_bytes(), k=3,
+                                                read_words=True))
+            assert resp.matched_serial == items[0].serial and resp.words == ""
+            assert resp.words_threshold == 0 and resp.matched_by == "picture"
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Search(pb.SearchRequest(text="anything"))
+            assert e.value.code() == INVALID and "keeps no words" in e.value.details()
+            info = stub.GetIndexInfo(pb.GetIndexInfoRequest())
+            assert info.words_threshold == 0 and info.marks_with_words == 0
+    finally:
+        engine.close()
