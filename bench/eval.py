@@ -199,7 +199,7 @@ SERVICE_KEYS = ("indexed", "skipped", "build_images_per_s", "index_bytes", "serv
                 "batch_queries_per_s", "threshold",
                 "estimated_tpr", "estimated_fpr", "marks_with_words",
                 "words_read_brand_found", "text_recall@1", "text_slip_recall@10",
-                "text_made_up_exists")
+                "text_made_up_exists", "scenes_with_words", "scenes_with_words_recall@1")
 SCORE_KEYS = ("recall@1", "recall@1_exact_mark", "recall@10", "tpr", "fpr", "tpr@fpr1%", "auc",
               "similar_recall@1", "similar_recall@10", "similar_exists_with_sibling",
               "marks_found", "marks_found_box_iou50", "two_marks_both_found",
@@ -287,6 +287,7 @@ def evaluate(data: Path, out: Path, latency_rounds: int, baselines_too: bool
     methods = {"service": score(queries, results)}
     if any(q.get("boxes") for q in queries.values()):
         methods["service"] |= score_marks(queries, results)
+        metrics |= words_eval.scenes_with_words(out / "index", queries, results)
     if baselines_too:
         files = [Path(f) for f in queries]
         methods["raw-pooled"] = score(queries, baselines.raw_pooled(data, files))

@@ -87,3 +87,25 @@ def text_search(address: str, registry_csv: Path, seed: int = 1) -> dict:
     n = max(1, len(brands))
     return {"text_brands": len(brands), "text_recall@1": r1 / n,
             "text_slip_recall@10": r10_slip / n, "text_made_up_exists": made_up_exists / MADE_UP}
+
+
+def scenes_with_words(index_dir: Path, queries: dict[str, dict], results: list[dict]) -> dict:
+    """On photographs with true boxes (LogoBench-scenes): recall@1 (the answer's first
+    match is a rendition of a mark in the scene) over the scenes whose registered mark, as
+    the register holds it, has words."""
+    index = open_index(index_dir)
+    try:
+        serials = {s for q in queries.values() for s in q.get("box_serials", "").split(";") if s}
+        ids = index.catalog.ids_for(sorted(serials))
+        worded = {s for s, i in ids.items() if i in index.catalog.texts(list(ids.values()))}
+    finally:
+        index.close()
+    hits = []
+    for r in results:
+        q = queries[str(Path(r["file"]).resolve())]
+        if q["kind"] != "known" or not worded & set(q.get("box_serials", "").split(";")):
+            continue
+        family = {s for f in q.get("box_families", "").split(";") for s in f.split("|") if s}
+        hits.append(bool(r["matches"]) and r["matches"][0]["serial"] in family)
+    return {"scenes_with_words": len(hits),
+            "scenes_with_words_recall@1": sum(hits) / len(hits) if hits else float("nan")}

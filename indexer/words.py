@@ -36,6 +36,10 @@ MIN_WORD = 3
 # less for a key of two sounds (sound).
 SOUND_SCORE = 0.9
 SHORT_SOUND_SCORE = 0.85
+# A word this long is found inside a longer one (_covered), with this score: under the
+# word itself, so that "openapi" finds OPENAPI INITIATIVE before AL OPEN.
+RUN_IN = 4
+RUN_IN_SCORE = 0.95
 # What words beside the matched ones cost, at most (similarity).
 EXTRA_WORDS = 0.05
 # OCR reads best with the text some tens of pixels high: small marks are enlarged, large
@@ -147,12 +151,15 @@ def _word_score(a: str, b: str) -> float:
 
 def _covered(inner: tuple[str, ...], outer: tuple[str, ...], short: bool = False) -> float:
     """How well `outer` holds each word of `inner`, weighted by the words' lengths; words
-    under MIN_WORD letters count only where all of `inner` is such words and `short`."""
+    under MIN_WORD letters count only where all of `inner` is such words and `short`. A
+    word of RUN_IN letters or more is held by a word it is part of: words are often run
+    together ("nestjs" holds NEST, "artixlinux" ARTIX)."""
     long = [w for w in inner if len(w) >= MIN_WORD] or (list(inner) if short else [])
     if not long or not outer:
         return 0.0
     total = sum(len(w) for w in long)
-    return sum(len(w) * max(_word_score(w, o) for o in outer) for w in long) / total
+    return sum(len(w) * max(RUN_IN_SCORE if len(w) >= RUN_IN and w in o and w != o
+                            else _word_score(w, o) for o in outer) for w in long) / total
 
 
 def similarity(query: tuple[str, ...], mark: tuple[str, ...], short: bool = False) -> float:

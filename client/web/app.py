@@ -72,29 +72,37 @@ def create_app(client: SearchClient, max_upload: int = MAX_IMAGE_BYTES) -> FastA
         return out
 
     @app.post("/api/search")
-    def search(image: UploadFile = File(..., description="the mark: PNG, JPEG, ..."),
+    def search(image: UploadFile | None = File(None, description="the mark: PNG, JPEG, ..."),
                k: int = Form(10, ge=1), threshold: float | None = Form(None, ge=0, le=1),
                region: str | None = Form(None, description="X,Y,W,H in image pixels"),
                filters: list[str] = Form([], alias="filter",
-                                         description="COLUMN=V1,V2; every one must hold")
+                                         description="COLUMN=V1,V2; every one must hold"),
+               text: str = Form("", description="the mark's words (alone: a search by words)"),
+               read_words: bool = Form(False, description="read the picture's words anyway")
                ) -> dict:
-        # Read one byte past the limit: a larger upload is refused without holding it all.
-        data = image.file.read(max_upload + 1)
-        if not data:
-            raise HTTPException(400, "the upload is empty: choose an image file")
-        if len(data) > max_upload:
-            raise HTTPException(413, f"the image is larger than {max_upload // (1 << 20)} MB, "
-                                     "the most the search server takes")
+        data = b""
+        if image is not None:
+            # Read one byte past the limit: a larger upload is refused without holding it all.
+            data = image.file.read(max_upload + 1)
+            if not data:
+                raise HTTPException(400, "the upload is empty: choose an image file")
+            if len(data) > max_upload:
+                raise HTTPException(413, f"the image is larger than "
+                                         f"{max_upload // (1 << 20)} MB, the most the search "
+                                         "server takes")
+        elif not text.strip():
+            raise HTTPException(400, "give an image, the mark's words, or both")
         try:
             box = parse_region(region) if region else None
             wanted = parse_filters([f for f in filters if f.strip()])
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
+        name = image.filename or "" if image is not None else ""
         try:
-            reply = client.search(data, k, threshold, image.filename or "", box, wanted)
+            reply = client.search(data, k, threshold, name, box, wanted, text, read_words)
         except grpc.RpcError as e:
             raise _abort(e) from None
-        return {"file": image.filename or ""} | response_to_dict(reply)
+        return {"file": name} | response_to_dict(reply)
 
     @app.get("/api/thumbnails/{serial}", responses={200: {"content": {"image/png": {}}}})
     def thumbnail(serial: str) -> Response:

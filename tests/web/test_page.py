@@ -185,3 +185,26 @@ def test_the_marks_of_a_photograph_are_boxed_and_each_shows_its_matches(browser,
         page.screenshot(path=str(tmp_path / "page.png"))
     finally:
         context.close()
+
+
+def test_the_words_read_can_be_corrected_and_searched_again(page, engine):
+    """A registered mark with words: the page shows the words read; words typed alone
+    find the mark that bears them, and the answer says it was found by its words."""
+    cat = engine.index.catalog
+    texts = cat.texts(cat.all_ids())
+    mark_id, text = next((i, t) for i, t in sorted(texts.items()) if len(t) >= 5)
+    serial = cat.refs([mark_id])[mark_id].serial
+    choose(page, next(p for i, p in cat.sources() if i == mark_id))
+    page.get_by_role("button", name="Search", exact=True).click()
+    playwright.expect(page.locator("#verdict-text")).to_contain_text(serial)
+    playwright.expect(page.locator("#text")).to_have_value(text)
+    playwright.expect(page.locator("#text-help")).to_contain_text("Words read in the picture")
+    # The user types other words: a made-up word finds no registered mark...
+    page.locator("#text").fill("Zorblaxquint")
+    page.get_by_role("button", name="Search", exact=True).click()
+    playwright.expect(page.locator("#text-help")).to_contain_text("words you typed")
+    # ... and the mark's own words, typed, confirm it by its words.
+    page.locator("#text").fill(text.lower())
+    page.get_by_role("button", name="Search", exact=True).click()
+    playwright.expect(page.locator("#verdict-text")).to_contain_text(serial)
+    playwright.expect(page.locator("#matches .match").first).to_contain_text(f"“{text}”")

@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, region: null, url: null, marks: [] };
+// textRead: the words box holds what the server read (not what the user typed), so
+// it is sent as the caller's words only once the user has changed it.
+const state = { file: null, region: null, url: null, marks: [], textRead: "" };
 
 function fmt(x) { return Number(x).toFixed(4); }
 
@@ -48,6 +50,7 @@ function setImage(file) {
   $("preview").src = state.url;
   $("stage").hidden = false;
   $("search").disabled = false;
+  if ($("text").value === state.textRead) { $("text").value = ""; state.textRead = ""; }
   clearRegion();
   clearMarks();
   showError("");
@@ -127,11 +130,19 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
+function typedText() {
+  const text = $("text").value.trim();
+  return text && text !== state.textRead ? text : "";
+}
+
 async function search(e) {
   e.preventDefault();
-  if (!state.file) return;
+  const text = typedText();
+  if (!state.file && !text) return;
   const form = new FormData();
-  form.append("image", state.file, state.file.name || "pasted.png");
+  if (state.file) form.append("image", state.file, state.file.name || "pasted.png");
+  // The page always shows the words of the picture, so it asks for them.
+  if (text) form.append("text", text); else form.append("read_words", "true");
   form.append("k", $("k").value || "10");
   if ($("threshold").value !== "") form.append("threshold", $("threshold").value);
   if (state.region) form.append("region", state.region.join(","));
@@ -163,12 +174,33 @@ function render(res) {
   $("verdict-text").textContent = res.exists
     ? `Trade Mark Existed! - serial number: ${res.matched_serial}`
     : "Trade Mark Not Existed!";
-  $("verdict-detail").textContent = `confidence ${fmt(res.confidence)} against the threshold ` +
-    `${fmt(res.threshold)}; top similarity ${fmt(res.top_score)}` +
+  const byWords = res.matched_by === "words";
+  $("verdict-detail").textContent = (byWords
+    ? `its words match a registered mark's: ${fmt(res.words_score)} against the words' ` +
+      `threshold ${fmt(res.words_threshold)}; picture confidence ${fmt(res.confidence)}`
+    : `confidence ${fmt(res.confidence)} against the threshold ` +
+      `${fmt(res.threshold)}; top similarity ${fmt(res.top_score)}`) +
+    (res.words && !byWords ? `; words "${res.words}" match at best ${fmt(res.words_score)}` : "") +
     (res.filtered ? `; among the ${res.candidates} registered marks that pass the filters` : "");
+  showWords(res);
   const list = $("matches");
   list.replaceChildren(...res.matches.map((m, i) => matchItem(m, i, res)));
   renderMarks(res);
+}
+
+// The words read in the picture fill the words box (unless the user typed there), to be
+// corrected and searched again.
+function showWords(res) {
+  if (typedText()) {
+    state.textRead = "";
+    $("text-help").textContent = "Searched with the words you typed.";
+    return;
+  }
+  $("text").value = res.words || "";
+  state.textRead = $("text").value;
+  $("text-help").textContent = state.textRead
+    ? "Words read in the picture: correct them and search again."
+    : "No words read in the picture; type the mark's words to search by them.";
 }
 
 // Marks the detector found in a photograph: boxed on the picture, listed, and each
@@ -241,8 +273,14 @@ function matchItem(m, i, res) {
   const name = document.createElement("div");
   name.textContent = m.name || "";
   const score = document.createElement("div");
-  score.textContent = `similarity ${fmt(m.score)}`;
+  score.textContent = m.score ? `similarity ${fmt(m.score)}` : "found by its words";
   b.append(img, serial, name, score);
+  if (m.text) {
+    const words = document.createElement("div");
+    words.className = "words";
+    words.textContent = `words “${m.text}”` + (m.text_score ? ` · match ${fmt(m.text_score)}` : "");
+    b.append(words);
+  }
   const meta = Object.entries(m.metadata || {}).filter(([k]) => k !== "name");
   if (meta.length) {
     const line = document.createElement("div");
@@ -267,6 +305,7 @@ function openViewer(m, i) {
   $("viewer-img").src = `/api/thumbnails/${encodeURIComponent(m.serial)}`;
   $("viewer-img").alt = `Registered mark ${m.serial}, enlarged`;
   const meta = [["serial", m.serial], ["name", m.name || ""], ["similarity", fmt(m.score)],
+                ...(m.text ? [["words", m.text], ["words match", fmt(m.text_score)]] : []),
                 ...Object.entries(m.metadata || {}).filter(([k]) => k !== "name")
                   .map(([k, v]) => [k, String(v)])];
   if (m.same_mark && i > 0) meta.push(["", "a rendition of the top match"]);
@@ -282,6 +321,9 @@ document.addEventListener("DOMContentLoaded", () => {
   setupPicker();
   setupCrop();
   $("search-form").addEventListener("submit", search);
+  $("text").addEventListener("input", () => {
+    $("search").disabled = !state.file && !$("text").value.trim();
+  });
   loadInfo();
   window.addEventListener("resize", placeMarkBoxes);
 });
