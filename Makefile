@@ -55,6 +55,7 @@ FILTER_N ?= $(lastword $(subst $(comma), ,$(BENCH_SIZES)))
 bench: install $(DEV_STAMP)
 	$(PY) -m bench.speed --out $(OUT)/bench --sizes $(BENCH_SIZES) --hnsw-max-n $(HNSW_MAX_N)
 	$(PY) -m bench.filtered --n $(FILTER_N) --json $(OUT)/bench/filtered.json
+	$(PY) -m bench.words_speed --n $(FILTER_N) --out $(OUT)/bench
 
 # 10 M vectors, more than fit in memory as floats: ivf-sq8 built from a stream of chunks
 # against exact search streamed the same way, and the server started on it (bench/streamed.py).

@@ -99,13 +99,14 @@ class ModelReference:
 
 
 def latency_ms(address: str, payloads: list[bytes], calls: int = 100,
-               model: ModelReference | None = None, block: int = 10) -> dict:
+               model: ModelReference | None = None, block: int = 10,
+               read_words: bool = False) -> dict:
     """One client's Search latency p50/p99; with `model`, blocks of `block` calls
     alternate with blocks of as many images through the model alone, one at a time,
     and `model_p50_ms` is their median. Each side runs warm in its block: a model call
     right after each server call ran on cold caches and threads and took ~1.5x its
     back-to-back time, which flattered the server's ratio (1.13-1.18x, against 1.46-1.53x
-    in blocks; 2-core EPYC)."""
+    in blocks; 2-core EPYC). `read_words`: every Search asks for the picture's words."""
     times, model_times = [], []
     with SearchClient(address) as client:
         for p in payloads[:3]:
@@ -113,7 +114,7 @@ def latency_ms(address: str, payloads: list[bytes], calls: int = 100,
         for start in range(0, calls, block):
             for i in range(start, min(calls, start + block)):
                 t0 = time.perf_counter()
-                client.search(payloads[i % len(payloads)], k=10)
+                client.search(payloads[i % len(payloads)], k=10, read_words=read_words)
                 times.append(time.perf_counter() - t0)
             if model is not None:
                 model_times += [model.one_image_s(i)

@@ -218,6 +218,7 @@ def _error_line(file: Path, request_id: str, code: str, message: str) -> dict:
     return {"file": str(file), "request_id": request_id, "exists": False,
             "matched_serial": None, "top_score": 0.0, "confidence": 0.0, "threshold": 0.0,
             "matches": [], "filtered": False, "candidates": None, "marks": [],
+            "words": "", "words_score": 0.0, "matched_by": None, "words_threshold": None,
             "error": {"code": code, "message": message}}
 
 

@@ -113,22 +113,24 @@ def sound(word: str) -> str:
     return jellyfish.metaphone(word)
 
 
-# Words this long or shorter are also found with one letter left out: a slip in a short
-# word changes all its three-letter pieces ("jvaa" shares none with "java").
-SHORT_WORD = 6
+# Words up to this long are also found with one letter left out (keys): a slip changes up
+# to three of a word's three-letter pieces, all of a short word's ("jvaa" shares none
+# with "java").
+LONGEST_SLIP = 16
 
 
 def keys(found: tuple[str, ...], query: bool = False) -> list[str]:
-    """The catalog's lookup keys of a text's words: each word ("w:"), its sound ("s:") and,
-    for a short word, the word with each letter left out in turn ("d:"), so that two
-    words one slip apart (a letter changed, added, dropped or two swapped) share a key.
-    A query also looks its words up among those keys."""
+    """The catalog's lookup keys of a text's words: each word ("w:", and the words run
+    together), its sound ("s:") and the word with each letter left out in turn ("d:"), so
+    that two words one slip apart (a letter changed, added, dropped or two swapped) share
+    a key (symmetric deletion, as SymSpell does). A query also looks its words up among
+    those keys."""
     out = []
-    for w in found:
+    for w in (*found, "".join(found)) if len(found) > 1 else found:
         out += [f"w:{w}", f"d:{w}"]
         if key := sound(w):
             out.append(f"s:{key}")
-        if MIN_WORD <= len(w) <= SHORT_WORD:
+        if MIN_WORD <= len(w) <= LONGEST_SLIP:
             out += [f"d:{w[:i]}{w[i + 1:]}" for i in range(len(w))]
     if query:  # a query word that is a registered word with a letter left out
         out += [f"d:{w}" for w in found]

@@ -81,8 +81,8 @@ def to_query(engine: SearchEngine, request: pb.SearchRequest) -> Query:
     engine.allowed(filters)  # an unknown column is refused here, before any decoding
     text = engine.check_text(request.text)
     if not request.image and not text:
-        raise InvalidRequest("the request has neither an image nor text: send the mark's "
-                             "picture, its words, or both")
+        raise InvalidRequest("image is empty (0 bytes) and there is no text: send the "
+                             "mark's picture, its words, or both")
     if region is not None and not request.image:
         raise InvalidRequest("a region needs an image to cut it from")
     return Query(request.image, region, filters, text, request.read_words)

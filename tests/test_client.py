@@ -53,7 +53,8 @@ def test_batch_writes_one_line_per_input(server_address, tmp_path, capsys):
     assert by_name["q01121.jpg"]["exists"] is False
     assert by_name["zz-corrupt.png"]["error"]["code"] == "INVALID_ARGUMENT"
     keys = {"file", "request_id", "exists", "matched_serial", "top_score", "confidence",
-            "threshold", "matches", "filtered", "candidates", "marks", "error"}
+            "threshold", "matches", "filtered", "candidates", "marks", "words", "words_score",
+            "matched_by", "words_threshold", "error"}
     assert all(set(l) == keys for l in lines)
     assert "4 images: 2 exist, 1 not, 1 failed (1 INVALID_ARGUMENT)" in capsys.readouterr().out
 

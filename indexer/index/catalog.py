@@ -178,27 +178,38 @@ class Catalog:
                                  "AND text != ''", chunk))
         return out
 
-    def word_candidates(self, pieces: list[str], keys: list[str], limit: int) -> list[int]:
-        """Ids of marks whose words share the most of these three-letter `pieces` (at most
-        `limit`, by FTS5's bm25 rank), and of those with one of these `keys`
-        (indexer.words.keys)."""
-        if not self.has_text_column:
+    def key_candidates(self, keys: list[str], limit: int) -> list[int]:
+        """Ids of marks with one of these `keys` (indexer.words.keys), at most `limit`."""
+        if not self.has_text_column or not keys:
             return []
         ids: dict[int, None] = {}
-        if pieces:
-            match = " OR ".join('"' + p.replace('"', '""') + '"' for p in pieces)
-            ids.update(dict.fromkeys(r[0] for r in self._all(
-                "SELECT rowid FROM mark_words WHERE mark_words MATCH ? ORDER BY rank LIMIT ?",
-                (match, limit))))
         for chunk in _chunks(keys):
             ids.update(dict.fromkeys(r[0] for r in self._all(
-                f"SELECT id FROM mark_keys WHERE key IN ({_marks(chunk)}) LIMIT ?",
-                [*chunk, limit])))
+                f"SELECT DISTINCT id FROM mark_keys WHERE key IN ({_marks(chunk)}) LIMIT ?",
+                [*chunk, limit - len(ids)])))
+            if len(ids) >= limit:
+                break
         return list(ids)
 
+    def piece_candidates(self, pieces: list[str], limit: int) -> list[int]:
+        """Ids of marks whose words share the most of these three-letter `pieces` (at most
+        `limit`, by FTS5's bm25 rank). Slower than keys on a large register: FTS5 ranks
+        every mark that shares one piece."""
+        if not self.has_text_column or not pieces:
+            return []
+        match = " OR ".join('"' + p.replace('"', '""') + '"' for p in pieces)
+        return [r[0] for r in self._all(
+            "SELECT rowid FROM mark_words WHERE mark_words MATCH ? ORDER BY rank LIMIT ?",
+            (match, limit))]
+
     def metadata_rows(self) -> list[tuple[int, str]]:
-        """(id, metadata JSON) of every mark that has any (indexer.index.filters)."""
-        return self._all("SELECT id, metadata FROM marks WHERE metadata != '{}'")
+        """(id, metadata JSON) of every mark that has any (indexer.index.filters); a mark's
+        words are its column `text` there, filterable like the others."""
+        if not self.has_text_column:
+            return self._all("SELECT id, metadata FROM marks WHERE metadata != '{}'")
+        return self._all("SELECT id, CASE WHEN text != '' THEN json_set(metadata, '$.text', "
+                         "text) ELSE metadata END FROM marks WHERE metadata != '{}' OR "
+                         "text != ''")
 
     def thumbnails(self, serials: list[str]) -> dict[str, tuple[str, bytes]]:
         """{serial: (name, image bytes)} for the serials that exist and have one."""

@@ -1,7 +1,7 @@
 """Word-element search: the registered marks whose words match a query's.
 
-Candidates come from the catalog's indexes (indexer.index.catalog: FTS5 trigrams of the
-words, and their sounds), never from a scan of the register; each candidate is then
+Candidates come from the catalog's indexes (indexer.index.catalog: keys of the words,
+and FTS5 trigrams of them), never from a scan of the register; each candidate is then
 scored by indexer.words.similarity, exactly as the build's calibration scores made-up
 words (indexer.word_calibration).
 """
@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from indexer import words
 from indexer.index.catalog import Catalog
 
-# Candidates fetched by their shared three-letter pieces before scoring: a one-letter
-# slip keeps most pieces of a word, so the right mark is among the first few.
+# Candidates fetched before scoring: first those that share a key with the query (a word,
+# a sound, or a word one slip away: indexer.words.keys, B-tree lookups), and only where
+# none of them scores KEYS_ENOUGH, those that share the most three-letter pieces (FTS5).
 CANDIDATES = 200
+KEYS_ENOUGH = 0.8
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,20 @@ def search(catalog: Catalog, query: tuple[str, ...], k: int, short: bool = False
     best first (ties: the marks registered first); `short`: as indexer.words.similarity."""
     if not query:
         return []
-    ids = catalog.word_candidates(words.trigrams(query), words.keys(query, query=True),
-                                  candidates)
-    texts = catalog.texts(ids)
-    hits = [WordHit(i, words.similarity(query, words.words_of(t), short), t)
-            for i, t in texts.items()]
-    hits.sort(key=lambda h: (-h.score, h.id))
+    hits = _scored(catalog, catalog.key_candidates(words.keys(query, query=True), candidates),
+                   query, short)
+    if not hits or hits[0].score < KEYS_ENOUGH:
+        # Nothing one slip away: look wider, by shared three-letter pieces.
+        seen = {h.id for h in hits}
+        more = [i for i in catalog.piece_candidates(words.trigrams(query), candidates)
+                if i not in seen]
+        hits = sorted(hits + _scored(catalog, more, query, short),
+                      key=lambda h: (-h.score, h.id))
     return hits[:k]
+
+
+def _scored(catalog: Catalog, ids: list[int], query: tuple[str, ...],
+            short: bool) -> list[WordHit]:
+    hits = [WordHit(i, words.similarity(query, words.words_of(t), short), t)
+            for i, t in catalog.texts(ids).items()]
+    return sorted(hits, key=lambda h: (-h.score, h.id))

@@ -112,4 +112,5 @@ def test_a_stream_mixes_filters_regions_and_bad_items(stub):
 
 def test_info_lists_the_filterable_columns(stub):
     info = stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=30)
-    assert list(info.filterable_columns) == ["name", "nice_classes", "source", "status"]
+    # `text`: the words of the marks the build read them in (indexer.words)
+    assert list(info.filterable_columns) == ["name", "nice_classes", "source", "status", "text"]

@@ -92,7 +92,8 @@ def test_bad_text_is_invalid_argument(stub, text, why):
 def test_neither_image_nor_text_is_invalid_argument(stub):
     with pytest.raises(grpc.RpcError) as e:
         stub.Search(pb.SearchRequest(k=3))
-    assert e.value.code() == INVALID and "neither an image nor text" in e.value.details()
+    assert e.value.code() == INVALID and "empty (0 bytes) and there is no text" in \
+        e.value.details()
 
 
 def test_a_stream_answers_words_and_fails_bad_text_alone(stub, worded):
@@ -127,3 +128,12 @@ def test_a_register_without_words_is_searched_by_picture_alone(tmp_path, encoder
             assert info.words_threshold == 0 and info.marks_with_words == 0
     finally:
         engine.close()
+
+
+def test_marks_can_be_filtered_by_their_words(stub, worded):
+    serial, text = worded
+    query = next(q for q in sample_queries("known") if q["expected_serial"] != serial)
+    resp = stub.Search(pb.SearchRequest(image=query["path"].read_bytes(), k=5, filters=[
+        pb.Filter(column="text", values=[text])]))
+    assert resp.filtered and resp.candidates >= 1
+    assert all(m.text == text for m in resp.matches) and resp.matches[0].serial == serial

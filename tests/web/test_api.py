@@ -52,7 +52,7 @@ def test_info_reports_the_index(web_url, engine):
     assert status == 200 and kind == "application/json"
     assert info["count"] == engine.index.index.ntotal
     assert info["max_upload_bytes"] == MAX_IMAGE_BYTES
-    assert info["filterable_columns"] == ["name", "nice_classes", "source", "status"]
+    assert info["filterable_columns"] == ["name", "nice_classes", "source", "status", "text"]
     assert abs(info["threshold"] - engine.threshold) < 1e-4
 
 
