@@ -1,6 +1,7 @@
 """`indexer build|add --ray`: read -> prepare -> encode as a Ray Data pipeline.
 
-Reading and preparing a mark (decode, variants, small copies, thumbnail: build.prepare)
+Reading and preparing a mark (decode, variants, small copies, thumbnail, words:
+indexer.pipeline.prepare)
 run as Ray tasks on the cluster's CPUs; encoding runs in a pool of actors that each load
 the encoder once, one GPU each where the cluster has GPUs, else some CPU threads each.
 The descriptors stream back to the driver, which then writes the index version exactly as
@@ -22,10 +23,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
-from indexer.build import (BuildError, BuildOptions, Encoded, Prepared, Skipped, catalog_row,
-                           encode_batch, prepare, reads_words)
+from indexer.pipeline import (BuildError, BuildOptions, Encoded, Prepared,  # noqa: F401
+                              RayOptions, Skipped, catalog_row, encode_batch, prepare,
+                              reads_words)
 from indexer.network.encoder import Encoder, EncoderError, load_encoder
-from indexer.network.options import CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH
+from indexer.network.options import CPU_BATCH, GPU_BATCH
 from indexer.network.preprocess import ImageDecodeError, PreprocessConfig
 from indexer.sources import ImageItem
 
@@ -44,21 +46,6 @@ MAX_BLOCKS = 1000
 
 class RayUnavailable(BuildError):
     """--ray was asked for without Ray installed, or its cluster cannot be reached."""
-
-
-@dataclass
-class RayOptions:
-    # "ray://HOST:10001", "HOST:6379" or "auto" (ray.init's address); None: this process's
-    # Ray if it has one, else a local Ray started on this machine and stopped at the end.
-    address: str | None = None
-    # Encoder actors; None: one per GPU where the cluster has GPUs, else one per
-    # `actor_threads` of the cluster's CPUs.
-    actors: int | None = None
-    # CPU actors: the encoder's threads, and the CPUs each one reserves.
-    actor_threads: int = 1
-    # What the actors load (indexer.network.encoder.load_encoder): the driver's encoder.
-    encoder: str = DEFAULT_ENCODER
-    runtime: str = "auto"
 
 
 def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
@@ -97,8 +84,25 @@ def _connect(ray, address: str | None) -> bool:
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e}") from e
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e}"
+                             f"{_auth_hint(e)}") from e
     return True
+
+
+def _auth_hint(e: Exception) -> str:
+    """Ray >= 2.59 turns token authentication on for clusters started with `ray start`, and
+    a driver without the token only hears "Failed to connect" (the cluster's log says
+    InvalidAuthToken): name the likely cause and its fix, unless the driver already
+    sends a token."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    said = "the cluster wants a token" if "auth" in str(e).lower() else \
+        "if the cluster's log says InvalidAuthToken, it wants a token"
+    return (f"; {said} (Ray >= 2.59 turns token authentication on for clusters started "
+            "with `ray start`): run the build with RAY_AUTH_MODE=token in its environment, "
+            "with the cluster's token in RAY_AUTH_TOKEN, in the file RAY_AUTH_TOKEN_PATH "
+            "names, or in Ray's default token file on this machine (`ray get-auth-token` "
+            "on the head prints it)")
 
 
 @dataclass

@@ -141,9 +141,25 @@ def convert(net: nn.Module, size: int, mean: float, std: float, identity: dict,
             log.debug("no compiled-model cache: %s", e)
         network = OpenVinoNetwork(core, model, threads, source)
         network.compiled(threads)
-    except (RuntimeError, OSError, TypeError, ValueError) as e:
-        raise OpenVinoUnavailable(f"{type(e).__name__}: {e}") from e
+    except (RuntimeError, OSError, TypeError, ValueError, *_frontend_failures()) as e:
+        # The first line says which: the frontend's report runs to a page.
+        first = str(e).strip().splitlines()
+        failed = [l.strip("- ") for l in first if l.startswith("-- Conversion is failed for")]
+        raise OpenVinoUnavailable(f"{type(e).__name__}: "
+                                  f"{failed[0] if failed else first[0] if first else ''}") from e
     return network
+
+
+def _frontend_failures() -> tuple[type[Exception], ...]:
+    """OpenVINO's frontend errors (a TorchScript it cannot convert raises
+    OpConversionFailure, a plain Exception), where this OpenVINO has them."""
+    try:
+        from openvino import frontend
+    except ImportError:
+        return ()
+    return tuple(getattr(frontend, n) for n in ("GeneralFailure", "OpConversionFailure",
+                                                 "OpValidationFailure", "NotImplementedFailure")
+                 if isinstance(getattr(frontend, n, None), type))
 
 
 def _cache_key(identity: dict, size: int, mean: float, std: float, ov_version: str) -> str:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
 import sqlite3
 import sys
 from pathlib import Path
@@ -123,3 +125,24 @@ def test_ray_missing_says_how_to_install(monkeypatch, tmp_path, encoder, sample_
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(RayUnavailable, match=r'pip install "\.\[ray\]"'):
         encode_items(sample_items[:2], encoder, quiet(ray=RayOptions()))
+
+
+@pytest.mark.slow
+def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
+    """A real head started with token authentication (`ray start`, as Ray >= 2.59 does by
+    default); a driver without the token is told why and how, not just 'Failed to
+    connect'; with RAY_AUTH_MODE=token and the token it builds."""
+    port = 6390 + os.getpid() % 500
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="a" * 32)
+    subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false"], env=env, check=True, capture_output=True,
+                   timeout=120)
+    try:
+        cmd = [sys.executable, "-m", "indexer", "build", "--images", str(SAMPLES / "registry"),
+               "--out", str(tmp_path / "index"), "--no-progress", "--ray", f"127.0.0.1:{port}"]
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        done = subprocess.run(cmd, env=bare, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and "RAY_AUTH_MODE=token" in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -108,3 +108,29 @@ def test_an_unwritable_cache_converts_each_time(tmp_path, torch_encoder, marks, 
         ref = torch_encoder._infer(torch.from_numpy(
             (flat.transpose(0, 3, 1, 2).astype(np.float32) - cfg.mean) / cfg.std)).numpy()
     assert (net(flat) * ref).sum(axis=1).min() >= 0.9999
+
+
+def test_a_torchscript_openvino_cannot_convert_falls_back_under_auto(tmp_path, caplog,
+                                                                     monkeypatch):
+    """A real conversion failure, not a stand-in: OpenVINO's frontend raises
+    OpConversionFailure (a plain Exception) for a scripted F.normalize (aten::div with a
+    None out). `auto` goes on with PyTorch and says why in one line; `openvino` refuses."""
+    monkeypatch.setenv("TRADEMARK_SEARCH_CACHE", str(tmp_path / "cache"))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=4)
+
+        def forward(self, x):
+            return torch.nn.functional.normalize(self.conv(x).mean((2, 3)), dim=1)
+
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(Tiny()).save(str(path))
+    with caplog.at_level(logging.WARNING, logger="indexer.network.encoder"):
+        encoder = load_encoder(str(path), "cpu", "auto", 1)
+    assert encoder.runtime == "torch"
+    said = [r.getMessage() for r in caplog.records if r.name == "indexer.network.encoder"]
+    assert len(said) == 1 and "OpConversionFailure" in said[0] and "aten::div" in said[0]
+    with pytest.raises(EncoderError, match="--runtime torch"):
+        load_encoder(str(path), "cpu", "openvino", 1)
