@@ -57,7 +57,9 @@ def calibrate_words(catalog: Catalog, target_fpr: float,
     with_words = catalog.count_with_words()
     if not with_words:
         return None
-    scores = np.array([hits[0].score if (hits := wordindex.search(catalog, q, 1)) else 0.0
+    # Scored as a typed query is (short words count): the stricter of the two ways.
+    scores = np.array([hits[0].score if (hits := wordindex.search(catalog, q, 1, short=True))
+                       else 0.0
                        for q in negatives(count)])
     # The smallest score that at most target_fpr of the negatives reach (a tie at the
     # quantile counts against it).
