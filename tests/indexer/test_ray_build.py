@@ -137,12 +137,20 @@ def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2",
                     "--include-dashboard=false"], env=env, check=True, capture_output=True,
                    timeout=120)
+    images = tmp_path / "marks"
+    images.mkdir()
+    for p in sorted((SAMPLES / "registry").glob("*.png"))[:40]:
+        (images / p.name).write_bytes(p.read_bytes())
     try:
-        cmd = [sys.executable, "-m", "indexer", "build", "--images", str(SAMPLES / "registry"),
-               "--out", str(tmp_path / "index"), "--no-progress", "--ray", f"127.0.0.1:{port}"]
+        cmd = [sys.executable, "-m", "indexer", "build", "--images", str(images), "--out",
+               str(tmp_path / "index"), "--no-progress", "--ray", f"127.0.0.1:{port}"]
         bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
         done = subprocess.run(cmd, env=bare, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0 and "RAY_AUTH_MODE=token" in done.stderr, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
+        # The fix the message gives works: the same command with the token builds.
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "indexed 40 marks" in done.stdout
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
