@@ -116,6 +116,9 @@ class Answer:
 BY_PICTURE, BY_WORDS = "picture", "words"
 # Words read in a picture confirm one of its first this many matches (SearchEngine.add_words).
 CONFIRM_DEPTH = 3
+# Words read in a mark found in a photograph decide alone where they are exactly a
+# registered mark's words, of at least this many letters (SearchEngine._with_words).
+EXACT_LETTERS = 4
 
 
 # What a search gives for one picture: each part searched, with the hits of each of its
@@ -406,26 +409,37 @@ class SearchEngine:
     def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool) -> MarkAnswer:
         """The mark's answer with its words matched. Words the caller typed are evidence of
         their own: the register's marks that bear them rank first (after the picture's
-        top match where that exists) and make the mark exist. Words read in the picture
-        only confirm it: one of the picture's first CONFIRM_DEPTH matches whose words
-        match comes first and makes the mark exist. (On LogoBench, read words that
+        top match where that exists) and make the mark exist. Words read in a clean
+        picture only confirm it: one of the picture's first CONFIRM_DEPTH matches whose
+        words match comes first and makes the mark exist. (On LogoBench, read words that
         matched a mark the picture did not rank were all unregistered brands that share
         a word with a registered one: "Express", "uber"; those that confirmed a match
-        were nearly all right.)"""
+        were nearly all right.) In a mark found in a photograph, where perspective and
+        light leave the picture unsure, words read that are exactly a registered mark's
+        words (EXACT_LETTERS letters or more) decide as typed words do: the same words
+        are a conflict whatever the picture."""
         query = words.words_of(text)
         scored = [dataclasses.replace(h, text_score=words.similarity(
             query, words.words_of(h.text), typed)) for h in mark.hits]
         by_words: list[Hit] = []
-        if typed:
-            found = wordindex.search(self.index.catalog, query, k, short=True)
+        photographed = mark.detected is not None and not typed
+        if typed or photographed:
+            found = wordindex.search(self.index.catalog, query, k, short=typed)
+            if photographed:
+                exact = "".join(query)
+                found = [h for h in found if len(exact) >= EXACT_LETTERS
+                         and "".join(words.words_of(h.text)) == exact]
             refs = self.index.catalog.refs([h.id for h in found]) if found else {}
             seen = {h.serial for h in scored}
             by_words = [Hit(refs[h.id].serial, refs[h.id].name, 0.0,
                             metadata=refs[h.id].metadata, text=h.text, text_score=h.score)
                         for h in found if h.id in refs and refs[h.id].serial not in seen]
+        if typed:
             candidates = scored + by_words
-        else:
-            candidates = scored[:CONFIRM_DEPTH]
+        else:  # the picture's first matches, and (photographed) those its exact words name
+            named = {refs[h.id].serial for h in found if h.id in refs} if photographed else set()
+            candidates = scored[:CONFIRM_DEPTH] + [
+                h for h in scored[CONFIRM_DEPTH:] if h.serial in named] + by_words
         matched = sorted([h for h in candidates if h.text_score >= self.words_threshold],
                          key=lambda h: (h.text_score, h.score), reverse=True)
         best = max((h.text_score for h in scored + by_words), default=0.0)

@@ -137,3 +137,26 @@ def test_marks_can_be_filtered_by_their_words(stub, worded):
         pb.Filter(column="text", values=[text])]))
     assert resp.filtered and resp.candidates >= 1
     assert all(m.text == text for m in resp.matches) and resp.matches[0].serial == serial
+
+
+def test_exact_words_decide_in_a_photograph_but_only_confirm_in_a_clean_picture(engine,
+                                                                                 worded):
+    """The rule itself, on the real catalog: a mark the picture did not confirm, whose
+    words read are exactly a registered mark's, exists by its words where the detector
+    found it in a photograph, and not in a clean picture (words there only confirm one of
+    the picture's first matches, which here name other marks)."""
+    from server.engine import MarkAnswer
+    serial, text = worded
+    other = next(q for q in sample_queries("unknown") if q["transform"] == "identity")
+    others = [h for h in engine.search([engine.prepare(other["path"].read_bytes())], 5)[0]
+              if h.serial != serial]
+    assert all(words.similarity(words.words_of(text), words.words_of(h.text)) < 1.0
+               for h in others[:3])
+    clean = MarkAnswer((0, 0, 10, 10), False, "", 0.4, 0.1, others[:5])
+    photo = MarkAnswer((0, 0, 10, 10), False, "", 0.4, 0.1, others[:5], detected=0.8)
+    assert not engine._with_words(clean, text, 5, typed=False).exists
+    found = engine._with_words(photo, text, 5, typed=False)
+    assert found.exists and found.matched_serial == serial and found.matched_by == "words"
+    # One letter off is not the same words: it does not decide alone.
+    slipped = text[:-1] + ("x" if text[-1] != "x" else "y")
+    assert not engine._with_words(photo, slipped, 5, typed=False).exists
