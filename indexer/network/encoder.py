@@ -33,7 +33,7 @@ from indexer.network import openvino_runtime
 from indexer.network.allocator import keep_freed_memory
 from indexer.network.efficientnet import EfficientNetLite, efficientnet_lite0, fold_batchnorms
 from indexer.network.options import (  # noqa: F401
-    CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, RUNTIMES)
+    CPU_BATCH, DEFAULT_ENCODER, GPU_BATCH, PIXELS_ENCODER, RUNTIMES)
 from indexer.network.preprocess import PreprocessConfig
 from indexer.network.projection import Projection
 
@@ -382,11 +382,43 @@ def _load(spec: str, device: str | None) -> Encoder:
         return _with_tuning(_load_lite0(dev), WEIGHTS_FILE)
     if spec == PCA_ENCODER:
         return _load_lite0(dev)
+    if spec == PIXELS_ENCODER:
+        return _load_pixels(dev)
     if os.path.isfile(spec):
         return _load_torchscript(Path(spec), dev)
-    raise EncoderError(f"unknown encoder {spec!r}: use {DEFAULT_ENCODER!r}, {PCA_ENCODER!r} or "
-                       "the path of a TorchScript file (torch.jit.save) that maps (N,3,H,W) "
-                       "floats to (N,D)")
+    raise EncoderError(f"unknown encoder {spec!r}: use {DEFAULT_ENCODER!r}, {PCA_ENCODER!r}, "
+                       f"{PIXELS_ENCODER!r} or the path of a TorchScript file (torch.jit.save) "
+                       "that maps (N,3,H,W) floats to (N,D)")
+
+
+class PixelProjection(nn.Module):
+    """No network: each image averaged down to side x side pixels and multiplied by a
+    fixed random matrix (seeded, so every process makes the same one). A few microseconds
+    an image: it lets the pipeline around the encoder (reading, preparing, FAISS, the
+    catalog, memory) be measured at millions of marks on a CPU. It knows nothing of marks."""
+
+    def __init__(self, side: int = 8, dim: int = 256, seed: int = 0):
+        super().__init__()
+        self.side, self.dim, self.seed = side, dim, seed
+        g = torch.Generator().manual_seed(seed)
+        inputs = 3 * side * side
+        self.register_buffer("matrix", torch.randn(inputs, dim, generator=g) / math.sqrt(inputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, self.side).flatten(1) @ self.matrix
+
+
+def _load_pixels(device: torch.device) -> Encoder:
+    net = PixelProjection()
+    cfg = PreprocessConfig()
+    recipe = f"pixels side={net.side} dim={net.dim} seed={net.seed} v1"
+    ident = EncoderIdentity(f"{PIXELS_ENCODER}-{net.side}x{net.side}-{net.dim}",
+                            hashlib.sha256(recipe.encode()).hexdigest(), cfg.to_dict(),
+                            net.dim * len(cfg.views))
+    log.warning("encoder %r: a stand-in for timing the pipeline at scale (a fixed projection "
+                "of an %dx%d thumbnail); it is NO trademark encoder, and its answers mean "
+                "nothing", PIXELS_ENCODER, net.side, net.side)
+    return Encoder(net, cfg, ident, device)
 
 
 def load_backbone_encoder(device: str | None = None) -> Encoder:

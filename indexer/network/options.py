@@ -7,6 +7,9 @@ import argparse
 import os
 
 DEFAULT_ENCODER = "efficientnet-lite0"
+# A stand-in with no network: a fixed random projection of an 8x8 thumbnail, for measuring
+# the pipeline around the encoder at millions of marks (indexer.network.encoder.PixelEncoder).
+PIXELS_ENCODER = "pixels"
 # Marks per forward pass where the encoder is fastest per image on 2 CPU cores: batches
 # of 4-8 marks (8-16 network images with two views); at 16 marks it is 1.5x slower per
 # image, at 32 nearly 2x, as activations outgrow the cache. GPU_BATCH on a GPU.
@@ -22,8 +25,10 @@ RUNTIMES = ("auto", "openvino", "torch")
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("encoder")
     g.add_argument("--encoder", default=DEFAULT_ENCODER,
-                   help=f"{DEFAULT_ENCODER!r} (built in) or a TorchScript file mapping a float "
-                        "batch (N,3,H,W) to (N,D) vectors (default: %(default)s)")
+                   help=f"{DEFAULT_ENCODER!r} (built in), a TorchScript file mapping a float "
+                        f"batch (N,3,H,W) to (N,D) vectors, or {PIXELS_ENCODER!r}: a stand-in "
+                        "for timing the pipeline at scale, no trademark encoder "
+                        "(default: %(default)s)")
     g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda "
                                                   "(default: cuda when available)")
     g.add_argument("--threads", type=int, default=os.cpu_count(),

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 
 from indexer.network.encoder import EncoderError, load_encoder, padded_size
-from indexer.network.preprocess import PreprocessConfig, prepare_file
+from indexer.network.preprocess import PreprocessConfig, prepare, prepare_file
 from tests.conftest import DATA, SAMPLES
 
 # ImageNet classes: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso.
@@ -270,3 +271,20 @@ def test_pointwise_convolution_through_onednn_matches_conv2d(images):
         torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_pixels_stand_in_is_fixed_cheap_and_says_it_is_no_trademark_encoder(caplog):
+    """`--encoder pixels`: the same vectors in every process (a seeded projection), the
+    encoder's usual shape and normalisation, and a loud warning."""
+    with caplog.at_level(logging.WARNING, logger="indexer.network.encoder"):
+        a = load_encoder("pixels", "cpu", "torch")
+    assert "NO trademark encoder" in caplog.text
+    b = load_encoder("pixels", "cpu", "auto", 1)
+    marks = [prepare(p.read_bytes(), a.preprocess)
+             for p in sorted((SAMPLES / "registry").iterdir())[:6]]
+    da, db = a.descriptors(marks), b.descriptors(marks)
+    assert da.shape == (6, a.descriptor_dim)
+    np.testing.assert_allclose(np.linalg.norm(da, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(da, db, atol=1e-4)  # PyTorch and OpenVINO alike
+    assert a.identity == b.identity and a.identity.name == "pixels-8x8-256"
+    assert not np.allclose(da[0], da[1])  # different marks, different vectors
