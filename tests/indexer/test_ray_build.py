@@ -69,7 +69,7 @@ def _manifest(tmp_path: Path, rows: list[dict], name: str) -> Path:
 def _catalog(index_dir: Path) -> list[tuple]:
     db = sqlite3.connect(store.current_version_dir(index_dir) / store.CATALOG_FILE)
     try:
-        return db.execute("SELECT id, serial, name, source, sha256, thumbnail, metadata "
+        return db.execute("SELECT id, serial, name, source, sha256, thumbnail, metadata, text "
                           "FROM marks ORDER BY id").fetchall()
     finally:
         db.close()
@@ -98,12 +98,12 @@ def test_ray_build_and_add_equal_the_plain_ones(tmp_path, capsys):
                  *common]) == 0
     capsys.readouterr()
 
-    assert _catalog(clustered) == _catalog(plain)
-    assert len(_catalog(clustered)) == 30
+    assert _catalog(clustered) == _catalog(plain)  # the words read too
+    assert len(_catalog(clustered)) == 30 and any(row[-1] for row in _catalog(plain))
     assert cosines(_vectors(clustered), _vectors(plain)).min() >= 0.9999
     a, b = store.read_manifest(clustered), store.read_manifest(plain)
     assert a.threshold == pytest.approx(b.threshold, abs=1e-3)
-    assert a.count == b.count == 30
+    assert a.count == b.count == 30 and a.words_threshold == b.words_threshold
     assert main(["verify", "--index", str(clustered)]) == 0
     assert "verified" in capsys.readouterr().out
 
