@@ -139,13 +139,14 @@ def keys(found: tuple[str, ...], query: bool = False) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _spelled(a: str, b: str) -> float:
+def spelled(a: str, b: str) -> float:
+    """How alike two spellings are, in [0, 1]: 1 - edits / the longer's length."""
     from rapidfuzz.distance import OSA  # Levenshtein with a swap of neighbours as one edit
     return OSA.normalized_similarity(a, b)
 
 
 def _word_score(a: str, b: str) -> float:
-    score = _spelled(a, b)
+    score = spelled(a, b)
     if score < SOUND_SCORE and (key := sound(a)) and key == sound(b):
         # Metaphone keeps a word's consonants: two sounds ("FT": Foto, Photo; but also
         # tile, toll) say less than three (KWK: Kwik, Quick).
@@ -175,7 +176,7 @@ def similarity(query: tuple[str, ...], mark: tuple[str, ...], short: bool = Fals
     if not query or not mark:
         return 0.0
     joined_q, joined_m = "".join(query), "".join(mark)
-    whole = _spelled(joined_q, joined_m) \
+    whole = spelled(joined_q, joined_m) \
         if short or min(len(joined_q), len(joined_m)) >= MIN_WORD else 0.0
     # A registered mark's short words alone ("TM", read on many marks) never make a match.
     within = sorted((_covered(query, mark, short), _covered(mark, query)))

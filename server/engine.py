@@ -116,9 +116,20 @@ class Answer:
 BY_PICTURE, BY_WORDS = "picture", "words"
 # Words read in a picture confirm one of its first this many matches (SearchEngine.add_words).
 CONFIRM_DEPTH = 3
-# Words read in a mark found in a photograph decide alone where they are exactly a
-# registered mark's words, of at least this many letters (SearchEngine._with_words).
+# Words read in a mark found in a photograph decide alone where they are a registered
+# mark's words (SearchEngine._with_words): the same letters, at least EXACT_LETTERS of
+# them, or, for words of SLIP_LETTERS letters or more, up to one slip in five (OCR of a
+# photographed word misses a letter: "itpod" for GITPOD).
 EXACT_LETTERS = 4
+SLIP_LETTERS = 6
+SLIP_SIMILARITY = 0.8
+
+
+def _same_words(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
+    a, b = "".join(read), "".join(registered)
+    if a == b:
+        return len(b) >= EXACT_LETTERS
+    return len(b) >= SLIP_LETTERS and words.spelled(a, b) >= SLIP_SIMILARITY
 
 
 # What a search gives for one picture: each part searched, with the hits of each of its
@@ -415,9 +426,9 @@ class SearchEngine:
         matched a mark the picture did not rank were all unregistered brands that share
         a word with a registered one: "Express", "uber"; those that confirmed a match
         were nearly all right.) In a mark found in a photograph, where perspective and
-        light leave the picture unsure, words read that are exactly a registered mark's
-        words (EXACT_LETTERS letters or more) decide as typed words do: the same words
-        are a conflict whatever the picture."""
+        light leave the picture unsure, words read that are a registered mark's words
+        (_same_words) decide as typed words do: the same words are a conflict whatever
+        the picture."""
         query = words.words_of(text)
         scored = [dataclasses.replace(h, text_score=words.similarity(
             query, words.words_of(h.text), typed)) for h in mark.hits]
@@ -426,9 +437,7 @@ class SearchEngine:
         if typed or photographed:
             found = wordindex.search(self.index.catalog, query, k, short=typed)
             if photographed:
-                exact = "".join(query)
-                found = [h for h in found if len(exact) >= EXACT_LETTERS
-                         and "".join(words.words_of(h.text)) == exact]
+                found = [h for h in found if _same_words(query, words.words_of(h.text))]
             refs = self.index.catalog.refs([h.id for h in found]) if found else {}
             seen = {h.serial for h in scored}
             by_words = [Hit(refs[h.id].serial, refs[h.id].name, 0.0,
