@@ -96,10 +96,6 @@ def words_of(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
-def normalised(text: str) -> str:
-    return " ".join(words_of(text))
-
-
 _RESPELL = (("ph", "f"), ("qu", "kw"), ("ck", "k"), ("x", "ks"))
 
 
@@ -121,21 +117,24 @@ def sound(word: str) -> str:
 LONGEST_SLIP = 16
 
 
-def keys(found: tuple[str, ...], query: bool = False) -> list[str]:
-    """The catalog's lookup keys of a text's words: each word ("w:", and the words run
-    together), its sound ("s:") and the word with each letter left out in turn ("d:"), so
-    that two words one slip apart (a letter changed, added, dropped or two swapped) share
-    a key (symmetric deletion, as SymSpell does). A query also looks its words up among
-    those keys."""
+def _and_run_together(found: tuple[str, ...]) -> tuple[str, ...]:
+    """A text's words, and (for more than one) the words run together: "visual studio
+    code" is also looked up as "visualstudiocode"."""
+    return (*found, "".join(found)) if len(found) > 1 else found
+
+
+def keys(found: tuple[str, ...]) -> list[str]:
+    """The catalog's lookup keys of a text's words, the same for a registered mark and a
+    query: each word ("w:"), its sound ("s:"), and the word itself and with each letter
+    left out in turn ("d:"), so that two words one slip apart (a letter changed, added,
+    dropped or two swapped) share a key (symmetric deletion, as SymSpell does)."""
     out = []
-    for w in (*found, "".join(found)) if len(found) > 1 else found:
+    for w in _and_run_together(found):
         out += [f"w:{w}", f"d:{w}"]
         if key := sound(w):
             out.append(f"s:{key}")
         if MIN_WORD <= len(w) <= LONGEST_SLIP:
             out += [f"d:{w[:i]}{w[i + 1:]}" for i in range(len(w))]
-    if query:  # a query word that is a registered word with a letter left out
-        out += [f"d:{w}" for w in found]
     return list(dict.fromkeys(out))
 
 
@@ -189,7 +188,7 @@ def trigrams(words: tuple[str, ...]) -> list[str]:
     """The three-letter pieces of a text's words (and of the words run together), the
     keys under which the catalog finds a mark's words (SQLite FTS5's trigram index)."""
     out = []
-    for w in (*words, "".join(words)) if len(words) > 1 else words:
+    for w in _and_run_together(words):
         out += [w[i:i + 3] for i in range(len(w) - 2)]
     return list(dict.fromkeys(out))
 

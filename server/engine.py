@@ -368,9 +368,7 @@ class SearchEngine:
         if allowed is not None:
             keep = set(allowed.tolist())
             found = [h for h in found if h.id in keep]
-        refs = self.index.catalog.refs([h.id for h in found[:k]])
-        hits = [Hit(refs[h.id].serial, refs[h.id].name, 0.0, metadata=refs[h.id].metadata,
-                    text=h.text, text_score=h.score) for h in found[:k] if h.id in refs]
+        hits = self._word_hits(found[:k])
         best = hits[0].text_score if hits else 0.0
         exists = best >= self.words_threshold
         by = BY_WORDS if exists else ""
@@ -398,7 +396,7 @@ class SearchEngine:
                     picture = open_image(query.image)
                 text = self.read_words(picture, m.box)
             if text:
-                marks[i] = self._with_words(m, text, k, typed=text is query.text)
+                marks[i] = self._with_words(m, text, k, typed=i == 0 and bool(query.text))
         if marks == list(answer.marks):
             return dataclasses.replace(answer, words_threshold=self.words_threshold)
         marks.sort(key=lambda m: (m.exists, m.confidence, m.words_score), reverse=True)
@@ -408,6 +406,13 @@ class SearchEngine:
             top_score=top.top_score, confidence=top.confidence, hits=top.hits,
             marks=tuple(marks), words=top.words, words_score=top.words_score,
             matched_by=top.matched_by, words_threshold=self.words_threshold)
+
+    def _word_hits(self, found: list[wordindex.WordHit]) -> list[Hit]:
+        """Marks found by their words alone, as hits: score 0 (their picture was not
+        compared), their words and how alike those are to the query's."""
+        refs = self.index.catalog.refs([h.id for h in found]) if found else {}
+        return [Hit(refs[h.id].serial, refs[h.id].name, 0.0, metadata=refs[h.id].metadata,
+                    text=h.text, text_score=h.score) for h in found if h.id in refs]
 
     def read_words(self, picture: Image.Image, box: Region) -> str:
         x, y, w, h = box
@@ -432,21 +437,19 @@ class SearchEngine:
         query = words.words_of(text)
         scored = [dataclasses.replace(h, text_score=words.similarity(
             query, words.words_of(h.text), typed)) for h in mark.hits]
-        by_words: list[Hit] = []
+        word_hits: list[Hit] = []  # the register's marks that bear these words
         photographed = mark.detected is not None and not typed
         if typed or photographed:
             found = wordindex.search(self.index.catalog, query, k, short=typed)
             if photographed:
                 found = [h for h in found if _same_words(query, words.words_of(h.text))]
-            refs = self.index.catalog.refs([h.id for h in found]) if found else {}
-            seen = {h.serial for h in scored}
-            by_words = [Hit(refs[h.id].serial, refs[h.id].name, 0.0,
-                            metadata=refs[h.id].metadata, text=h.text, text_score=h.score)
-                        for h in found if h.id in refs and refs[h.id].serial not in seen]
+            word_hits = self._word_hits(found)
+        seen = {h.serial for h in scored}
+        by_words = [h for h in word_hits if h.serial not in seen]
         if typed:
             candidates = scored + by_words
         else:  # the picture's first matches, and (photographed) those its exact words name
-            named = {refs[h.id].serial for h in found if h.id in refs} if photographed else set()
+            named = {h.serial for h in word_hits}
             candidates = scored[:CONFIRM_DEPTH] + [
                 h for h in scored[CONFIRM_DEPTH:] if h.serial in named] + by_words
         matched = sorted([h for h in candidates if h.text_score >= self.words_threshold],

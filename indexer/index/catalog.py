@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS marks (
 """
 # The words of each mark that has any, found by their three-letter pieces (FTS5's trigram
 # tokenizer: substrings and fuzzy candidates without a scan), and by keys of each word
-# (indexer.words.keys: the word, its sound, and a short word with a letter left out).
+# (indexer.words.keys: the word, its sound, and the word with a letter left out).
 # rowid / id = the mark's id.
 WORDS_SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS mark_words USING fts5(words, tokenize='trigram');

@@ -32,7 +32,7 @@ def search(catalog: Catalog, query: tuple[str, ...], k: int, short: bool = False
     best first (ties: the marks registered first); `short`: as indexer.words.similarity."""
     if not query:
         return []
-    hits = _scored(catalog, catalog.key_candidates(words.keys(query, query=True), candidates),
+    hits = _scored(catalog, catalog.key_candidates(words.keys(query), candidates),
                    query, short)
     if not hits or hits[0].score < KEYS_ENOUGH:
         # Nothing one slip away: look wider, by shared three-letter pieces.
