@@ -2,10 +2,11 @@
 
 Three kinds of picture reach the service:
 - a clean image of a mark (a register's file, a screenshot, a scan): its border is one
-  colour. It is searched whole, as it always was, at no extra cost;
+  flat colour. It is searched whole, as it always was, at no extra cost;
 - a part chosen by the caller (a region): searched as one mark;
-- a photograph (a sign, a label, a sticker on a laptop): its border is a texture, not
-  a colour (preprocess's own test, on the 128 px probe it takes anyway). The detector
+- a photograph (a sign, a label, a sticker on a laptop): its border is a texture, or
+  one colour under uneven light (preprocess.looks_photographed, on the 128 px probe it
+  takes anyway). The detector
   (indexer.network.detector) finds the marks in it, and each is cut out of the picture
   and searched on its own. The picture is searched whole too, as before: a photograph
   of one mark filling the frame is best searched that way (trimming lifts the mark off
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from indexer.network.detector import Detector
 from indexer.network.preprocess import (
-    BlankImageError, PreprocessConfig, Prepared, Region, crop_region, has_textured_border,
+    BlankImageError, PreprocessConfig, Prepared, Region, crop_region, looks_photographed,
     open_at_least, open_image, open_scaled, to_query)
 
 # A photograph is decoded with at least this many pixels on its longer side (libjpeg
@@ -74,7 +75,7 @@ def locate(data: bytes, cfg: PreprocessConfig, region: Region | None = None,
     decoded = open_scaled(data, cfg)
     im = decoded.image
     whole = (0, 0, round(im.width / decoded.scale), round(im.height / decoded.scale))
-    if detector is None or not has_textured_border(im):
+    if detector is None or not looks_photographed(im):
         return [Part(whole, (to_query(im, cfg, decoded.scale),))]
     if decoded.scale < 1.0:  # reduced for the whole picture's mark: too far for a part
         decoded = open_at_least(data, cfg, SCENE_SIDE)

@@ -160,12 +160,31 @@ def open_at_least(data: bytes, cfg: PreprocessConfig, side: int) -> Decoded:
                    lambda size: next((d for d in (8, 4, 2) if max(size) / d >= side), 1))
 
 
-def has_textured_border(im: Image.Image, tol: int = 32, probe: int = 128) -> bool:
-    """Whether the picture's border is a texture rather than one colour, as
-    trim_background tells them apart: a photograph with a mark somewhere in it, not a
-    mark's file."""
+def looks_photographed(im: Image.Image, tol: int = 32, probe: int = 128) -> bool:
+    """Whether the picture is a photograph with a mark somewhere in it rather than a
+    mark's file: its border is a texture (as trim_background tells them apart), or one
+    colour under uneven light.
+
+    A register's file, a screenshot or a scan has a flat background: half its border
+    within UNEVEN_LIGHT levels of the border's colour once noise is averaged out (the
+    probe box-blurred over 5 x 5 pixels). A plain wall, table or card photographed is
+    lit unevenly: 98% of the made-up photographs on one-colour surfaces
+    (indexer.network.scenes, 800 drawn with seed 123) are further off than that at half
+    their border, against at most 3 levels for brand-free marks on white with sensor
+    noise up to sigma 12 and JPEG at quality 40-90 (2026-12-04, docs/scenes.md).
+    """
     small, _ = _probe(im, probe)
-    return _first_box(small, tol)[1]
+    if _first_box(small, tol)[1]:
+        return True
+    smooth = np.asarray(small.filter(ImageFilter.BoxBlur(2)), np.int16)
+    border = _border(smooth, 1)
+    off = np.abs(border - np.median(border, axis=0)).max(axis=1)
+    return float(np.median(off)) >= UNEVEN_LIGHT
+
+
+# Levels (of 255) that half a flat background's border stays within once blurred; see
+# looks_photographed.
+UNEVEN_LIGHT = 4
 
 
 def _draft_divisor(data: bytes, size: tuple[int, int], least: float, trim: bool) -> int:

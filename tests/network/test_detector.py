@@ -11,9 +11,8 @@ from PIL import Image, ImageDraw
 from indexer.network import detector as det
 from indexer.network.detector import iou
 from indexer.network.locate import locate
-from indexer.network.preprocess import has_textured_border
-from indexer.network.preprocess import PreprocessConfig
-from indexer.network.scenes import cut_out, make_scene
+from indexer.network.preprocess import PreprocessConfig, looks_photographed
+from indexer.network.scenes import cut_out, make_scene, photograph
 from indexer.scene_calibration import strangers
 from tests.conftest import SAMPLES
 
@@ -71,10 +70,22 @@ def test_the_detector_finds_marks_it_never_saw_in_scenes_it_never_saw(detector):
 def test_a_clean_mark_is_not_a_photograph_and_a_photograph_is(detector):
     cfg = PreprocessConfig()
     clean = (SAMPLES / "registry" / "86000000.png").read_bytes()
-    assert not has_textured_border(Image.open(SAMPLES / "registry" / "86000000.png").convert("RGB"))
+    assert not looks_photographed(Image.open(SAMPLES / "registry" / "86000000.png").convert("RGB"))
     (part,) = locate(clean, cfg, None, detector)
     assert part.detected is None and part.is_mark and len(part.crops) == 1
-    assert has_textured_border(make_scene(random.Random(1), [], 0).image)  # a made-up surface
+    assert looks_photographed(make_scene(random.Random(1), [], 0).image)  # a made-up surface
+
+
+def test_a_mark_on_a_plain_surface_photographed_is_a_photograph_and_a_noisy_file_is_not():
+    """One colour all round the border, but lit unevenly: a card on a table, not a file."""
+    mark = Image.open(SAMPLES / "registry" / "86000000.png").convert("RGB")
+    wall = Image.new("RGB", (640, 480), (120, 140, 170))
+    wall.paste(mark, (200, 120))
+    shot = photograph(random.Random(3), wall)
+    assert looks_photographed(shot)
+    noisy = np.asarray(mark, np.float32) + np.random.default_rng(0).normal(0, 8, (256, 256, 3))
+    assert not looks_photographed(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    assert not looks_photographed(wall)  # the same picture before the camera: a flat wall
 
 
 @pytest.mark.parametrize("size", [(5, 900), (900, 5), (40, 40)])
