@@ -219,17 +219,64 @@ class WordReader:
     def read(self, image: Image.Image) -> str:
         """The words read in a picture, in reading order (top to bottom, left to right),
         joined by spaces; '' where none was read."""
+        return " ".join(text for _, text in self.read_lines(image))
+
+    def read_lines(self, image: Image.Image) -> list[Line]:
+        """The lines of words read in a picture, in reading order, each with its box
+        (x0, y0, x1, y1) in the picture's pixels."""
         import numpy as np  # the server's, not the client's (indexer.sources imports this)
         im = _reading_size(image.convert("RGB"))
         result, _ = self._ocr(np.asarray(im)[:, :, ::-1])  # PP-OCR was trained on BGR
         if not result:
-            return ""
+            return []
         lines = sorted(result, key=lambda r: (round(min(p[1] for p in r[0]) / 16), r[0][0][0]))
+        sx, sy = image.width / im.width, image.height / im.height
         # A lone character read on its own is more often a glyph of the picture ("O" for
         # a ring, "M" for a zigzag) than a word.
-        return " ".join(text for _, text, score in lines
-                        if float(score) >= self.config.min_score
-                        and sum(map(len, words_of(text))) >= 2)
+        return [((min(p[0] for p in quad) * sx, min(p[1] for p in quad) * sy,
+                  max(p[0] for p in quad) * sx, max(p[1] for p in quad) * sy), text)
+                for quad, text, score in lines
+                if float(score) >= self.config.min_score and sum(map(len, words_of(text))) >= 2]
+
+
+# A line of words read, and its box (x0, y0, x1, y1).
+Line = tuple[tuple[float, float, float, float], str]
+# Lines as near each other as this, in heights of the smaller line, are one block of words
+# (a mark's name over its slogan, a name set on two lines): up to BLOCK_LEADING apart
+# from line to line, BLOCK_SPACE from side to side.
+BLOCK_LEADING = 0.8
+BLOCK_SPACE = 1.5
+
+
+def blocks(lines: list[Line]) -> list[Line]:
+    """Lines read in a picture -> its blocks of words, each with the box around its lines
+    and their words in reading order. A mark's words are read as a block: a line on its
+    own is often only part of them ("python" of "python Package Index"), and matched on
+    its own it names another mark."""
+    group = list(range(len(lines)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for i, ((ax0, ay0, ax1, ay1), _) in enumerate(lines):
+        for j in range(i + 1, len(lines)):
+            (bx0, by0, bx1, by1), _ = lines[j]
+            height = min(ay1 - ay0, by1 - by0)
+            if max(ay0, by0) - min(ay1, by1) <= BLOCK_LEADING * height \
+                    and max(ax0, bx0) - min(ax1, bx1) <= BLOCK_SPACE * height:
+                group[root(i)] = root(j)
+    members: dict[int, list[int]] = {}
+    for i in range(len(lines)):
+        members.setdefault(root(i), []).append(i)
+    out = []
+    for idx in sorted(members.values()):  # lines keep their reading order within a block
+        boxes = [lines[i][0] for i in idx]
+        out.append(((min(b[0] for b in boxes), min(b[1] for b in boxes),
+                     max(b[2] for b in boxes), max(b[3] for b in boxes)),
+                    " ".join(lines[i][1] for i in idx)))
+    return out
 
 
 def _reading_size(im: Image.Image) -> Image.Image:

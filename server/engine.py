@@ -100,9 +100,10 @@ class Answer:
     # Under filters: how many registered marks passed them, among which the decision was
     # taken; None without filters.
     candidates: int | None = None
-    # Every mark found in the picture, most confident first; the fields above are the
-    # first one's. Empty where a photograph showed no mark and nothing registered when
-    # searched whole (the fields above are then the whole picture's).
+    # Every mark found in the picture, those that exist first, most confident first
+    # (SearchEngine.add_words); the fields above are the first one's. Empty where a
+    # photograph showed no mark and nothing registered when searched whole (the fields
+    # above are then the whole picture's).
     marks: tuple[MarkAnswer, ...] = ()
     words: str = ""
     words_score: float = 0.0
@@ -110,6 +111,9 @@ class Answer:
     # The threshold of a match by words (indexer.word_calibration); None: the register
     # has no words.
     words_threshold: float | None = None
+    # The picture was taken apart as a photograph (indexer.network.locate): marks may be
+    # in it that the detector did not box.
+    photograph: bool = False
 
 
 # How an answer says why a mark exists.
@@ -338,7 +342,8 @@ class SearchEngine:
             top = listed[0][1]
         marks = [MarkAnswer(p.box, a.exists, a.matched_serial, a.top_score, a.confidence,
                             a.hits, p.detected, matched_by=a.matched_by) for p, a in listed]
-        return dataclasses.replace(top, marks=tuple(marks), candidates=candidates)
+        return dataclasses.replace(top, marks=tuple(marks), candidates=candidates,
+                                   photograph=whole is not None)
 
     def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
         found = self.index.catalog.thumbnails(serials)
@@ -396,7 +401,12 @@ class SearchEngine:
                     picture = open_image(query.image)
                 text = self.read_words(picture, m.box)
             if text:
-                marks[i] = self._with_words(m, text, k, typed=i == 0 and bool(query.text))
+                typed = i == 0 and bool(query.text)
+                marks[i] = self._with_words(m, text, k, typed,
+                                            photographed=m.detected is not None and not typed)
+        if answer.photograph and not query.text and not any(m.exists for m in marks):
+            marks = self._marks_by_their_words(
+                picture if picture is not None else open_image(query.image), marks, k)
         if marks == list(answer.marks):
             return dataclasses.replace(answer, words_threshold=self.words_threshold)
         marks.sort(key=lambda m: (m.exists, m.confidence, m.words_score), reverse=True)
@@ -414,6 +424,37 @@ class SearchEngine:
         return [Hit(refs[h.id].serial, refs[h.id].name, 0.0, metadata=refs[h.id].metadata,
                     text=h.text, text_score=h.score) for h in found if h.id in refs]
 
+    def _marks_by_their_words(self, picture: Image.Image, marks: list[MarkAnswer],
+                               k: int) -> list[MarkAnswer]:
+        """A photograph in which no mark exists, read whole: each block of words in it that
+        is a registered mark's words (_same_words) is a mark, answered by its words; the
+        mark the detector found around it where there is one (its box kept), else a mark
+        of its own, boxed by its words. The detector misses marks (docs/scenes.md) that
+        words still name."""
+        marks = list(marks)
+        for (x0, y0, x1, y1), text in self.read_blocks(picture):
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            around = next((i for i, m in enumerate(marks) if m.detected is not None
+                           and m.box[0] <= cx <= m.box[0] + m.box[2]
+                           and m.box[1] <= cy <= m.box[1] + m.box[3]), None)
+            mark = marks[around] if around is not None else MarkAnswer(
+                (round(x0), round(y0), round(x1 - x0), round(y1 - y0)), False, "", 0.0, 0.0, [])
+            answered = self._with_words(mark, text, k, typed=False, photographed=True)
+            if answered.exists and not any(answered.matched_serial == m.matched_serial
+                                           for m in marks if m.exists):
+                if around is None:
+                    marks.append(answered)
+                else:
+                    marks[around] = answered
+        return marks
+
+    def read_blocks(self, picture: Image.Image) -> list[words.Line]:
+        try:
+            return words.blocks(words.reader().read_lines(picture))
+        except words.ReaderUnavailable as e:
+            log.warning("%s", e)
+            return []
+
     def read_words(self, picture: Image.Image, box: Region) -> str:
         x, y, w, h = box
         try:
@@ -422,7 +463,8 @@ class SearchEngine:
             log.warning("%s", e)
             return ""
 
-    def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool) -> MarkAnswer:
+    def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool,
+                    photographed: bool) -> MarkAnswer:
         """The mark's answer with its words matched. Words the caller typed are evidence of
         their own: the register's marks that bear them rank first (after the picture's
         top match where that exists) and make the mark exist. Words read in a clean
@@ -433,12 +475,12 @@ class SearchEngine:
         were nearly all right.) In a mark found in a photograph, where perspective and
         light leave the picture unsure, words read that are a registered mark's words
         (_same_words) decide as typed words do: the same words are a conflict whatever
-        the picture."""
+        the picture. `photographed`: the mark is a photograph's (found by the detector,
+        or by its words), its words read."""
         query = words.words_of(text)
         scored = [dataclasses.replace(h, text_score=words.similarity(
             query, words.words_of(h.text), typed)) for h in mark.hits]
         word_hits: list[Hit] = []  # the register's marks that bear these words
-        photographed = mark.detected is not None and not typed
         if typed or photographed:
             found = wordindex.search(self.index.catalog, query, k, short=typed)
             if photographed:

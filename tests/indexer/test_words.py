@@ -152,6 +152,24 @@ def test_the_reader_reads_a_word_set_in_a_picture():
     assert words.reader().read(Image.new("RGB", (300, 300), (200, 30, 30))) == ""
 
 
+def test_lines_near_each_other_are_one_block_read_in_order():
+    name, slogan = ((100, 100, 300, 140), "python"), ((105, 150, 290, 175), "Package Index")
+    far = ((600, 400, 700, 430), "Chelsea")
+    beside = ((330, 100, 420, 140), "Labs")  # on the same line, a space of 0.75 heights
+    (one, two) = words.blocks([name, beside, slogan, far])
+    assert one == ((100, 100, 420, 175), "python Labs Package Index")
+    assert two == far
+    assert words.blocks([]) == []
+
+
+@pytest.mark.skipif(not words.can_read(), reason="rapidocr-onnxruntime is not installed")
+def test_the_reader_boxes_each_line_in_the_pictures_pixels():
+    big = _word_picture("MARWOOD").resize((900, 450))  # read at most 960 px: boxes scale back
+    ((x0, y0, x1, y1), text), = words.reader().read_lines(big)
+    assert words.similarity(words.words_of(text), ("marwood",)) >= 0.85, text
+    assert 0 <= x0 < x1 <= 900 and 0 <= y0 < y1 <= 450 and x1 - x0 > 300
+
+
 def _manifest(tmp_path, rows):
     path = tmp_path / "registry.csv"
     with open(path, "w", newline="") as f:

@@ -64,14 +64,15 @@ def test_two_registered_marks_in_photographs_are_each_answered_with_their_box(st
         serials = rng.sample(registered, 2)
         scene = compose(rng, [mark(s) for s in serials])
         resp = search(stub, jpeg(scene.image))
-        assert list(resp.marks) == sorted(resp.marks, key=lambda m: -m.confidence)
+        # Marks that exist first, each group most confident first.
+        assert list(resp.marks) == sorted(resp.marks, key=lambda m: (-m.exists, -m.confidence))
         for serial, true in zip(serials, scene.boxes):
             total += 1
             answered += any(iou(box(m), true) >= 0.5 and m.matches[0].serial == serial
                             for m in resp.marks)
         for m in resp.marks:
             if m.exists:
-                assert any(m.matched_serial == s and iou(box(m), b) >= 0.5
+                assert any(m.matched_serial == s and in_place(m, b)
                            for s, b in zip(serials, scene.boxes))
         if resp.marks:  # the answer's own fields are the surest mark's
             top = resp.marks[0]
@@ -80,6 +81,15 @@ def test_two_registered_marks_in_photographs_are_each_answered_with_their_box(st
             assert [m.serial for m in resp.matches] == [m.serial for m in top.matches]
     assert total == 12
     assert answered >= 8, f"{answered} of {total} registered marks answered in their place"
+
+
+def in_place(m, true) -> bool:
+    """A mark's box is where the mark is: the detector's overlaps it by IoU >= 0.5; one
+    boxed by its words (found by reading the picture whole) has its centre in it."""
+    if m.HasField("detection_score"):
+        return iou(box(m), true) >= 0.5
+    x, y, w, h = box(m)
+    return true[0] <= x + w / 2 <= true[0] + true[2] and true[1] <= y + h / 2 <= true[1] + true[3]
 
 
 def test_a_strangers_mark_in_a_photograph_does_not_exist(stub):

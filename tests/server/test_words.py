@@ -156,10 +156,49 @@ def test_exact_words_decide_in_a_photograph_but_only_confirm_in_a_clean_picture(
                for h in others[:3])
     clean = MarkAnswer((0, 0, 10, 10), False, "", 0.4, 0.1, others[:5])
     photo = MarkAnswer((0, 0, 10, 10), False, "", 0.4, 0.1, others[:5], detected=0.8)
-    assert not engine._with_words(clean, text, 5, typed=False).exists
-    found = engine._with_words(photo, text, 5, typed=False)
+    assert not engine._with_words(clean, text, 5, typed=False, photographed=False).exists
+    found = engine._with_words(photo, text, 5, typed=False, photographed=True)
     assert found.exists and found.matched_serial == serial and found.matched_by == "words"
     # A slip in a long word still names it (OCR misses a letter); a made-up word does not.
     slipped = text[:-1] + ("x" if text[-1] != "x" else "y")
-    assert engine._with_words(photo, slipped, 5, typed=False).matched_serial == serial
-    assert not engine._with_words(photo, "Zorblaxquint", 5, typed=False).exists
+    assert engine._with_words(photo, slipped, 5, typed=False,
+                              photographed=True).matched_serial == serial
+    assert not engine._with_words(photo, "Zorblaxquint", 5, typed=False,
+                                  photographed=True).exists
+
+
+def test_a_photographed_mark_the_detector_misses_is_found_by_its_words(
+        sample_index, encoder, detector, worded):
+    """No mark the detector finds in a photograph exists: its words are read whole, and a
+    block of them that is a registered mark's words is a mark, boxed by its words."""
+    import copy
+    import io
+
+    from PIL import Image
+
+    from indexer.network.scenes import photograph, surface
+    from server.engine import EngineConfig
+    from tests.conftest import serving
+
+    serial, text = worded
+    blind = copy.copy(detector)
+    blind.min_score = 1.01  # boxes nothing: the miss itself
+    rng = random.Random(5)
+    wall = surface(rng, 800, 600)
+    wall.paste(Image.open(SAMPLES / "registry" / f"{serial}.png").convert("RGB")
+               .resize((360, 360)), (300, 150))
+    buf = io.BytesIO()
+    photograph(rng, wall).save(buf, "JPEG", quality=90)
+    eng = SearchEngine.open(sample_index, encoder, EngineConfig(detector=blind))
+    try:
+        with serving(eng) as address, grpc.insecure_channel(address) as ch:
+            resp = pb_grpc.TrademarkSearchStub(ch).Search(
+                pb.SearchRequest(image=buf.getvalue(), k=5))
+    finally:
+        eng.close()
+    assert resp.exists and resp.matched_by == "words" and resp.matched_serial == serial
+    mark = resp.marks[0]
+    assert mark.matched_serial == serial and mark.words_score >= resp.words_threshold
+    x, y, w, h = mark.box.x, mark.box.y, mark.box.width, mark.box.height
+    assert 300 <= x and x + w <= 660 and 150 <= y and y + h <= 510  # within the mark
+    assert not mark.HasField("detection_score")
