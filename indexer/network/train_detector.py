@@ -4,7 +4,7 @@
         --out data/detector-marks --count 1500 --wordmarks 700 --seed 7
     npm pack @mdi/svg@7.4.47 && tar xzf mdi-svg-7.4.47.tgz      # for the first line
     python -m indexer.network.train_detector --marks data/detector-marks \
-        --out indexer/network/weights/detector.pt \
+        --scenes 12000 --epochs 25 --out indexer/network/weights/detector.pt \
         --strangers-out indexer/network/weights/scene_strangers
     python -m indexer.scene_calibration   # the scene calibration's negatives, anew
 
@@ -160,10 +160,10 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--marks", type=Path, required=True, help="folder of brand-free marks (PNG)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--scenes", type=int, default=6000)
+    p.add_argument("--scenes", type=int, default=12000)
     p.add_argument("--held-out-scenes", type=int,
                    help="scenes of the held-out marks (default: a tenth of --scenes, 200 at least)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
