@@ -389,7 +389,8 @@ class SearchEngine:
         box where they can change its answer (it does not exist by its picture) or the
         query asks. A registered mark whose words reach the words' threshold exists by
         its words; such marks rank first, after the picture's top match where that
-        exists. A register without words: the answer unchanged."""
+        exists. A photograph is read whole too, for marks the detector missed
+        (_marks_by_their_words). A register without words: the answer unchanged."""
         if self.words_threshold is None:
             return answer
         picture = None
@@ -404,7 +405,7 @@ class SearchEngine:
                 typed = i == 0 and bool(query.text)
                 marks[i] = self._with_words(m, text, k, typed,
                                             photographed=m.detected is not None and not typed)
-        if answer.photograph and not query.text and not any(m.exists for m in marks):
+        if answer.photograph and not query.text:
             marks = self._marks_by_their_words(
                 picture if picture is not None else open_image(query.image), marks, k)
         if marks == list(answer.marks):
@@ -426,27 +427,49 @@ class SearchEngine:
 
     def _marks_by_their_words(self, picture: Image.Image, marks: list[MarkAnswer],
                                k: int) -> list[MarkAnswer]:
-        """A photograph in which no mark exists, read whole: each block of words in it that
-        is a registered mark's words (_same_words) is a mark, answered by its words; the
-        mark the detector found around it where there is one (its box kept), else a mark
-        of its own, boxed by its words. The detector misses marks (docs/scenes.md) that
-        words still name."""
+        """A photograph read whole: each block of words in it that is a registered mark's
+        words (_same_words) and not the words of a mark already answered is a mark,
+        answered by its words; the mark the detector found around it where there is one
+        (its box kept), else a mark of its own, boxed by its words. The detector misses
+        marks (docs/scenes.md) that words still name."""
         marks = list(marks)
         for (x0, y0, x1, y1), text in self.read_blocks(picture):
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             around = next((i for i, m in enumerate(marks) if m.detected is not None
                            and m.box[0] <= cx <= m.box[0] + m.box[2]
                            and m.box[1] <= cy <= m.box[1] + m.box[3]), None)
+            if around is not None and marks[around].exists:
+                continue  # its words are that mark's
             mark = marks[around] if around is not None else MarkAnswer(
                 (round(x0), round(y0), round(x1 - x0), round(y1 - y0)), False, "", 0.0, 0.0, [])
             answered = self._with_words(mark, text, k, typed=False, photographed=True)
-            if answered.exists and not any(answered.matched_serial == m.matched_serial
+            if answered.exists and not any(self._same_brand(answered.matched_serial,
+                                                            m.matched_serial)
                                            for m in marks if m.exists):
                 if around is None:
                     marks.append(answered)
                 else:
                     marks[around] = answered
         return marks
+
+    def _same_brand(self, a: str, b: str) -> bool:
+        """Whether registered marks `a` and `b` are renditions of one mark: the same
+        serial, the same words, or (family margin) as alike as its renditions are
+        (indexer.decision). A mark's words beside its picture are not a second mark."""
+        if a == b:
+            return True
+        cat = self.index.catalog
+        ids = cat.ids_for([a, b])
+        if len(ids) < 2:
+            return False
+        texts = cat.texts([ids[a], ids[b]])
+        said = words.words_of(texts.get(ids[a], ""))
+        if said and said == words.words_of(texts.get(ids[b], "")):
+            return True
+        if not self.rule.needs_vectors:
+            return False
+        pair = np.array([[ids[a], ids[b]]], dtype=np.int64)
+        return bool(self.rule.family(vectors.similarity_to_top(self.index.index, pair))[0, 1])
 
     def read_blocks(self, picture: Image.Image) -> list[words.Line]:
         try:

@@ -202,3 +202,15 @@ def test_a_photographed_mark_the_detector_misses_is_found_by_its_words(
     x, y, w, h = mark.box.x, mark.box.y, mark.box.width, mark.box.height
     assert 300 <= x and x + w <= 660 and 150 <= y and y + h <= 510  # within the mark
     assert not mark.HasField("detection_score")
+
+
+def test_the_same_brand_is_the_same_serial_or_the_same_words(engine, worded):
+    serial, text = worded
+    cat = engine.index.catalog
+    texts = cat.texts(cat.all_ids())
+    other_id = next(i for i, t in sorted(texts.items())
+                    if words.words_of(t) and words.words_of(t) != words.words_of(text))
+    other = cat.refs([other_id])[other_id].serial
+    assert engine._same_brand(serial, serial)
+    assert not engine._same_brand(serial, other)
+    assert not engine._same_brand(serial, "no-such-serial")
