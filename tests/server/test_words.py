@@ -214,3 +214,19 @@ def test_the_same_brand_is_the_same_serial_or_the_same_words(engine, worded):
     assert engine._same_brand(serial, serial)
     assert not engine._same_brand(serial, other)
     assert not engine._same_brand(serial, "no-such-serial")
+
+
+def test_words_do_not_bring_in_a_mark_the_filters_leave_out(stub, engine, worded):
+    serial, text = worded
+    cat = engine.index.catalog
+    other = next(t for _, t in sorted(cat.texts(cat.all_ids()).items())
+                 if words.words_of(t) != words.words_of(text))
+    image = next(im for q in sample_queries("unknown")
+                 if not stub.Search(pb.SearchRequest(
+                     image=(im := q["path"].read_bytes()), k=5)).exists)
+    free = stub.Search(pb.SearchRequest(image=image, text=text, k=5))
+    assert free.matched_serial == serial  # unfiltered, the words name it
+    resp = stub.Search(pb.SearchRequest(image=image, text=text, k=5, filters=[
+        pb.Filter(column="text", values=[other])]))
+    assert resp.filtered and resp.matched_serial != serial
+    assert all(m.serial != serial and m.text == other for m in resp.matches)
