@@ -6,12 +6,12 @@ Three kinds of picture reach the service:
 - a part chosen by the caller (a region): searched as one mark;
 - a photograph (a sign, a label, a sticker on a laptop): its border is a texture, or
   one colour under uneven light (preprocess.looks_photographed, on the 128 px probe it
-  takes anyway). The detector
-  (indexer.network.detector) finds the marks in it, and each is cut out of the picture
-  and searched on its own. The picture is searched whole too, as before: a photograph
-  of one mark filling the frame is best searched that way (trimming lifts the mark off
-  its surface, and the detector's box of it can be rough), and where the whole picture
-  is answered more surely than every mark found, it is the answer.
+  takes anyway). The detector (indexer.network.detector) finds the marks in it, and
+  each is cut out of the picture and searched on its own. The picture is searched whole
+  too, as before: a photograph of one mark filling the frame is best searched that way
+  (trimming lifts the mark off its surface, and the detector's box of it can be rough),
+  and where the whole picture is answered more surely than every mark found, it is the
+  answer.
 
 Boxes are in the pixels of the image as sent, EXIF orientation applied (as a region).
 """
