@@ -218,7 +218,8 @@ def calibrate_scenes(index: faiss.Index, encoder: Encoder, rule: decision.Rule,
             found = _surest(conf, np.array([n for n, _, _ in crops]),
                             np.array([j for _, j, _ in crops]), top, len(picked))
             for n, ((mid, _), marks_found) in enumerate(zip(picked, found)):
-                right[n] = any(c >= threshold and _same_mark(index, rule, t, mid)
+                right[n] = any(c >= threshold
+                               and vectors.renditions(index, t, mid, rule.family_similarity)
                                for c, t in marks_found)
         tpr, used = round(float(right.mean()), 4), len(picked)
     fpr = round(float((neg >= threshold).mean()), 4)
@@ -227,16 +228,6 @@ def calibrate_scenes(index: faiss.Index, encoder: Encoder, rule: decision.Rule,
              mark_threshold, bg.pictures, fpr, tpr, used)
     return SceneCalibration(threshold, target_fpr, fpr, tpr, bg.pictures, used,
                             detector=detector.identity)
-
-
-def _same_mark(index: faiss.Index, rule: decision.Rule, top: int, mark: int) -> bool:
-    """The top hit is the mark, or (family margin) as close to it as its renditions."""
-    if top == mark:
-        return True
-    if top < 0 or rule.kind != decision.FAMILY:
-        return False
-    sims = vectors.similarity_to_top(index, np.array([[top, mark]], dtype=np.int64))
-    return bool(sims[0, 1] >= rule.family_similarity)
 
 
 def main(argv=None) -> int:

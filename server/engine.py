@@ -478,10 +478,7 @@ class SearchEngine:
         said = words.words_of(texts.get(ids[a], ""))
         if said and said == words.words_of(texts.get(ids[b], "")):
             return True
-        if not self.rule.needs_vectors:
-            return False
-        pair = np.array([[ids[a], ids[b]]], dtype=np.int64)
-        return bool(self.rule.family(vectors.similarity_to_top(self.index.index, pair))[0, 1])
+        return vectors.renditions(self.index.index, ids[a], ids[b], self.rule.family_similarity)
 
     def read_blocks(self, picture: Image.Image) -> list[words.Line]:
         try:

@@ -306,6 +306,18 @@ def all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     return ids, _decode(index, ids, np.arange(len(ids)))
 
 
+def renditions(index: faiss.Index, a: int, b: int, family_similarity: float | None) -> bool:
+    """Whether stored marks `a` and `b` are renditions of one mark as the family margin
+    (indexer.decision) tells them apart: the same mark, or as alike as its renditions;
+    never for a decision without families (`family_similarity` None) or an id of -1."""
+    if a == b:
+        return True
+    if a < 0 or b < 0 or family_similarity is None:
+        return False
+    sims = similarity_to_top(index, np.array([[a, b]], dtype=np.int64))
+    return bool(sims[0, 1] >= family_similarity)
+
+
 def similarity_to_top(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """(n, m) ids of search results -> each hit's similarity to its row's top hit, from
     the stored vectors (decoded, so approximate for SQ/PQ codes); -1 where a row has no
