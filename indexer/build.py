@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections import deque
+from contextlib import nullcontext
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -20,7 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer import calibrate, decision, scene_calibration, variants, word_calibration, words
+from indexer import (calibrate, decision, scene_calibration, shards, variants, word_calibration,
+                     words)
 from indexer.index import lowres, store, vectors
 from indexer.index.catalog import Catalog, Mark
 from indexer.index.reader import OpenIndex, encoder_for, open_index
@@ -28,10 +31,10 @@ from indexer.network import background
 from indexer.network.detector import DetectorError, load_detector
 from indexer.network.encoder import Encoder, default_lanes, lane_threads
 from indexer.network.preprocess import ImageDecodeError
-from indexer.network.projection import fit_pca
+from indexer.network.projection import fit_pca_chunks
 from indexer.pipeline import (DEFAULT_DIM, THUMBNAIL_SIZE, BuildError, BuildOptions,  # noqa: F401
-                              Encoded, Prepared, RayOptions, Skipped, catalog_row,
-                              encode_batch, prepare, reads_words)
+                              Encoded, NothingToIndex, Prepared, RayOptions, Skipped,
+                              catalog_row, encode_batch, prepare, reads_words)
 from indexer.sources import ImageItem, prefetch
 
 log = logging.getLogger(__name__)
@@ -70,18 +73,38 @@ def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
     return prepared.array, prepared.small, catalog_row(item, prepared)
 
 
-def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
-    """Backbone descriptors of every readable item; the rest are listed as skipped. With
-    `opts.ray`, on a Ray cluster (indexer.ray_pipeline), else in this process."""
+def _words_readable(items: list[ImageItem], opts: BuildOptions) -> BuildOptions:
+    """`opts`, without reading words where no OCR is installed (said once)."""
     if opts.read_words and any(i.text is None for i in items) and not words.can_read():
         log.warning("the words of marks are not read (no OCR here: pip install "
                     "rapidocr-onnxruntime==1.4.4); only a manifest's `text` is kept")
-        opts = replace(opts, read_words=False)
-    if opts.ray is not None:
-        from indexer import ray_pipeline  # Ray is an optional extra
-        return ray_pipeline.encode_items(items, encoder, opts)
+        return replace(opts, read_words=False)
+    return opts
+
+
+def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
+                 bar: tqdm | None = None) -> Encoded:
+    """Backbone descriptors of every readable item; the rest are listed as skipped. With
+    `opts.ray`, on a Ray cluster (indexer.ray_pipeline), else in this process. Progress
+    goes to `bar` where given (a build's shards share one), else to a bar of its own."""
+    opts = _words_readable(items, opts)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(items), unit="img", disable=not opts.progress,
+                   desc="encoding (ray)" if opts.ray else "encoding")
+    try:
+        if opts.ray is not None:
+            from indexer import ray_pipeline  # Ray is an optional extra
+            return ray_pipeline.encode_items(items, encoder, opts, bar)
+        return _encode_here(items, encoder, opts, bar)
+    finally:
+        if own_bar:
+            bar.close()
+
+
+def _encode_here(items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
+                 bar: tqdm) -> Encoded:
     out = Encoded()
-    bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="encoding")
 
     def collect(desc: np.ndarray, small: np.ndarray | None) -> None:
         out.descriptors.append(desc)
@@ -100,7 +123,7 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
             try:
                 array, small, mark = fut.result()
             except (ImageDecodeError, OSError) as e:
-                out.skipped.append(Skipped(str(item.path), str(e)))
+                out.skipped.append(Skipped(item.file, str(e)))
                 log.warning("skipped %s: %s", item.path, e)
                 bar.update(1)
                 continue
@@ -113,7 +136,6 @@ def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -
                 arrays, smalls = [], []
         if arrays:
             lanes.submit(arrays, smalls)
-    bar.close()
     return out
 
 
@@ -241,46 +263,128 @@ def _write_report(writer: store.VersionWriter, result: BuildResult) -> None:
 
 
 def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
-          opts: BuildOptions) -> BuildResult:
-    """A new index from `items`, replacing whatever `out_dir` held, atomically."""
+          opts: BuildOptions, restart: bool = False) -> BuildResult:
+    """A new index from `items`, replacing whatever `out_dir` held, atomically.
+
+    Marks are encoded a shard at a time into out_dir/.building (indexer.shards); a build
+    that was killed goes on from its last shard when called again with the same items and
+    options. One that finds an unfinished build of other inputs refuses to mix them
+    (UnfinishedBuildError) unless `restart`, which discards it."""
     t0 = time.perf_counter()
     if not items:
         raise BuildError("no images to index: the folder or manifest is empty")
     store.check_build_target(out_dir)
     variants.check(opts.registry_variants)
-    enc = encode_items(items, encoder, opts)
-    t_encode = time.perf_counter() - t0
-    if not enc.marks:
-        raise BuildError(f"none of the {len(items)} images could be read; see the log")
-    desc = enc.matrix(encoder.descriptor_dim)
-    held = calibrate.pick_held_out(len(desc), opts.calibration_marks)
+    _check_batching(opts)
+    opts = _words_readable(items, opts)
+    key = shards.build_key(items, encoder.identity.to_dict(), opts, opts.shard_size)
+    created = not Path(out_dir).exists()
+    with shards.Checkpoints(out_dir, key, len(items), opts.shard_size, restart) as done:
+        try:
+            _encode_shards(items, encoder, opts, done)
+            t_encode = time.perf_counter() - t0
+            result = _write_build(items, out_dir, encoder, opts, done, t0, t_encode)
+        except BuildError as e:
+            # Shards are kept where encoding is worth going on with (a Ray cluster lost
+            # halfway, say), not where nothing was or could be encoded.
+            if isinstance(e, NothingToIndex) or not any(map(done.done, range(done.count))):
+                done.discard()
+                if created:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        done.discard()
+    return result
+
+
+def _check_batching(opts: BuildOptions) -> None:
+    """Before anything is written: settings that cannot work."""
+    for name, value in (("lanes", opts.lanes), ("batch size", opts.batch_size),
+                        ("shard size", opts.shard_size)):
+        if value is not None and value < 1:
+            raise BuildError(f"{name} must be >= 1, got {value}")
+
+
+def _encode_shards(items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
+                   done: shards.Checkpoints) -> None:
+    """Every shard not yet on disk, encoded and written; one shard in memory at a time."""
+    todo = [k for k in range(done.count) if not done.done(k)]
+    bar = tqdm(total=len(items), unit="img", disable=not opts.progress,
+               desc="encoding (ray)" if opts.ray else "encoding",
+               initial=sum(len(range(*done.bounds(k))) for k in range(done.count)
+                           if done.done(k)))
+    if opts.ray is not None:
+        from indexer import ray_pipeline  # Ray is an optional extra
+        joined = ray_pipeline.session(opts.ray)
+    else:
+        joined = nullcontext()
+    try:
+        with joined:
+            for k in todo:
+                start, stop = done.bounds(k)
+                done.write(k, items[start:stop],
+                           encode_items(items[start:stop], encoder, opts, bar))
+    finally:
+        bar.close()
+
+
+def _write_build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
+                 opts: BuildOptions, done: shards.Checkpoints, t0: float,
+                 t_encode: float) -> BuildResult:
+    """The new version from the shards, read back one at a time: catalog, PCA (fitted on
+    every mark, from disk), FAISS index, small copies, calibration."""
+    each = [done.read(k, vectors=False).positions for k in range(done.count)]
+    positions = np.concatenate(each)
+    n = len(positions)
+    if not n:
+        raise NothingToIndex(f"none of the {len(items)} images could be read; see the log")
+    starts = np.cumsum([0] + [len(p) for p in each])  # each shard's first mark's rank
+    held = calibrate.pick_held_out(n, opts.calibration_marks)
+    fitted = np.ones(n, bool)
+    fitted[held] = False
+
+    def shard_vectors():
+        """(first mark's rank, shard) of each shard with marks, descriptors read."""
+        for k in range(done.count):
+            if starts[k + 1] > starts[k]:
+                yield int(starts[k]), done.read(k)
+
     # PCA learned on this registry: it reduces larger descriptors to `dim`, and its partial
     # whitening lifts the directions that tell this registry's marks apart (on LogoBench
     # it adds more to the trained head than the head adds to PCA alone). The calibration
     # marks stay out of the fit so that they score like unseen marks.
     dim = min(opts.dim, encoder.descriptor_dim)
-    projection = fit_pca(np.delete(desc, held, axis=0), dim, opts.whiten) if opts.pca else None
+    projection = fit_pca_chunks(
+        lambda: (s.descriptors[fitted[r:r + len(s.positions)]] for r, s in shard_vectors()),
+        dim, opts.whiten) if opts.pca else None
     paired = encoder.with_projection(projection)
-    vecs = paired.project(desc)
     with store.write_version(out_dir, new=True) as writer:
         catalog = Catalog(writer.path / store.CATALOG_FILE)
-        ids, _ = catalog.upsert(enc.marks)
+        ids = np.zeros(n, np.int64)
+        for r, s in shard_vectors():
+            ids[r:r + len(s.positions)] = catalog.upsert(s.marks(items))[0]
         catalog.close()
         # Approximate indexes come back with their tuned nprobe/efSearch set: it serves
         # the calibration below and is stored for the server.
-        index, spec = vectors.build(opts.index_factory, ids, vecs)
+        index, spec = vectors.build_streamed(
+            opts.index_factory, n, dim,
+            lambda: ((ids[r:r + len(s.positions)], paired.project(s.descriptors))
+                     for r, s in shard_vectors()))
         vectors.save(index, writer.path / store.INDEX_FILE)
         reranker = None
         if opts.lowres:
             small = [lowres.new_index(dim) for _ in opts.lowres.copy_px]
-            _add_small_copies(writer.path, opts.lowres, small, ids,
-                              [paired.project(m) for m in enc.small_copy_matrices()])
+            for r, s in shard_vectors():
+                for j, into in enumerate(small):
+                    into.add_with_ids(paired.project(s.small[:, j]),
+                                      ids[r:r + len(s.positions)])
+            for into, name in zip(small, opts.lowres.files(), strict=True):
+                vectors.save(into, writer.path / name)
             reranker = lowres.Reranker(small, opts.lowres)
         if projection:
             projection.save(writer.path / store.PROJECTION_FILE)
-        cal, scenes = calibrate_index(index, paired,
-                                      [(ids[i], enc.marks[i].source) for i in held], opts,
-                                      reranker)
+        cal, scenes = calibrate_index(
+            index, paired, [(int(ids[i]), items[positions[i]].file) for i in held], opts,
+            reranker)
         manifest = store.Manifest(
             encoder=encoder.identity.to_dict(), dim=dim, index_type=spec.factory,
             index_preset=spec.preset, search_params=spec.search_params,
@@ -291,7 +395,7 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             lowres=opts.lowres.to_dict() if opts.lowres else {})
         _set_thresholds(manifest, cal, scenes)
         _set_words_threshold(manifest, writer.path / store.CATALOG_FILE, opts.target_fpr)
-        result = BuildResult(str(out_dir), "", len(ids), 0, enc.skipped, int(index.ntotal),
+        result = BuildResult(str(out_dir), "", n, 0, done.skipped(items), int(index.ntotal),
                              time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
         result.version = writer.commit(manifest)
@@ -313,7 +417,7 @@ def add(items: list[ImageItem], index_dir: str | Path, encoder: Encoder,
         enc = encode_items(items, encoder, opts)
         t_encode = time.perf_counter() - t_start
         if not enc.marks:
-            raise BuildError(f"none of the {len(items)} images could be read; index unchanged")
+            raise NothingToIndex(f"none of the {len(items)} images could be read; index unchanged")
         vecs = paired.project(enc.matrix(encoder.descriptor_dim))
         small_vecs = [paired.project(m) for m in enc.small_copy_matrices()]
         index = current.index  # already read by open_index; the new version is built on it

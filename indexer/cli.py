@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from indexer import build as pipeline
-from indexer import decision, variants
+from indexer import decision, shards, variants
 from indexer.index import lowres, store, vectors
 from indexer.index.verify import checksum_problems
 from indexer.network.encoder import CPU_BATCH, GPU_BATCH, EncoderError, load_encoder
@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"store no small copies of the marks (they cost {len(small.copy_px)} "
                         "encoder passes and 1 KB each per mark): queries whose mark is under "
                         f"{small.below_px} px are then not re-ranked by them")
+    g = b.add_argument_group("resuming (the build is checkpointed in OUT/.building)")
+    g.add_argument("--shard-size", type=int, default=pipeline.BuildOptions.shard_size,
+                   metavar="N", help="marks encoded and written to disk at a time: a killed "
+                   "build, run again with the same command, goes on from its last shard "
+                   "(default: %(default)s)")
+    g.add_argument("--restart", action="store_true",
+                   help="discard an unfinished build of other images or options in OUT, "
+                        "which is otherwise refused")
     _add_calibration_args(b)
     add_encoder_args(b)
 
@@ -190,7 +198,8 @@ def _print_build(result: pipeline.BuildResult) -> None:
 
 
 def cmd_build(args) -> int:
-    result = pipeline.build(_items(args), args.out, _encoder(args), _options(args))
+    result = pipeline.build(_items(args), args.out, _encoder(args), _options(args),
+                            restart=args.restart)
     _print_build(result)
     return 0
 
@@ -277,8 +286,26 @@ def index_info(root: Path, measure_recall: bool = False) -> dict:
     return info
 
 
+def _unfinished(root: Path) -> dict | None:
+    """The unfinished build in `root`, said on stderr; None if there is none."""
+    building = shards.progress(root)
+    if building:
+        print(f"unfinished build in {building['path']}: {building['shards_done']} of "
+              f"{building['shards']} shards of {building['shard_size']} marks done "
+              f"({building['items']} marks, started {building['started']}); run the command "
+              "that started it again to go on", file=sys.stderr)
+    return building
+
+
 def cmd_info(args) -> int:
+    building = _unfinished(args.index)
+    if building and not (args.index / store.CURRENT).is_file():
+        if args.json:
+            print(json.dumps({"unfinished_build": building}, indent=2))
+        return 1
     info = index_info(args.index, args.measure_recall)
+    if building:
+        info["unfinished_build"] = building
     status = 1 if info["problems"] else 0
     for problem in info["problems"]:
         print(f"WARNING: {problem}: the server will refuse this version; run "

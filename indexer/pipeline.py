@@ -30,6 +30,10 @@ class BuildError(RuntimeError):
     """Nothing could be indexed, or the request cannot be carried out."""
 
 
+class NothingToIndex(BuildError):
+    """None of the images given could be read."""
+
+
 @dataclass
 class RayOptions:
     # "ray://HOST:10001", "HOST:6379" or "auto" (ray.init's address); None: this process's
@@ -74,6 +78,9 @@ class BuildOptions:
     read_words: bool = True
     # Prepare and encode on a Ray cluster (indexer.ray_pipeline); None: here.
     ray: RayOptions | None = None
+    # Marks encoded and checkpointed at a time by `build` (indexer.shards): the most work
+    # a killed build redoes, and what it holds in memory before writing to disk.
+    shard_size: int = 2048
 
 
 @dataclass
@@ -140,7 +147,7 @@ def reads_words(item: ImageItem, opts: BuildOptions) -> bool:
 
 
 def catalog_row(item: ImageItem, prepared: Prepared) -> Mark:
-    return Mark(item.serial, item.name, str(item.path), prepared.sha256, prepared.thumbnail,
+    return Mark(item.serial, item.name, item.file, prepared.sha256, prepared.thumbnail,
                 item.metadata, item.text if item.text is not None else prepared.text)
 
 

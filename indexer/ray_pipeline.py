@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,13 +49,22 @@ class RayUnavailable(BuildError):
     """--ray was asked for without Ray installed, or its cluster cannot be reached."""
 
 
-def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions) -> Encoded:
-    """build.encode_items on a Ray cluster: the same Encoded, in the items' order."""
+def encode_items(items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
+                 bar: tqdm) -> Encoded:
+    """build.encode_items on a Ray cluster: the same Encoded, in the items' order. Inside
+    `session`, the cluster it joined is used; else it is joined (or started) for this call."""
+    with session(opts.ray) as ray:
+        return _run(ray, items, encoder, opts, opts.ray, bar)
+
+
+@contextmanager
+def session(ray_opts: RayOptions):
+    """Ray joined (or a local Ray started) once for the calls inside, e.g. a build's
+    shards; left (or stopped) at the end if this call joined it."""
     ray = _import_ray()
-    ray_opts: RayOptions = opts.ray
     started = _connect(ray, ray_opts.address)
     try:
-        return _run(ray, items, encoder, opts, ray_opts)
+        yield ray
     finally:
         if started:
             ray.shutdown()
@@ -132,7 +142,7 @@ def plan(resources: dict, ray_opts: RayOptions) -> _Plan:
 
 
 def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
-         ray_opts: RayOptions) -> Encoded:
+         ray_opts: RayOptions, bar: tqdm) -> Encoded:
     p = plan(ray.cluster_resources(), ray_opts)
     batch_size = opts.batch_size or (GPU_BATCH if p.gpus else CPU_BATCH)
     # Blocks of one preparing batch for a small register, so that every actor gets work;
@@ -147,7 +157,7 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
-    rows = [{"i": i, "path": str(item.path), "read": reads_words(item, opts)}
+    rows = [{"i": i, "path": item.file, "read": reads_words(item, opts)}
             for i, item in enumerate(items)]
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(_prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy",
@@ -165,7 +175,6 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
         num_gpus=1 if p.gpus else 0, num_cpus=p.cpus_per_actor)
 
     results: dict[int, dict] = {}
-    bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="encoding (ray)")
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for j, i in enumerate(batch["i"]):
@@ -173,8 +182,6 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
             bar.update(len(batch["i"]))
     except ray.exceptions.RayError as e:
         raise BuildError(f"the Ray pipeline failed: {_cause(e)}") from e
-    finally:
-        bar.close()
     log.debug("Ray Data's account of the run:\n%s", ds.stats())
     return _assemble(items, results)
 
@@ -197,7 +204,7 @@ def _assemble(items: list[ImageItem], results: dict[int, dict]) -> Encoded:
         if r is None:
             raise BuildError(f"the Ray pipeline returned no result for {item.path}")
         if r["error"]:
-            out.skipped.append(Skipped(str(item.path), str(r["error"])))
+            out.skipped.append(Skipped(item.file, str(r["error"])))
             log.warning("skipped %s: %s", item.path, r["error"])
             continue
         out.marks.append(catalog_row(item, Prepared(None, None, str(r["sha256"]),

@@ -5,6 +5,8 @@
       versions/v000003/       manifest.json, index.faiss, catalog.sqlite,
                               projection.npz, lowres.faiss, report.json (all optional)
       .lock                   held by the one writer at a time
+      .building/              an unfinished build's shards, until it is committed
+                              (indexer.shards)
 
 A writer builds the next version in a hidden temporary folder beside the others,
 fsyncs it, renames it into place and only then swaps CURRENT (write a .tmp file,
@@ -37,6 +39,7 @@ INDEX_FILE = "index.faiss"
 CATALOG_FILE = "catalog.sqlite"
 PROJECTION_FILE = "projection.npz"
 REPORT_FILE = "report.json"
+BUILDING = ".building"  # an unfinished build's checkpoints (indexer.shards)
 KEEP_VERSIONS = 2  # the live one and the one before, for a server still reading it
 
 
@@ -198,7 +201,8 @@ def check_build_target(root: str | Path) -> None:
     if root.exists() and not root.is_dir():
         raise IndexFormatError(f"--out {root} is a file: give a folder for the index")
     if root.is_dir() and not (root / CURRENT).is_file() and any(
-            p.name not in (".lock", VERSIONS) for p in root.iterdir()):
+            p.name not in (".lock", VERSIONS, BUILDING, f"{CURRENT}.tmp")
+            for p in root.iterdir()):
         raise IndexFormatError(f"--out {root} holds files and is not an index: give a new or "
                                "empty folder, or an index to replace")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ TRAIN_SAMPLE = 200_000  # vectors used to train IVF centroids / SQ ranges / PQ c
 KMEANS_ITERATIONS = 10  # FAISS's default 25 costs 2.5x the time for no measurable recall
 TARGET_RECALL = 0.97  # tuned parameters aim here so that recall@10 >= 0.95 holds with margin
 TUNE_QUERIES = 200  # exact search of these against 1 M vectors takes ~15 s on 2 cores
-EXACT_CHUNK = 250_000  # stored vectors decoded at a time for the exact search (0.5 GB)
+EXACT_CHUNK = 100_000  # stored vectors decoded at a time for the exact search (0.2 GB)
 # Candidates kept while an HNSW graph is built. FAISS's default 40 leaves 512-d
 # clustered vectors poorly linked: recall@10 stopped at 0.98 (200k) and 0.935 (1M) however
 # high efSearch went. 80 reaches 1.000 at efSearch 64 on 200k for 1.8x the build time.
@@ -146,9 +147,9 @@ def train(index: faiss.Index, vectors: np.ndarray, sample: int = TRAIN_SAMPLE,
         return
     if len(vectors) == 0:
         raise ValueError("cannot train an approximate index on 0 vectors")
-    if len(vectors) > sample:
-        rows = np.random.default_rng(seed).choice(len(vectors), sample, replace=False)
-        vectors = vectors[np.sort(rows)]
+    rows = training_rows(len(vectors), sample, seed)
+    if rows is not None:
+        vectors = vectors[rows]
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ivf = _searched_ivf(inner)
     if ivf is not None:
@@ -165,6 +166,40 @@ def train(index: faiss.Index, vectors: np.ndarray, sample: int = TRAIN_SAMPLE,
     inner.train(vectors)
     if ivf is not None:
         ivf.clustering_index = None
+
+
+def training_rows(n: int, sample: int = TRAIN_SAMPLE, seed: int = 0) -> np.ndarray | None:
+    """The rows of n vectors an index is trained on, sorted; None: all of them."""
+    if n <= sample:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+
+
+def build_streamed(spec: str, n: int, dim: int,
+                   chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+                   ) -> tuple[faiss.Index, IndexSpec]:
+    """build() over n vectors that come as (ids, vectors) chunks, read from disk: the same
+    index, trained on the same rows, with a chunk and the training sample in memory at a
+    time. `chunks()` is called twice where the index needs training."""
+    resolved = resolve(spec, n)
+    index = new_index(dim, resolved.factory)
+    if not _inner(index).is_trained:
+        rows = training_rows(n)
+        sample = np.empty((n if rows is None else len(rows), dim), np.float32)
+        start = filled = 0
+        for _, x in chunks():
+            picked = x if rows is None else \
+                x[rows[(rows >= start) & (rows < start + len(x))] - start]
+            sample[filled:filled + len(picked)] = picked
+            start, filled = start + len(x), filled + len(picked)
+        train(index, sample[:filled])
+        del sample
+    for ids, x in chunks():
+        # Fresh ids: add() would look each chunk up among all the ids stored so far.
+        index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32),
+                           np.asarray(ids, dtype=np.int64))
+    resolved.search_params, resolved.sampled_recall = tune(index)
+    return index, resolved
 
 
 def build(spec: str, ids: np.ndarray | list[int], vectors: np.ndarray

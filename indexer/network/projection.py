@@ -6,6 +6,7 @@ through the same projection.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,16 @@ class Projection:
 
 
 def fit_pca(x: np.ndarray, out_dim: int, whiten: float = 0.5) -> Projection:
-    """PCA of the rows of `x` to `out_dim` components, with shrunk partial whitening.
+    """PCA of the rows of `x` to `out_dim` components, with shrunk partial whitening
+    (fit_pca_chunks, the rows in one chunk)."""
+    return fit_pca_chunks(lambda: iter((x,)), out_dim, whiten)
+
+
+def fit_pca_chunks(chunks: Callable[[], Iterable[np.ndarray]], out_dim: int,
+                   whiten: float = 0.5) -> Projection:
+    """PCA of rows that come in chunks, to `out_dim` components, with shrunk partial
+    whitening. `chunks()` is called twice (the mean, then the covariance about it), so a
+    register of millions is fitted whole from disk with one chunk in memory at a time.
 
     `whiten` in [0, 1] scales component i by eigval_i ** (-whiten / 2): 0 keeps each
     direction's energy, 1 whitens fully. Partial whitening lifts the rarer directions
@@ -55,12 +65,24 @@ def fit_pca(x: np.ndarray, out_dim: int, whiten: float = 0.5) -> Projection:
     poorly, and whitening by raw estimates makes a small registry's marks look
     mutually orthogonal; the shrinkage fades out as the registry grows.
     """
-    x = np.asarray(x, dtype=np.float64)
-    n, d = x.shape
+    n, total = 0, None
+    for x in chunks():
+        x = np.asarray(x, dtype=np.float64)
+        total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
+        n += len(x)
+    if total is None or n == 0:
+        raise ValueError("cannot fit a PCA on 0 descriptors")
+    d = len(total)
     if out_dim > d:
         raise ValueError(f"cannot project {d}-d descriptors to {out_dim} dimensions")
-    mean = x.mean(axis=0)
-    cov = np.cov(x - mean, rowvar=False) if n > 1 else np.zeros((d, d))
+    mean = total / n
+    # Centred before the product, as np.cov does: float64 sums of centred rows lose
+    # nothing measurable at millions of rows.
+    scatter = np.zeros((d, d))
+    for x in chunks():
+        centred = np.asarray(x, dtype=np.float64) - mean
+        scatter += centred.T @ centred
+    cov = scatter / (n - 1) if n > 1 else scatter
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1][:out_dim]
     eigval, eigvec = np.maximum(eigval[order], 0.0), eigvec[:, order]
