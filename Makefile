@@ -1,4 +1,4 @@
-# make install | demo | test | test-slow | eval | bench | bench-10m | bench-ray | soak | proto | clean
+# make install | demo | test | test-slow | eval | bench | bench-10m | bench-ray | bench-build | soak | proto | clean
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 STUBS := proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
 OUT := out
 
-.PHONY: install proto demo test test-slow eval bench bench-10m bench-ray soak clean
+.PHONY: install proto demo test test-slow eval bench bench-10m bench-ray bench-build soak clean
 EVAL_DATA ?= ../shared/logobench ../shared/logobench-families ../shared/logobench-scenes
 
 install: $(STAMP) $(STUBS)
@@ -67,6 +67,14 @@ bench-10m: install
 # side, and the per-mark costs behind the cluster estimate (bench/ray_build.py).
 bench-ray: install
 	$(PY) -m bench.ray_build --out $(OUT)/bench-ray
+
+# A synthetic register of 2 M small image files (made once under $(OUT)/bench-build) built
+# with the stand-in encoder and ivf-sq8 at each size: peak RSS against 1.5 GB + the codes,
+# marks/s, and SIGKILLs at the smallest size resumed to an identical index
+# (bench/build_scale.py). ~1 h 10 min on 2 cores; BUILD_SIZES=20000,200000 for a quick run.
+BUILD_SIZES ?= 200000,2000000
+bench-build: install
+	$(PY) -m bench.build_scale --sizes $(subst $(comma), ,$(BUILD_SIZES)) --out $(OUT)/bench-build
 
 soak: install
 	test -d $(OUT)/demo/index || $(MAKE) demo

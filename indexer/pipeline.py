@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from indexer import variants, words
 from indexer.index import lowres, vectors
@@ -119,26 +120,52 @@ class Prepared:
     text: str = ""  # the words read in the mark, where asked for
 
 
-def prepare(data: bytes, preprocess: PreprocessConfig, opts: BuildOptions,
-            read_words: bool = False) -> Prepared:
-    """The mark's prepared array with its registry variants, its small copies (where the
-    index keeps them), its thumbnail and, with `read_words`, the words read in it:
-    everything but the encoder's work, run in the decoding threads (or a Ray task:
-    indexer.ray_pipeline). ImageDecodeError if unreadable."""
+@dataclass
+class Read:
+    """A mark's file read: its decoded mark and what the catalog keeps of it."""
+    mark: Image.Image  # RGB, trimmed: preprocess.mark_of
+    sha256: str
+    thumbnail: bytes  # PNG, at most THUMBNAIL_SIZE a side
+    text: str = ""  # the words read in the mark, where asked for
+
+
+def read(data: bytes, preprocess: PreprocessConfig, read_words: bool = False) -> Read:
+    """Decode a mark's file; with `read_words`, read its words. ImageDecodeError if
+    unreadable. The first half of `prepare`: a Ray build sends what it gives (~150 KB a
+    mark) to the encoder actors, which make the variants (`expand`, 2.1 MB a mark)."""
     im = open_scaled(data, preprocess).image
     mark_im = mark_of(im, preprocess)
     # Read in the picture as decoded (not the network's letterboxed copy): the words
     # keep their pixels.
     text = words.reader().read(mark_im) if read_words else ""
-    array = variants.expand(views_of(mark_im, preprocess), opts.registry_variants)
-    small = lowres.small_copies(mark_im, preprocess, opts.lowres.copy_px) \
-        if opts.lowres else None
-    im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    thumb = im.copy() if mark_im is im else im  # thumbnail() works in place
+    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buf = io.BytesIO()
     # zlib's default level: optimize=True (level 9) took 3x as long for 4% fewer bytes,
     # a sixth of preparing a mark once the encoder ran on OpenVINO.
-    im.save(buf, "PNG")
-    return Prepared(array, small, hashlib.sha256(data).hexdigest(), buf.getvalue(), text)
+    thumb.save(buf, "PNG")
+    return Read(mark_im, hashlib.sha256(data).hexdigest(), buf.getvalue(), text)
+
+
+def expand(mark: Image.Image, preprocess: PreprocessConfig, opts: BuildOptions
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The second half of `prepare`: a decoded mark's prepared array with its registry
+    variants, and its small copies where the index keeps them."""
+    array = variants.expand(views_of(mark, preprocess), opts.registry_variants)
+    small = lowres.small_copies(mark, preprocess, opts.lowres.copy_px) \
+        if opts.lowres else None
+    return array, small
+
+
+def prepare(data: bytes, preprocess: PreprocessConfig, opts: BuildOptions,
+            read_words: bool = False) -> Prepared:
+    """The mark's prepared array with its registry variants, its small copies (where the
+    index keeps them), its thumbnail and, with `read_words`, the words read in it:
+    everything but the encoder's work, run in the decoding threads. ImageDecodeError if
+    unreadable."""
+    r = read(data, preprocess, read_words)
+    array, small = expand(r.mark, preprocess, opts)
+    return Prepared(array, small, r.sha256, r.thumbnail, r.text)
 
 
 def reads_words(item: ImageItem, opts: BuildOptions) -> bool:

@@ -1,12 +1,15 @@
-"""`indexer build|add --ray`: read -> prepare -> encode as a Ray Data pipeline.
+"""`indexer build|add --ray`: read -> expand and encode, as a Ray Data pipeline.
 
-Reading and preparing a mark (decode, variants, small copies, thumbnail, words:
-indexer.pipeline.prepare)
-run as Ray tasks on the cluster's CPUs; encoding runs in a pool of actors that each load
-the encoder once, one GPU each where the cluster has GPUs, else some CPU threads each.
-The descriptors stream back to the driver, which then writes the index version exactly as
-a local build does (PCA, FAISS, small copies, calibration, catalog, report): only
-build.encode_items is replaced, so the two builds give the same index.
+Reading a mark (decode, trim, thumbnail, words: indexer.pipeline.read) runs as Ray tasks
+on the cluster's CPUs; a pool of actors, each loading the encoder once (one GPU each where
+the cluster has GPUs, else some CPU threads each), makes each decoded mark's variants and
+small copies (indexer.pipeline.expand) and encodes them. What crosses the object store
+is the decoded mark (~150 KB), not its seven prepared versions (2.1 MB). The descriptors
+stream back to the driver a shard at a time (indexer.shards: the build calls this once
+per shard, inside one `session`), which writes each shard to disk and then the index
+version exactly as a local build does: only build.encode_items is replaced, so the two
+builds give the same index. A task or actor lost with its node is re-run by Ray Data;
+results are keyed by the mark's position, so none is counted twice.
 
 Every node reads the images at the paths the driver lists: on a cluster they must be on a
 shared file system (or a volume mounted at the same path on every node), and the package
@@ -24,8 +27,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
+from PIL import Image
+
 from indexer.pipeline import (BuildError, BuildOptions, Encoded, Prepared,  # noqa: F401
-                              RayOptions, Skipped, catalog_row, encode_batch, prepare,
+                              RayOptions, Skipped, catalog_row, encode_batch, expand, read,
                               reads_words)
 from indexer.network.encoder import Encoder, EncoderError, load_encoder
 from indexer.network.options import CPU_BATCH, GPU_BATCH
@@ -34,14 +39,14 @@ from indexer.sources import ImageItem
 
 log = logging.getLogger(__name__)
 
-# Marks per task that prepares them: large enough that a task's overhead (~ms) is small
-# beside its work (~30 ms a mark), small enough to spread a small register over the cores.
-PREPARE_BATCH = 16
-# CPUs a preparing task reserves. Half a CPU: reading images from a shared file system
+# Marks per task that reads them: large enough that a task's overhead (~ms) is small
+# beside its work (~10 ms a mark), small enough to spread a small register over the cores.
+READ_BATCH = 16
+# CPUs a reading task reserves. Half a CPU: reading images from a shared file system
 # waits as much as it computes. It also keeps the tasks apart from CPU encoder actors:
 # Ray Data fuses two steps whose resources are equal, and a one-thread actor would then
-# prepare and encode in turn, one CPU idle beside it.
-PREPARE_CPUS = 0.5
+# read and encode in turn, one CPU idle beside it.
+READ_CPUS = 0.5
 MAX_BLOCKS = 1000
 
 
@@ -131,13 +136,14 @@ def plan(resources: dict, ray_opts: RayOptions) -> _Plan:
         actors = ray_opts.actors or gpus
         return _Plan(actors, True, 1.0)
     cpus = int(resources.get("CPU", 1))
-    # Every CPU to an actor: preparing a mark costs a seventh of encoding it (26 against
-    # 174 CPU-ms), and on 2 CPUs two actors built 1.5x faster than one (bench.ray_build).
+    # Every CPU to an actor: the actors do most of the work (variants and encoding, ~200
+    # CPU-ms a mark; reading it is a few), and on 2 CPUs two actors built 1.5x faster than
+    # one (bench.ray_build).
     actors = ray_opts.actors or max(1, cpus // threads)
-    if actors * threads > cpus - PREPARE_CPUS:
-        # Actors that held every CPU would leave none to the tasks that prepare their
+    if actors * threads > cpus - READ_CPUS:
+        # Actors that held every CPU would leave none to the tasks that read their
         # input, and the pipeline would stall; Ray's CPUs are logical, so reserve less.
-        return _Plan(actors, False, (cpus - PREPARE_CPUS) / actors)
+        return _Plan(actors, False, (cpus - READ_CPUS) / actors)
     return _Plan(actors, False, float(threads))
 
 
@@ -145,9 +151,9 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
          ray_opts: RayOptions, bar: tqdm) -> Encoded:
     p = plan(ray.cluster_resources(), ray_opts)
     batch_size = opts.batch_size or (GPU_BATCH if p.gpus else CPU_BATCH)
-    # Blocks of one preparing batch for a small register, so that every actor gets work;
-    # at most MAX_BLOCKS for a large one (each task then prepares a block batch by batch).
-    blocks = max(1, min(MAX_BLOCKS, math.ceil(len(items) / PREPARE_BATCH)))
+    # Blocks of one reading batch for a small register, so that every actor gets work;
+    # at most MAX_BLOCKS for a large one (each task then reads a block batch by batch).
+    blocks = max(1, min(MAX_BLOCKS, math.ceil(len(items) / READ_BATCH)))
     actors = min(p.actors, blocks)  # an actor more than there are blocks would only load
     log.info("Ray build: %d encoder actor(s) on %s, batches of %d marks", actors,
              "GPUs" if p.gpus else f"CPUs ({ray_opts.actor_threads} thread(s) each)",
@@ -160,9 +166,8 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
     rows = [{"i": i, "path": item.file, "read": reads_words(item, opts)}
             for i, item in enumerate(items)]
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(_prepare_batch, batch_size=PREPARE_BATCH, batch_format="numpy",
-                        fn_kwargs={"preprocess": encoder.preprocess, "opts": _portable(opts)},
-                        num_cpus=PREPARE_CPUS)
+    ds = ds.map_batches(_read_batch, batch_size=READ_BATCH, batch_format="numpy",
+                        fn_kwargs={"preprocess": encoder.preprocess}, num_cpus=READ_CPUS)
     ds = ds.map_batches(
         _EncodeActor, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -170,8 +175,7 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
                                "device": "cuda" if p.gpus else "cpu",
                                "threads": max(1, ray_opts.actor_threads),
                                "identity": encoder.identity.to_dict(),
-                               "batch_size": batch_size,
-                               "small_sizes": len(opts.lowres.copy_px) if opts.lowres else 0},
+                               "batch_size": batch_size, "opts": _portable(opts)},
         num_gpus=1 if p.gpus else 0, num_cpus=p.cpus_per_actor)
 
     results: dict[int, dict] = {}
@@ -187,7 +191,7 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
 
 
 def _portable(opts: BuildOptions) -> BuildOptions:
-    """The options as a preparing task gets them: without the Ray options themselves."""
+    """The options as an actor gets them: without the Ray options themselves."""
     return replace(opts, ray=None, progress=False)
 
 
@@ -215,37 +219,36 @@ def _assemble(items: list[ImageItem], results: dict[int, dict]) -> Encoded:
     return out
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
-                   opts: BuildOptions) -> dict[str, np.ndarray]:
-    """A Ray task: read and prepare a batch of marks. An unreadable one carries its reason
-    in `error` and blank arrays; it fails alone, as in a local build. Every column has one
-    type and shape in every block (Ray Data cannot join a block where a column holds
-    arrays to one where it holds None)."""
-    n, size = len(batch["i"]), preprocess.size
-    view = (len(preprocess.views), size, size, 3)
-    arrays = np.zeros((n, 1 + len(opts.registry_variants), *view), np.uint8)
-    smalls = np.zeros((n, len(opts.lowres.copy_px) if opts.lowres else 0, *view), np.uint8)
-    errors, hashes, texts, thumbs = [""] * n, [""] * n, [""] * n, np.empty(n, object)
-    for j, (path, read) in enumerate(zip(batch["path"], batch["read"])):
+def _read_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig) -> dict[str, np.ndarray]:
+    """A Ray task: read a batch of marks (decode, trim, words, thumbnail). The decoded
+    marks go on as raw RGB bytes with their sizes (~150 KB a mark): the actors make the
+    variants and small copies (2.1 MB a mark) themselves, where they are encoded. An
+    unreadable mark carries its reason in `error` and fails alone, as in a local build.
+    Every column has one type and shape in every block (Ray Data cannot join a block
+    where a column holds arrays to one where it holds None)."""
+    n = len(batch["i"])
+    errors, hashes, texts = [""] * n, [""] * n, [""] * n
+    marks, thumbs, sizes = np.empty(n, object), np.empty(n, object), np.zeros((n, 2), np.int64)
+    for j, (path, words) in enumerate(zip(batch["path"], batch["read"])):
+        marks[j] = thumbs[j] = b""
         try:
             with open(path, "rb") as f:
-                p = prepare(f.read(), preprocess, opts, bool(read))
+                r = read(f.read(), preprocess, bool(words))
         except (ImageDecodeError, OSError) as e:
             # Never empty: an empty `error` means the mark was read.
-            errors[j], thumbs[j] = str(e) or type(e).__name__, b""
+            errors[j] = str(e) or type(e).__name__
             continue
-        arrays[j], hashes[j], thumbs[j], texts[j] = p.array, p.sha256, p.thumbnail, p.text
-        if p.small is not None:
-            smalls[j] = p.small
-    return {"i": batch["i"], "array": arrays, "small": smalls, "error": np.array(errors),
+        marks[j], sizes[j] = r.mark.tobytes(), r.mark.size
+        hashes[j], thumbs[j], texts[j] = r.sha256, r.thumbnail, r.text
+    return {"i": batch["i"], "mark": marks, "size": sizes, "error": np.array(errors),
             "sha256": np.array(hashes), "thumbnail": thumbs, "text": np.array(texts)}
 
 
 class _EncodeActor:
-    """Loads the encoder once; each call encodes a batch of prepared marks."""
+    """Loads the encoder once; each call expands and encodes a batch of decoded marks."""
 
     def __init__(self, spec: str, runtime: str, device: str, threads: int, identity: dict,
-                 batch_size: int, small_sizes: int):
+                 batch_size: int, opts: BuildOptions):
         import torch
 
         from indexer.network.encoder import EncoderIdentity
@@ -254,7 +257,8 @@ class _EncodeActor:
         differs = self.encoder.identity.mismatch(EncoderIdentity.from_dict(identity))
         if differs:  # another version of the package, or other weights, on this node
             raise EncoderError(f"a Ray worker's encoder is not the driver's: {differs}")
-        self.batch_size, self.small_sizes = batch_size, small_sizes
+        self.batch_size, self.opts = batch_size, opts
+        self.small_sizes = len(opts.lowres.copy_px) if opts.lowres else 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["i"])
@@ -265,8 +269,13 @@ class _EncodeActor:
         small = np.zeros((n, self.small_sizes, dim), np.float32) if self.small_sizes else None
         for start in range(0, len(good), self.batch_size):
             rows = good[start:start + self.batch_size]
-            arrays = [batch["array"][j] for j in rows]
-            smalls = [batch["small"][j] for j in rows] if self.small_sizes else []
+            arrays, smalls = [], []
+            for j in rows:
+                mark = Image.frombytes("RGB", tuple(batch["size"][j]), batch["mark"][j])
+                array, small_copies = expand(mark, self.encoder.preprocess, self.opts)
+                arrays.append(array)
+                if small_copies is not None:
+                    smalls.append(small_copies)
             d, s = encode_batch(self.encoder, arrays, smalls)
             desc[rows] = d
             if small is not None:

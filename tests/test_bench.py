@@ -209,3 +209,21 @@ def test_calibration_gap_redoes_the_builds_estimate_edit_by_edit(tmp_path, sampl
     alone = calibration_gap.run(sample_index, queries, fitted_too=False)
     assert alone["counted_by"] == "the queries' families"
     assert alone["held_out"]["tpr"] <= held["tpr"]
+
+
+def test_build_scale_measures_each_size_and_resumes_killed_builds_to_the_same_index(tmp_path):
+    """bench.build_scale end to end at sizes CI affords: the made-up register, a build per
+    size with its peak RSS (the build process's own, from os.wait4) and rate, and the
+    smallest one killed and run again to the same index."""
+    from bench.build_scale import main as build_scale_main
+    assert build_scale_main(["--sizes", "200", "400", "--shard-size", "64", "--kills", "2",
+                             "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "build_scale.json").read_text())
+    for n in ("200", "400"):
+        size = report["sizes"][n]
+        assert size["returncode"] == 0 and 100e6 < size["peak_rss"] < size["rule_bytes"]
+        assert size["marks_per_s"] > 0
+    assert len(list((tmp_path / "register").rglob("*.png"))) == 400
+    killed = report["kill_and_resume"]
+    assert killed["identical"] and killed["final_returncode"] == 0
+    assert [k["returncode"] for k in killed["kills"]] == [-9, -9]

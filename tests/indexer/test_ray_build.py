@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sqlite3
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexer.build import encode_items
+from indexer import shards
+from indexer.build import build, encode_items
 from indexer.cli import main
 from indexer.index import store, vectors
 from indexer.sources import ImageItem
@@ -20,7 +24,7 @@ from tests.conftest import SAMPLES, quiet
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install ".[ray]"')
 pytest.importorskip("ray.data")
 
-from indexer.ray_pipeline import PREPARE_CPUS, RayOptions, RayUnavailable, plan  # noqa: E402
+from indexer.ray_pipeline import READ_CPUS, RayOptions, RayUnavailable, plan  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +122,7 @@ def test_plan_gives_each_gpu_an_actor_and_leaves_cpus_to_preparation():
     # input still get scheduled.
     for resources, opts in (({"CPU": 2}, RayOptions()), ({"CPU": 16}, RayOptions(actor_threads=4))):
         p = plan(resources, opts)
-        assert p.actors * p.cpus_per_actor <= resources["CPU"] - PREPARE_CPUS
+        assert p.actors * p.cpus_per_actor <= resources["CPU"] - READ_CPUS
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, tmp_path, encoder, sample_items):
@@ -154,3 +158,46 @@ def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
         assert "indexed 40 marks" in done.stdout
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _encoder_actor_pids() -> list[int]:
+    """Processes of Ray workers that run the encoder actor (Ray names them after it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"_EncodeActor" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_ray_build_whose_encoder_actor_is_killed_counts_every_mark_once(tmp_path, encoder,
+                                                                          sample_items):
+    """An encoder actor SIGKILLed in the middle of a build (as a lost node would take it):
+    Ray re-runs its work, and the index holds every mark once, as a local build's."""
+    items = sample_items[:48]
+    plain, clustered = tmp_path / "plain", tmp_path / "ray"
+    build(items, plain, encoder, quiet(batch_size=4, shard_size=16))
+    killed: list[int] = []
+
+    def kill_an_actor_once_a_shard_is_done():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if list((clustered / shards.BUILDING).glob("shard-*.npz")):
+                for pid in _encoder_actor_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_an_actor_once_a_shard_is_done, daemon=True)
+    killer.start()
+    build(items, clustered, encoder,
+          quiet(batch_size=4, shard_size=16, ray=RayOptions(actors=2)))
+    killer.join()
+    assert killed, "no encoder actor was found to kill"
+    assert _catalog(clustered) == _catalog(plain)
+    assert cosines(_vectors(clustered), _vectors(plain)).min() >= 0.9999
+    assert store.read_manifest(clustered).count == 48

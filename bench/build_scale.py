@@ -1,0 +1,217 @@
+"""`python -m bench.build_scale` (`make bench-build`): a register of millions built here.
+
+A synthetic register of small image files (made once, on disk: made-up shapes, no
+brands) is built by `indexer build` with the stand-in encoder (`--encoder pixels`), so
+that the pipeline around the network is what is measured: reading, preparing, the
+shards on disk, the catalog, the PCA, FAISS (`ivf-sq8`), the calibration. For each size:
+the build's peak RSS (os.wait4's ru_maxrss of the build process) against the rule
+1.5 GB + the index's own codes (512 B a mark for ivf-sq8), and its marks/s. At the
+smallest size the build is also SIGKILLed at random moments and run again each time; its
+final index is compared with the uninterrupted one's (catalog rows, stored vectors,
+projection, thresholds) and the shards encoded again after each kill are counted.
+
+The variants and small copies of the marks are left out (`--registry-variants none
+--no-lowres --no-read-words`): they cost CPU a mark, not memory held, and without them the
+stand-in build is ~10x faster. `--ray` builds through a local Ray too.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_RSS = 1.5e9  # the rule's allowance for everything but the index's codes
+CODE_BYTES = 512  # ivf-sq8: a byte a dimension
+PER_FOLDER = 10_000
+SIDE = 64
+
+
+def make_register(data: Path, n: int, seed: int = 0) -> Path:
+    """The first n marks of the synthetic register under `data` (made where missing) and
+    a manifest of them; returns the manifest's path."""
+    made = 0
+    for i in tqdm(range(n), desc="register", unit="mark", mininterval=5):
+        path = data / f"{i // PER_FOLDER:04d}" / f"m{i:08d}.png"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _mark(np.random.default_rng([seed, i])).save(path)
+        made += 1
+    manifest = data / f"register-{n}.csv"
+    if made or not manifest.exists():
+        with open(manifest.with_suffix(".tmp"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["serial", "file"])
+            for i in range(n):
+                w.writerow([f"m{i:08d}", f"{i // PER_FOLDER:04d}/m{i:08d}.png"])
+        os.replace(manifest.with_suffix(".tmp"), manifest)
+    return manifest
+
+
+def _mark(rng: np.random.Generator) -> Image.Image:
+    """A made-up mark: a plain ground and two to four shapes."""
+    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))  # noqa: E731
+    im = Image.new("RGB", (SIDE, SIDE), colour())
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(2, 5))):
+        x0, y0 = (int(v) for v in rng.integers(0, SIDE - 8, 2))
+        x1, y1 = x0 + int(rng.integers(6, SIDE - x0)), y0 + int(rng.integers(6, SIDE - y0))
+        shape = rng.integers(0, 3)
+        if shape == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=colour())
+        elif shape == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=colour())
+        else:
+            draw.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=colour())
+    return im
+
+
+def build_args(data: Path, manifest: Path, out: Path, ray: bool, shard_size: int) -> list[str]:
+    args = ["build", "--images", str(data), "--manifest", str(manifest), "--out", str(out),
+            "--encoder", "pixels", "--index-factory", "ivf-sq8", "--registry-variants", "none",
+            "--no-lowres", "--no-read-words", "--no-progress", "--shard-size", str(shard_size)]
+    return args + (["--ray"] if ray else [])
+
+
+def run_build(args: list[str], log_file: Path, kill_after: float | None = None) -> dict:
+    """One `indexer build` process: its wall time, peak RSS and exit status; SIGKILLed
+    after `kill_after` seconds where given."""
+    with open(log_file, "a") as logf:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "indexer", *args], cwd=ROOT,
+                                stdout=logf, stderr=subprocess.STDOUT)
+        deadline = None if kill_after is None else t0 + kill_after
+        while True:  # os.wait4, not proc.wait: it gives the process's own peak RSS
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                proc.send_signal(signal.SIGKILL)
+                deadline = None
+            time.sleep(0.1)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"seconds": time.perf_counter() - t0, "peak_rss": usage.ru_maxrss * 1024,
+            "returncode": proc.returncode}
+
+
+def contents(root: Path) -> dict:
+    """What a build decides, as digests to compare two builds: catalog rows (all but the
+    time they were added), stored ids and vectors, projection, thresholds."""
+    from indexer.index import store, vectors
+    vdir = store.current_version_dir(root)
+    catalog = hashlib.sha256()
+    db = sqlite3.connect(vdir / store.CATALOG_FILE)
+    for row in db.execute("SELECT id, serial, name, source, sha256, thumbnail, metadata, text "
+                          "FROM marks ORDER BY id"):
+        catalog.update(repr(row).encode())
+    db.close()
+    ids, vecs = vectors.all_vectors(vectors.load(vdir / store.INDEX_FILE))
+    m = json.loads((vdir / store.MANIFEST).read_text())
+    return {"catalog": catalog.hexdigest(),
+            "ids": hashlib.sha256(ids.tobytes()).hexdigest(),
+            "vectors": hashlib.sha256(vecs.tobytes()).hexdigest(),
+            "projection": store.sha256_file(vdir / store.PROJECTION_FILE),
+            "thresholds": [m["threshold"], m["scene_threshold"], m["words_threshold"]],
+            "count": m["count"]}
+
+
+def kill_and_resume(args: list[str], out: Path, log_file: Path, whole_seconds: float,
+                    shards: int, kills: int, seed: int) -> dict:
+    """The build SIGKILLed at `kills` random moments (uniform over an uninterrupted build's
+    time), run again after each, then to its end. Each kill's record: the shards on disk
+    it left, and how many of them the next run found done (fewer would be work lost)."""
+    rng = random.Random(seed)
+    shutil.rmtree(out, ignore_errors=True)
+    log_file.unlink(missing_ok=True)
+    moments, left = [], 0
+    for _ in range(kills):
+        # Within what is left to do, so that no kill comes after the build has ended.
+        at = rng.uniform(0.05, 0.9) * whole_seconds * (1 - left / shards)
+        r = run_build(args, log_file, kill_after=at)
+        left = len(list((out / ".building").glob("shard-*.npz")))
+        moments.append({"after_s": round(at, 1), "returncode": r["returncode"],
+                        "shards_left": left})
+    final = run_build(args, log_file)
+    found = [int(d) for d in re.findall(r"going on with the unfinished build .*: (\d+) of \d+ "
+                                        "shards done", log_file.read_text())]
+    for m, done in zip([m for m in moments if m["shards_left"]], found):
+        m["next_run_found_done"] = done
+    return {"kills": moments, "final_returncode": final["returncode"],
+            "final_seconds": final["seconds"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
+    p.add_argument("--data", type=Path, default=None,
+                   help="where the register is made (default: OUT/register)")
+    p.add_argument("--out", type=Path, default=ROOT / "out" / "bench-build")
+    p.add_argument("--shard-size", type=int, default=8192)
+    p.add_argument("--kills", type=int, default=3, help="SIGKILLs at the smallest size")
+    p.add_argument("--ray", action="store_true", help="also build through a local Ray")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data = args.data or args.out / "register"
+    report = {"sizes": {}, "shard_size": args.shard_size}
+    runners = [False, True] if args.ray else [False]
+    for n in sorted(args.sizes):
+        manifest = make_register(args.data, n)
+        for ray in runners:
+            name = f"{n}{'-ray' if ray else ''}"
+            out = args.out / f"index-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = build_args(args.data, manifest, out, ray, args.shard_size)
+            r = run_build(cmd, args.out / f"build-{name}.log")
+            if r["returncode"] != 0:
+                log.error("the build of %d marks failed: see %s", n, args.out / f"build-{name}.log")
+                return 1
+            rule = BASE_RSS + CODE_BYTES * n
+            r |= {"marks_per_s": n / r["seconds"], "rule_bytes": rule,
+                  "peak_over_rule": r["peak_rss"] / rule}
+            report["sizes"][name] = r
+            log.info("%s marks: %.0f s, %.1f marks/s, peak RSS %.2f GB (rule %.2f GB: %.2fx)",
+                     name, r["seconds"], r["marks_per_s"], r["peak_rss"] / 1e9, rule / 1e9,
+                     r["peak_over_rule"])
+    smallest = min(args.sizes)
+    if args.kills:
+        whole = report["sizes"][str(smallest)]
+        out = args.out / f"index-{smallest}-killed"
+        cmd = build_args(args.data, args.data / f"register-{smallest}.csv", out, False,
+                         args.shard_size)
+        k = kill_and_resume(cmd, out, args.out / f"build-{smallest}-killed.log",
+                            whole["seconds"], -(-smallest // args.shard_size), args.kills,
+                            args.seed)
+        k["identical"] = contents(out) == contents(args.out / f"index-{smallest}")
+        report["kill_and_resume"] = k
+        log.info("killed at %s s, leaving %s shards, found done by the next run: %s; the "
+                 "final index identical to the uninterrupted one: %s",
+                 [m["after_s"] for m in k["kills"]], [m["shards_left"] for m in k["kills"]],
+                 [m.get("next_run_found_done") for m in k["kills"]], k["identical"])
+    (args.out / "build_scale.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
