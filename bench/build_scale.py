@@ -36,11 +36,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from indexer.index import store
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_RSS = 1.5e9  # the rule's allowance for everything but the index's codes
-CODE_BYTES = 512  # ivf-sq8: a byte a dimension
 PER_FOLDER = 10_000
 SIDE = 64
 
@@ -116,7 +117,7 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None) 
 def contents(root: Path) -> dict:
     """What a build decides, as digests to compare two builds: catalog rows (all but the
     time they were added), stored ids and vectors, projection, thresholds."""
-    from indexer.index import store, vectors
+    from indexer.index import vectors
     vdir = store.current_version_dir(root)
     catalog = hashlib.sha256()
     db = sqlite3.connect(vdir / store.CATALOG_FILE)
@@ -186,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             if r["returncode"] != 0:
                 log.error("the build of %d marks failed: see %s", n, args.out / f"build-{name}.log")
                 return 1
-            rule = BASE_RSS + CODE_BYTES * n
+            # ivf-sq8 keeps a byte a dimension: 512 B a mark at the index's 512-d.
+            dim = json.loads((store.current_version_dir(out) / store.MANIFEST).read_text())["dim"]
+            rule = BASE_RSS + dim * n
             r |= {"marks_per_s": n / r["seconds"], "rule_bytes": rule,
                   "peak_over_rule": r["peak_rss"] / rule}
             report["sizes"][name] = r

@@ -227,3 +227,20 @@ def test_build_scale_measures_each_size_and_resumes_killed_builds_to_the_same_in
     killed = report["kill_and_resume"]
     assert killed["identical"] and killed["final_returncode"] == 0
     assert [k["returncode"] for k in killed["kills"]] == [-9, -9]
+
+
+@pytest.mark.slow
+def test_build_memory_stays_flat_in_the_registers_size(tmp_path):
+    """Peak RSS of `indexer build` (the process's own) at 2,000 and 20,000 made-up marks:
+    it grows by the index's codes and the bookkeeping (~1 KB a mark with the training
+    sample), not by what the marks were (~98 KB a mark before builds streamed)."""
+    from bench.build_scale import build_args, make_register, run_build
+    peaks = {}
+    for n in (2_000, 20_000):
+        manifest = make_register(tmp_path / "register", n)
+        r = run_build(build_args(tmp_path / "register", manifest, tmp_path / f"idx{n}", False,
+                                 2048), tmp_path / f"build{n}.log")
+        assert r["returncode"] == 0, (tmp_path / f"build{n}.log").read_text()[-2000:]
+        peaks[n] = r["peak_rss"]
+    per_mark = (peaks[20_000] - peaks[2_000]) / 18_000
+    assert per_mark < 5_000, (peaks, per_mark)

@@ -397,7 +397,7 @@ class PixelProjection(nn.Module):
     an image: it lets the pipeline around the encoder (reading, preparing, FAISS, the
     catalog, memory) be measured at millions of marks on a CPU. It knows nothing of marks."""
 
-    def __init__(self, side: int = 8, dim: int = 256, seed: int = 0):
+    def __init__(self, side: int = 16, dim: int = 512, seed: int = 0):
         super().__init__()
         self.side, self.dim, self.seed = side, dim, seed
         g = torch.Generator().manual_seed(seed)

@@ -7,8 +7,9 @@ import argparse
 import os
 
 DEFAULT_ENCODER = "efficientnet-lite0"
-# A stand-in with no network: a fixed random projection of an 8x8 thumbnail, for measuring
-# the pipeline around the encoder at millions of marks (indexer.network.encoder.PixelProjection).
+# A stand-in with no network: a fixed random projection of a 16x16 thumbnail to 512-d, for
+# measuring the pipeline around the encoder at millions of marks
+# (indexer.network.encoder.PixelProjection).
 PIXELS_ENCODER = "pixels"
 # Marks per forward pass where the encoder is fastest per image on 2 CPU cores: batches
 # of 4-8 marks (8-16 network images with two views); at 16 marks it is 1.5x slower per

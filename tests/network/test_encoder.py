@@ -286,5 +286,5 @@ def test_the_pixels_stand_in_is_fixed_cheap_and_says_it_is_no_trademark_encoder(
     assert da.shape == (6, a.descriptor_dim)
     np.testing.assert_allclose(np.linalg.norm(da, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(da, db, atol=1e-4)  # PyTorch and OpenVINO alike
-    assert a.identity == b.identity and a.identity.name == "pixels-8x8-256"
+    assert a.identity == b.identity and a.identity.name == "pixels-16x16-512"
     assert not np.allclose(da[0], da[1])  # different marks, different vectors

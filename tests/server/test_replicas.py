@@ -53,6 +53,13 @@ def replicas(tmp_path_factory, sample_index):
     index_dir = tmp_path_factory.mktemp("replicas") / "index"
     shutil.copytree(sample_index, index_dir)
     started = [_start(index_dir) for _ in range(3)]
+    # One search each before the tests, with time to spare: a replica's first answer
+    # loads what it loads lazily, and three of them starting on a loaded 2-core machine
+    # took past the tests' 30 s deadlines (clean-clone runs, 2026-12-04).
+    mark = (SAMPLES / "registry" / "86000000.png").read_bytes()
+    for r in started:
+        with SearchClient(r.address, timeout=180) as client:
+            assert client.search(mark, k=1).matched_serial == "86000000"
     yield index_dir, started
     for r in started:
         if r.proc.poll() is None:
