@@ -4,7 +4,7 @@ A synthetic register of small image files (made once, on disk: made-up shapes, n
 brands) is built by `indexer build` with the stand-in encoder (`--encoder pixels`), so
 that the pipeline around the network is what is measured: reading, preparing, the
 shards on disk, the catalog, the PCA, FAISS (`ivf-sq8`), the calibration. For each size:
-the build's peak RSS (os.wait4's ru_maxrss of the build process) against the rule
+the build's peak RSS (its VmHWM, read until it exits) against the rule
 1.5 GB + the index's own codes (512 B a mark for ivf-sq8), and its marks/s. At the
 smallest size the build is also SIGKILLed at random moments and run again each time; its
 final index is compared with the uninterrupted one's (catalog rows, stored vectors,
@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from bench.procs import high_water_mark
 from indexer.index import store
 
 log = logging.getLogger(__name__)
@@ -101,16 +102,21 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None) 
         proc = subprocess.Popen([sys.executable, "-m", "indexer", *args], cwd=ROOT,
                                 stdout=logf, stderr=subprocess.STDOUT)
         deadline = None if kill_after is None else t0 + kill_after
-        while True:  # os.wait4, not proc.wait: it gives the process's own peak RSS
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        peak = 0
+        while True:
+            # The build's own high-water mark (VmHWM, which starts anew at exec), read until
+            # it exits: os.wait4's ru_maxrss would count the memory of this process too,
+            # which the child had until it exec'd (a test runner holding models: 3.4 GB).
+            peak = max(peak, high_water_mark(proc.pid))
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if deadline is not None and time.perf_counter() > deadline:
                 proc.send_signal(signal.SIGKILL)
                 deadline = None
-            time.sleep(0.1)
+            time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": time.perf_counter() - t0, "peak_rss": usage.ru_maxrss * 1024,
+    return {"seconds": time.perf_counter() - t0, "peak_rss": peak,
             "returncode": proc.returncode}
 
 

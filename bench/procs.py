@@ -47,7 +47,21 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process, from /proc (Linux)."""
+    kb = _status_kb(pid, "VmRSS")
+    return float("nan") if kb is None else kb / 1024
+
+
+def high_water_mark(pid: int) -> int:
+    """Peak resident memory of a process since it exec'd (Linux's VmHWM), in bytes; 0 once
+    it has exited."""
+    try:
+        return (_status_kb(pid, "VmHWM") or 0) * 1024
+    except OSError:
+        return 0
+
+
+def _status_kb(pid: int, key: str) -> int | None:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None

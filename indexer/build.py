@@ -1,14 +1,19 @@
-"""The build pipeline: image files -> vectors -> a new index version.
+"""The build pipeline: image files -> shards on disk -> a new index version.
 
 Files are read and decoded by a pool of threads (Pillow releases the GIL while
 decoding) a few batches ahead of the encoder, so decoding overlaps encoding.
 Unreadable images are skipped and listed in the version's report.json; they never
-abort a run.
+abort a run. A build encodes a shard of marks at a time and checkpoints it
+(indexer.shards), then writes the version from the shards read back one at a time: its
+memory does not grow with the register beyond the index's own codes and a few hundred
+bytes a mark of bookkeeping, and a killed build goes on where it stopped. `add` encodes
+its marks in memory: it is meant for a register's new filings, not for millions.
 """
 from __future__ import annotations
 
 import json
 import logging
+import resource
 import shutil
 import time
 from collections import deque
@@ -296,6 +301,12 @@ def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
     return result
 
 
+def _phase(what: str, *args) -> None:
+    """A step of writing the version done: minutes each at millions of marks."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB on Linux
+    log.info(what + "; peak memory so far %.2f GB", *args, peak / 1e9)
+
+
 def _check_batching(opts: BuildOptions) -> None:
     """Before anything is written: settings that cannot work."""
     for name, value in (("lanes", opts.lanes), ("batch size", opts.batch_size),
@@ -357,12 +368,14 @@ def _write_build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
         lambda: (s.descriptors[fitted[r:r + len(s.positions)]] for r, s in shard_vectors()),
         dim, opts.whiten) if opts.pca else None
     paired = encoder.with_projection(projection)
+    _phase("projection fitted on %d marks", n - len(held))
     with store.write_version(out_dir, new=True) as writer:
         catalog = Catalog(writer.path / store.CATALOG_FILE)
         ids = np.zeros(n, np.int64)
         for r, s in shard_vectors():
             ids[r:r + len(s.positions)] = catalog.upsert(s.marks(items))[0]
         catalog.close()
+        _phase("catalog written")
         # Approximate indexes come back with their tuned nprobe/efSearch set: it serves
         # the calibration below and is stored for the server.
         index, spec = vectors.build_streamed(
@@ -370,6 +383,7 @@ def _write_build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             lambda: ((ids[r:r + len(s.positions)], paired.project(s.descriptors))
                      for r, s in shard_vectors()))
         vectors.save(index, writer.path / store.INDEX_FILE)
+        _phase("%s index filled and tuned (%s)", spec.factory, spec.search_params or "exact")
         reranker = None
         if opts.lowres:
             small = [lowres.new_index(dim) for _ in opts.lowres.copy_px]

@@ -213,7 +213,7 @@ def test_calibration_gap_redoes_the_builds_estimate_edit_by_edit(tmp_path, sampl
 
 def test_build_scale_measures_each_size_and_resumes_killed_builds_to_the_same_index(tmp_path):
     """bench.build_scale end to end at sizes CI affords: the made-up register, a build per
-    size with its peak RSS (the build process's own, from os.wait4) and rate, and the
+    size with its peak RSS (the build process's own, not this one's) and rate, and the
     smallest one killed and run again to the same index."""
     from bench.build_scale import main as build_scale_main
     assert build_scale_main(["--sizes", "200", "400", "--shard-size", "64", "--kills", "2",

@@ -194,6 +194,7 @@ def build_streamed(spec: str, n: int, dim: int,
             start, filled = start + len(x), filled + len(picked)
         train(index, sample[:filled])
         del sample
+        log.info("%s trained on %d of %d vectors", resolved.factory, filled, n)
     for ids, x in chunks():
         # Fresh ids: add() would look each chunk up among all the ids stored so far.
         index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32),

@@ -416,7 +416,7 @@ def _load_pixels(device: torch.device) -> Encoder:
                             hashlib.sha256(recipe.encode()).hexdigest(), cfg.to_dict(),
                             net.dim * len(cfg.views))
     log.warning("encoder %r: a stand-in for timing the pipeline at scale (a fixed projection "
-                "of an %dx%d thumbnail); it is NO trademark encoder, and its answers mean "
+                "of a %dx%d thumbnail); it is NO trademark encoder, and its answers mean "
                 "nothing", PIXELS_ENCODER, net.side, net.side)
     return Encoder(net, cfg, ident, device)
 
