@@ -343,7 +343,8 @@ def _write_build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
                  t_encode: float) -> BuildResult:
     """The new version from the shards, read back one at a time: catalog, PCA (fitted on
     every mark, from disk), FAISS index, small copies, calibration."""
-    each = [done.read(k, vectors=False).positions for k in range(done.count)]
+    heads = [done.head(k) for k in range(done.count)]
+    each = [p for p, _ in heads]
     positions = np.concatenate(each)
     n = len(positions)
     if not n:
@@ -409,7 +410,8 @@ def _write_build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
             lowres=opts.lowres.to_dict() if opts.lowres else {})
         _set_thresholds(manifest, cal, scenes)
         _set_words_threshold(manifest, writer.path / store.CATALOG_FILE, opts.target_fpr)
-        result = BuildResult(str(out_dir), "", n, 0, done.skipped(items), int(index.ntotal),
+        skipped = [Skipped(items[p].file, reason) for _, lost in heads for p, reason in lost]
+        result = BuildResult(str(out_dir), "", n, 0, skipped, int(index.ntotal),
                              time.perf_counter() - t0, t_encode)
         _write_report(writer, result)
         result.version = writer.commit(manifest)

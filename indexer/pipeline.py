@@ -131,8 +131,9 @@ class Read:
 
 def read(data: bytes, preprocess: PreprocessConfig, read_words: bool = False) -> Read:
     """Decode a mark's file; with `read_words`, read its words. ImageDecodeError if
-    unreadable. The first half of `prepare`: a Ray build sends what it gives (~150 KB a
-    mark) to the encoder actors, which make the variants (`expand`, 2.1 MB a mark)."""
+    unreadable. The first half of `prepare`: a Ray build sends what it gives (127 KB a
+    mark on the samples) to the encoder actors, which make the variants (`expand`, 2.11
+    MB a mark with the shipped encoder's two views)."""
     im = open_scaled(data, preprocess).image
     mark_im = mark_of(im, preprocess)
     # Read in the picture as decoded (not the network's letterboxed copy): the words

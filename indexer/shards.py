@@ -37,7 +37,7 @@ import numpy as np
 
 from indexer.index import store
 from indexer.index.catalog import Mark
-from indexer.pipeline import BuildError, BuildOptions, Encoded, Prepared, Skipped, catalog_row
+from indexer.pipeline import BuildError, BuildOptions, Encoded, Prepared, catalog_row
 from indexer.sources import ImageItem
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class UnfinishedBuildError(BuildError):
 class Shard:
     """One shard read back: its marks in the order of the items."""
     positions: np.ndarray  # (m,) int64: the marks' positions in the build's items
-    descriptors: np.ndarray | None  # (m, D) float32; None where not read
+    descriptors: np.ndarray  # (m, D) float32
     small: np.ndarray | None  # (m, sizes, D) float32 where the index keeps small copies
     sha256: np.ndarray  # (m,) str
     text: np.ndarray  # (m,) str: words read ('' where none, or where the manifest gave them)
@@ -174,23 +174,21 @@ class Checkpoints:
             os.fsync(f.fileno())
         os.replace(tmp, self.file(k))
 
-    def read(self, k: int, vectors: bool = True) -> Shard:
-        """Shard k; without `vectors`, its descriptors and small copies are left unread."""
+    def read(self, k: int) -> Shard:
+        """Shard k, its descriptors and small copies read."""
         with np.load(self.file(k), allow_pickle=False) as z:
             ends = z["thumbnail_ends"]
             blob = z["thumbnails"].tobytes()
             starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
             return Shard(
-                z["positions"], z["descriptors"] if vectors else None,
-                z["small"] if vectors and "small" in z.files else None, z["sha256"], z["text"],
-                [blob[s:e] for s, e in zip(starts, ends)],
-                list(zip(z["skipped_positions"].tolist(), z["skipped_reasons"].tolist())))
+                z["positions"], z["descriptors"], z["small"] if "small" in z.files else None,
+                z["sha256"], z["text"], [blob[s:e] for s, e in zip(starts, ends)],
+                _skipped(z))
 
-    def skipped(self, items: list[ImageItem]) -> list[Skipped]:
-        out = []
-        for k in range(self.count):
-            out += [Skipped(items[p].file, r) for p, r in self.read(k, False).skipped]
-        return out
+    def head(self, k: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Shard k's marks' positions and its skipped files, its arrays left unread."""
+        with np.load(self.file(k), allow_pickle=False) as z:
+            return z["positions"], _skipped(z)
 
     def discard(self) -> None:
         """The whole folder, once its build is committed (or given up)."""
@@ -201,6 +199,10 @@ class Checkpoints:
         for p in self.path.iterdir():
             if p.name != "lock":
                 p.unlink()
+
+
+def _skipped(z) -> list[tuple[int, str]]:
+    return list(zip(z["skipped_positions"].tolist(), z["skipped_reasons"].tolist()))
 
 
 def progress(root: str | Path) -> dict | None:
