@@ -195,12 +195,35 @@ def build_streamed(spec: str, n: int, dim: int,
         train(index, sample[:filled])
         del sample
         log.info("%s trained on %d of %d vectors", resolved.factory, filled, n)
+    ivf = _ivf(_inner(index))
+    if ivf is not None:
+        _reserve_lists(ivf, chunks)
     for ids, x in chunks():
         # Fresh ids: add() would look each chunk up among all the ids stored so far.
         index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32),
                            np.asarray(ids, dtype=np.int64))
     resolved.search_params, resolved.sampled_recall = tune(index)
     return index, resolved
+
+
+def _reserve_lists(ivf: faiss.IndexIVF,
+                   chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]) -> None:
+    """Give each inverted list the room it will need before it is filled. Grown an add at
+    a time, a list's arrays double, and a streamed build of 2 M marks kept ~43% of its
+    codes' memory as room never used (~230 B a mark for ivf-sq8). One more pass assigns
+    every vector to its list (as add does), each list is sized once to its count and
+    emptied again: std::vector keeps its capacity when it shrinks, so the adds that
+    follow fill it in place. The index is the same as without it."""
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(lists, faiss.ArrayInvertedLists):
+        return  # on-disk or other lists manage their own memory
+    counts = np.zeros(ivf.nlist, np.int64)
+    for _, x in chunks():
+        _, assigned = ivf.quantizer.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+        counts += np.bincount(assigned[:, 0], minlength=ivf.nlist)
+    for list_no in np.flatnonzero(counts):
+        lists.resize(int(list_no), int(counts[list_no]))
+        lists.resize(int(list_no), 0)
 
 
 def build(spec: str, ids: np.ndarray | list[int], vectors: np.ndarray

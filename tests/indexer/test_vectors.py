@@ -1,6 +1,7 @@
 """FAISS wrapper against an exact brute-force oracle on small deterministic data."""
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -191,3 +192,23 @@ def test_ivf_lists_grow_with_the_registry():
     assert vectors.ivf_lists(10_000_000) == 4096
     assert vectors.ivf_lists(100) == 2  # never fewer than 39 points a list
     assert vectors.ivf_lists(3000) == 64  # and always a power of two
+
+
+@pytest.mark.parametrize("factory", ["IVF64,SQ8", "IVF64,Flat", "Flat"])
+def test_a_streamed_build_is_the_index_built_in_memory(factory):
+    """build_streamed sizes each inverted list before filling it (_reserve_lists): the
+    index written must be byte for byte the one build() makes with every vector in hand."""
+    db = unit(np.random.default_rng(5), 6000, 32)
+    ids = np.arange(6000, dtype=np.int64) * 7 + 3
+
+    def chunks():
+        return ((ids[s:s + 1000], db[s:s + 1000]) for s in range(0, 6000, 1000))
+
+    streamed, spec = vectors.build_streamed(factory, 6000, 32, chunks)
+    in_memory, _ = vectors.build(spec.factory, ids, db)
+    assert bytes(faiss.serialize_index(streamed)) == bytes(faiss.serialize_index(in_memory))
+    ivf = vectors._ivf(vectors._inner(streamed))
+    if ivf is not None:  # and every list holds exactly what assignment sent it
+        _, assigned = ivf.quantizer.search(db, 1)
+        sizes = [ivf.invlists.list_size(i) for i in range(ivf.nlist)]
+        assert sizes == np.bincount(assigned[:, 0], minlength=ivf.nlist).tolist()
