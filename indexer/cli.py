@@ -13,7 +13,7 @@ from indexer.index import lowres, store, vectors
 from indexer.index.verify import checksum_problems
 from indexer.network.encoder import CPU_BATCH, GPU_BATCH, EncoderError, load_encoder
 from indexer.network.options import add_encoder_args
-from indexer.sources import ManifestError, read_manifest, scan_folder
+from indexer.sources import ManifestError, ManifestItems, read_manifest, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,12 @@ def _variants(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def _items(args):
+def _items(args, lazy: bool = False):
+    """The marks to index. `lazy`: a manifest's rows read from the file when the build
+    asks for them (a build's memory then holds no row a mark: sources.ManifestItems)."""
     if args.manifest:
+        if lazy:
+            return ManifestItems(args.manifest, args.images)
         return read_manifest(args.manifest, args.images)
     return scan_folder(args.images)
 
@@ -198,7 +202,7 @@ def _print_build(result: pipeline.BuildResult) -> None:
 
 
 def cmd_build(args) -> int:
-    result = pipeline.build(_items(args), args.out, _encoder(args), _options(args),
+    result = pipeline.build(_items(args, lazy=True), args.out, _encoder(args), _options(args),
                             restart=args.restart)
     _print_build(result)
     return 0

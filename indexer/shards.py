@@ -32,6 +32,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -63,9 +64,14 @@ class Shard:
     thumbnails: list[bytes]
     skipped: list[tuple[int, str]]  # (position, reason) of files that could not be read
 
-    def marks(self, items: list[ImageItem]) -> list[Mark]:
-        """The catalog rows, with names and metadata as the items give them now."""
-        return [catalog_row(items[p], Prepared(None, None, str(h), t, str(w)))
+    def marks(self, items: Sequence[ImageItem]) -> list[Mark]:
+        """The catalog rows, with names and metadata as the items give them now (the
+        shard's stretch of them read in one slice: a manifest may be read from its file)."""
+        if not len(self.positions):
+            return []
+        lo, hi = int(self.positions.min()), int(self.positions.max()) + 1
+        mine = items[lo:hi]
+        return [catalog_row(mine[p - lo], Prepared(None, None, str(h), t, str(w)))
                 for p, h, t, w in zip(self.positions, self.sha256, self.thumbnails, self.text)]
 
 

@@ -5,12 +5,14 @@ Deliberately free of torch and faiss: the client imports it to find images too.
 from __future__ import annotations
 
 import csv
+import itertools
+from array import array
 import os
 from collections import deque
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from indexer import words
 
@@ -65,23 +67,99 @@ def read_manifest(csv_path: str | Path, images_root: str | Path) -> list[ImageIt
     Extra columns are kept as metadata; `name` is also shown in search results, and `text`
     is the mark's verbal element as filed (an empty cell: read from the image).
     """
-    csv_path, root = Path(csv_path), Path(images_root).resolve()
-    items = []
-    for line, row in iter_csv_rows(csv_path, required=("serial", "file")):
-        serial, file = row["serial"].strip(), row["file"].strip()
+    return list(ManifestItems(csv_path, images_root))
+
+
+class ManifestItems(Sequence[ImageItem]):
+    """A manifest's items read from its file when asked for, not held: what `read_manifest`
+    gives, for a build of millions of marks (a list of them costs ~300 B a mark, 0.6 GB
+    at 2 M). Every row is checked when it is opened, as read_manifest checks them; then
+    only where each row starts is kept (8 B a mark), and a slice (a shard) is read in one
+    go. The file must not change while a build reads it (the build's key would differ)."""
+
+    def __init__(self, csv_path: str | Path, images_root: str | Path):
+        self.csv_path, self.root = Path(csv_path), Path(images_root).resolve()
+        starts = array("q")
+        serials: set[str] = set()
+        for line, start, row in self._rows(0):
+            item = self._item(line, row)
+            if item.serial in serials:
+                first = next(i.file for i in self._items(0) if i.serial == item.serial)
+                raise ManifestError(f"duplicate serial {item.serial!r}: {first} and {item.file}")
+            serials.add(item.serial)
+            starts.append(start)
+        self._starts = array("q", starts)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(len(self))
+            if step != 1:
+                return [self[j] for j in range(lo, hi, step)]
+            if lo >= hi:
+                return []
+            return list(itertools.islice(self._items(self._starts[lo]), hi - lo))
+        i = range(len(self))[i]  # negative positions, and IndexError past the end
+        return next(self._items(self._starts[i]))
+
+    def __iter__(self) -> Iterator[ImageItem]:
+        return self._items(self._starts[0]) if len(self) else iter(())
+
+    def _items(self, offset: int) -> Iterator[ImageItem]:
+        return (self._item(line, row) for line, _, row in self._rows(offset))
+
+    def _rows(self, offset: int) -> Iterator[tuple[int, int, dict]]:
+        """(line number or 0, byte offset, row) of each row from `offset` (a row's start;
+        0: the header's). A quoted cell may hold line breaks: a row starts where the
+        first line the CSV reader takes for it starts."""
+        try:
+            with open(self.csv_path, "rb") as f:
+                header = self._header(f)
+                next_start = [f.tell()]
+                if offset:
+                    f.seek(offset)
+                    next_start[0] = offset
+
+                def lines():
+                    while raw := f.readline():
+                        next_start[0] += len(raw)
+                        yield raw.decode("utf-8")
+                reader = csv.DictReader(lines(), fieldnames=header)
+                while True:
+                    start = next_start[0]
+                    row = next(reader, None)
+                    if row is None:
+                        return
+                    yield (reader.line_num + 1 if not offset else 0), start, row
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise ManifestError(f"cannot read {self.csv_path}: {e}") from e
+
+    def _header(self, f) -> list[str]:
+        head = f.readline().decode("utf-8-sig")
+        header = next(csv.reader([head]), [])
+        missing = [c for c in ("serial", "file") if c not in header]
+        if missing:
+            raise ManifestError(f"{self.csv_path}: missing column(s) {', '.join(missing)}; "
+                                f"the header must name serial, file"
+                                f"{_header_hint(header, ('serial', 'file'))}")
+        return header
+
+    def _item(self, line: int, row: dict) -> ImageItem:
+        where = f"{self.csv_path}:{line}" if line else str(self.csv_path)
+        serial, file = (row.get("serial") or "").strip(), (row.get("file") or "").strip()
         if not serial or not file:
-            raise ManifestError(f"{csv_path}:{line}: empty serial or file")
-        path = (root / file).resolve()
-        if not path.is_relative_to(root):
-            raise ManifestError(f"{csv_path}:{line}: {file!r} points outside {root}")
+            raise ManifestError(f"{where}: empty serial or file")
+        path = (self.root / file).resolve()
+        if not path.is_relative_to(self.root):
+            raise ManifestError(f"{where}: {file!r} points outside {self.root}")
         meta = {k: v for k, v in row.items() if k not in ("serial", "file", "text") and k}
         try:
             text = words.check_text(row.get("text") or "") or None
         except words.WordsError as e:
-            raise ManifestError(f"{csv_path}:{line}: {e}") from None
-        items.append(ImageItem(serial, path, meta.get("name", ""), meta, text))
-    _check_unique(items, "serial")
-    return items
+            raise ManifestError(f"{where}: {e}") from None
+        return ImageItem(serial, path, meta.get("name", ""), meta, text)
 
 
 def read_csv_rows(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:

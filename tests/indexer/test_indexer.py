@@ -17,7 +17,7 @@ import torch
 from indexer.cli import main
 from indexer.index import store, vectors
 from indexer.index.reader import OpenIndex, open_index
-from indexer.sources import prefetch
+from indexer.sources import ManifestError, ManifestItems, prefetch, read_manifest
 from server.engine import EngineConfig, SearchEngine
 from tests.conftest import ROOT, SAMPLES, quiet
 
@@ -243,6 +243,24 @@ def test_manifest_errors_write_nothing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error:") and message in err, (name, err)
         assert not (tmp_path / "idx" / store.CURRENT).exists()
+
+
+def test_a_manifest_read_lazily_gives_the_items_read_manifest_gives(tmp_path):
+    """ManifestItems (what `indexer build` reads) against the list: every row, slices as a
+    build takes them (shards), rows whose quoted cells hold line breaks, a BOM, blank lines;
+    and a bad row is refused when the manifest is opened, with its line."""
+    rows = "".join(f'S{i},m{i}.png,Mark {i},"{"two" + chr(10) + "lines" if i % 3 else "a, b"}"\r\n'
+                   for i in range(12))
+    path = tmp_path / "m.csv"
+    path.write_bytes("\ufeffserial,file,name,note\r\n".encode() + rows.encode() + b"\r\n")
+    lazy, whole = ManifestItems(path, tmp_path), read_manifest(path, tmp_path)
+    assert len(lazy) == 12 and list(lazy) == whole
+    assert lazy[4:9] == whole[4:9] and lazy[-1] == whole[-1] and lazy[::5] == whole[::5]
+    assert lazy[7].metadata == {"name": "Mark 7", "note": "two\nlines"}
+    assert lazy[12:20] == [] and pytest.raises(IndexError, lambda: lazy[12])
+    path.write_text("serial,file\nA,a.png\n,b.png\n")
+    with pytest.raises(ManifestError, match=r"m\.csv:3: empty serial or file"):
+        ManifestItems(path, tmp_path)
 
 
 def test_manifest_missing_file_is_skipped_and_binary_csv_refused(tmp_path, capsys):
