@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def _load_one(item: ImageItem, encoder: Encoder, opts: BuildOptions
     return prepared.array, prepared.small, catalog_row(item, prepared)
 
 
-def _words_readable(items: list[ImageItem], opts: BuildOptions) -> BuildOptions:
+def _words_readable(items: Sequence[ImageItem], opts: BuildOptions) -> BuildOptions:
     """`opts`, without reading words where no OCR is installed (said once)."""
     if opts.read_words and any(i.text is None for i in items) and not words.can_read():
         log.warning("the words of marks are not read (no OCR here: pip install "
@@ -267,7 +268,7 @@ def _write_report(writer: store.VersionWriter, result: BuildResult) -> None:
     (writer.path / store.REPORT_FILE).write_text(json.dumps(report, indent=2))
 
 
-def build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
+def build(items: Sequence[ImageItem], out_dir: str | Path, encoder: Encoder,
           opts: BuildOptions, restart: bool = False) -> BuildResult:
     """A new index from `items`, replacing whatever `out_dir` held, atomically.
 
@@ -315,7 +316,7 @@ def _check_batching(opts: BuildOptions) -> None:
             raise BuildError(f"{name} must be >= 1, got {value}")
 
 
-def _encode_shards(items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
+def _encode_shards(items: Sequence[ImageItem], encoder: Encoder, opts: BuildOptions,
                    done: shards.Checkpoints) -> None:
     """Every shard not yet on disk, encoded and written; one shard in memory at a time."""
     todo = [k for k in range(done.count) if not done.done(k)]
@@ -338,7 +339,7 @@ def _encode_shards(items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
         bar.close()
 
 
-def _write_build(items: list[ImageItem], out_dir: str | Path, encoder: Encoder,
+def _write_build(items: Sequence[ImageItem], out_dir: str | Path, encoder: Encoder,
                  opts: BuildOptions, done: shards.Checkpoints, t0: float,
                  t_encode: float) -> BuildResult:
     """The new version from the shards, read back one at a time: catalog, PCA (fitted on

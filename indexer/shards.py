@@ -75,7 +75,7 @@ class Shard:
                 for p, h, t, w in zip(self.positions, self.sha256, self.thumbnails, self.text)]
 
 
-def build_key(items: list[ImageItem], encoder_identity: dict, opts: BuildOptions,
+def build_key(items: Sequence[ImageItem], encoder_identity: dict, opts: BuildOptions,
               shard_size: int) -> str:
     """What the shards depend on: each file (path, size, modification time), its serial and
     whether its words are given, in order; and the encoding options. A stat a file: ~10 s
