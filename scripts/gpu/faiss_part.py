@@ -1,8 +1,8 @@
 """FAISS flat and ivf-sq8, on the CPU and the GPU, at the sizes given (comma-separated):
 bench.vector_search's rows for a lent GPU machine (scripts/gpu/prepare_faiss_cuda.sh), to $OUT."""
-import json, logging, os, sys, time
+import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-import faiss, numpy as np
+import faiss
 print("faiss", faiss.__version__, "GPUs reported", faiss.get_num_gpus(), flush=True)
 from indexer.index.faiss_gpu import usable_gpus
 print("usable", usable_gpus(), flush=True)
