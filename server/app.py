@@ -39,9 +39,40 @@ def add_health(server: grpc.Server) -> health.HealthServicer:
     """The standard grpc.health.v1 service, SERVING for "" and for TrademarkSearch."""
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    for name in ("", SERVICE_NAME):
-        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    set_serving(servicer, True)
     return servicer
+
+
+def set_serving(servicer: health.HealthServicer, serving: bool) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if serving
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in ("", SERVICE_NAME):
+        servicer.set(name, status)
+
+
+class Readiness:
+    """Health says SERVING once the encoder is warm, not merely once the port is open: on a
+    GPU the warm-up plans each padded batch size (19.5 s on an H200, 2026-12-04), and a
+    load balancer that routed requests meanwhile would leave them queued that long. On a
+    CPU it is one small batch (~40 ms). Whichever of the two comes second (the health
+    service, the first lane warm) turns SERVING on; the lock makes that exactly once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._warm = False
+        self._health: health.HealthServicer | None = None
+
+    def health_started(self, servicer: health.HealthServicer) -> None:
+        with self._lock:
+            self._health = servicer
+            if not self._warm:
+                set_serving(servicer, False)
+
+    def warm(self) -> None:
+        with self._lock:
+            if not self._warm and self._health is not None:
+                set_serving(self._health, True)
+            self._warm = True
 
 
 SERVER_OPTIONS = [
@@ -263,6 +294,7 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--stream-batch must be >= 1, got {stream_batch}")
 
     warmed = itertools.count()  # next() is atomic: exactly one lane draws 0
+    readiness = Readiness()
 
     def encoder_thread_init() -> None:
         # Before the first request (those that come meanwhile wait in the queue): the
@@ -276,6 +308,7 @@ def serve(args: argparse.Namespace) -> int:
         level = logging.INFO if next(warmed) == 0 else logging.DEBUG
         log.log(level, "encoder warmed up for batches of up to %d in %.2f s (%s)", largest,
                 time.perf_counter() - t, threading.current_thread().name)
+        readiness.warm()
 
     servicer = TrademarkSearchServicer(loader(), stream_batch=stream_batch, loader=loader,
                                        batching=batching,
@@ -290,6 +323,7 @@ def serve(args: argparse.Namespace) -> int:
     except OSError:
         servicer.close()
         raise
+    readiness.health_started(health_servicer)
     metrics_port = None
     if args.metrics_port is not None:
         metrics_port = servicer.metrics.serve(args.host, args.metrics_port)

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proto import trademark_search_pb2 as pb
 from proto import trademark_search_pb2_grpc as pb_grpc
-from server.app import create_server
+from server.app import Readiness, add_health, create_server
 from server.service import TrademarkSearchServicer
 from tests.conftest import DATA, ROOT, SAMPLES, sample_queries
 
@@ -141,6 +141,33 @@ def test_index_info_and_thumbnails(stub, engine):
     thumbs = stub.GetThumbnails(pb.GetThumbnailsRequest(serials=["86000000", "nope"]),
                                 timeout=10).thumbnails
     assert [t.serial for t in thumbs] == ["86000000"] and thumbs[0].image[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("warm_first", [False, True])
+def test_health_says_serving_only_once_the_encoder_is_warm(warm_first):
+    """Readiness over a real gRPC health service: NOT_SERVING while the encoder warms up
+    (19.5 s of cuDNN planning on a GPU), SERVING after, in either order of the two."""
+    server = grpc.server(ThreadPoolExecutor(2))
+    servicer = add_health(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ready = Readiness()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            def status():
+                return health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="trademark.v1.TrademarkSearch"),
+                    timeout=5).status
+            if warm_first:
+                ready.warm()
+                ready.health_started(servicer)
+            else:
+                ready.health_started(servicer)
+                assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+                ready.warm()
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
 
 
 def test_health_is_serving_and_reflection_lists_the_service(channel):
