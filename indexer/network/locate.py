@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from indexer.network.detector import Detector
 from indexer.network.preprocess import (
-    BlankImageError, PreprocessConfig, Prepared, Region, crop_region, looks_photographed,
-    open_at_least, open_image, open_scaled, to_query)
+    BlankImageError, PreprocessConfig, Prepared, Region, crop_region, first_look,
+    looks_photographed, open_at_least, open_image, open_scaled, to_query)
 
 # A photograph is decoded with at least this many pixels on its longer side (libjpeg
 # reduces a larger JPEG while decoding): a mark a tenth of a 12 Mpx photo still gets
@@ -75,8 +75,9 @@ def locate(data: bytes, cfg: PreprocessConfig, region: Region | None = None,
     decoded = open_scaled(data, cfg)
     im = decoded.image
     whole = (0, 0, round(im.width / decoded.scale), round(im.height / decoded.scale))
-    if detector is None or not looks_photographed(im):
-        return [Part(whole, (to_query(im, cfg, decoded.scale),))]
+    look = first_look(im) if detector is not None and cfg.trim else None
+    if detector is None or not looks_photographed(im, look=look):
+        return [Part(whole, (to_query(im, cfg, decoded.scale, look),))]
     if decoded.scale < 1.0:  # reduced for the whole picture's mark: too far for a part
         decoded = open_at_least(data, cfg, SCENE_SIDE)
         im = decoded.image

@@ -15,7 +15,9 @@ from indexer.network.preprocess import (
     ImageDecodeError,
     Prepared,
     PreprocessConfig,
+    first_look,
     ink,
+    looks_photographed,
     open_image,
     open_scaled,
     prepare,
@@ -296,3 +298,17 @@ def test_a_truncated_large_jpeg_is_refused_clearly():
     data = _photo(1200)
     with pytest.raises(ImageDecodeError, match="cannot decode image"):
         prepare_query(data[: len(data) // 3], VIEWS2)
+
+
+def test_a_first_look_taken_once_answers_as_each_one_taken_alone():
+    """locate() takes the probe and first box once for looks_photographed and trimming:
+    same decisions, same arrays as each of them looking for itself."""
+    cfg = PreprocessConfig()
+    pictures = [Image.open(p).convert("RGB")
+                for p in sorted((SAMPLES / "registry").glob("*.png"))[:20]]
+    shot = photo_jpeg(pictures[0], 200, (640, 480))
+    pictures += [_mark_on((40, 160, 60)), Image.open(io.BytesIO(shot)).convert("RGB")]
+    for im in pictures:
+        look = first_look(im)
+        assert looks_photographed(im, look=look) == looks_photographed(im)
+        assert np.array_equal(to_query(im, cfg, look=look).array, to_query(im, cfg).array)
