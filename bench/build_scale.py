@@ -56,7 +56,10 @@ def make_register(data: Path, n: int, seed: int = 0) -> Path:
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        _mark(np.random.default_rng([seed, i])).save(path)
+        # .tmp then os.replace: a run stopped mid-write leaves no cut-off file that the
+        # next run would take as made (and the build would skip as unreadable).
+        _mark(np.random.default_rng([seed, i])).save(path.with_suffix(".tmp"), format="PNG")
+        os.replace(path.with_suffix(".tmp"), path)
         made += 1
     manifest = data / f"register-{n}.csv"
     if made or not manifest.exists():
