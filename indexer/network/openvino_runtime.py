@@ -58,6 +58,17 @@ def version() -> str | None:
     return openvino.get_version().split("-")[0]  # "2026.4.1-22982-e213a14...": the release
 
 
+# The process's first inference through OpenVINO's Python binding runs alone. It sets up
+# function-local statics of the binding (its element-type tables) that, entered by two
+# threads at once, deadlocked: one thread waited for the GIL inside the static's
+# initialisation while the other held the GIL waiting for that initialisation
+# (__cxa_guard_acquire; seen with OpenVINO 2026.4.1 in a build's two encoder lanes, 200
+# marks, hung for 10 minutes). Waiting on a Python lock releases the GIL, so a second lane
+# waits here instead.
+_first_inference = threading.Lock()
+_first_inference_done = threading.Event()
+
+
 class OpenVinoNetwork:
     """A converted network: (M, S, S, 3) uint8 images -> (M, D) float32, callable from any
     thread, each with its own infer request.
@@ -109,7 +120,13 @@ class OpenVinoNetwork:
         if share not in requests:
             requests[share] = self.compiled(share).create_infer_request()
         # share_inputs: the batch is read where it lies, not copied into the request.
-        return requests[share].infer({0: np.ascontiguousarray(images)}, share_inputs=True)[0]
+        inputs = {0: np.ascontiguousarray(images)}
+        if not _first_inference_done.is_set():
+            with _first_inference:
+                out = requests[share].infer(inputs, share_inputs=True)[0]
+                _first_inference_done.set()
+                return out
+        return requests[share].infer(inputs, share_inputs=True)[0]
 
 
 def convert(net: nn.Module, size: int, mean: float, std: float, identity: dict,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,60 @@ def test_a_lane_with_a_share_of_the_threads_gets_the_same_vectors(encoder, marks
     t.join()
     assert (whole * out["lane"]).sum(axis=1).min() >= 0.99999
     assert len(encoder._compiled._compiled) == 2  # all the threads, and a share of them
+
+
+def test_the_first_inference_runs_alone(monkeypatch, encoder):
+    """Two lanes' first inferences at once deadlocked inside OpenVINO's binding (seen in a
+    build's two encoder lanes): the process's first inference runs alone, a second lane
+    waits for it, and both get the vectors one lane alone gets."""
+    net = encoder._compiled
+    size = encoder.preprocess.size
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    expected = net(images)
+    monkeypatch.setattr(openvino_runtime, "_first_inference_done", threading.Event())
+    running = most = 0
+    count = threading.Lock()
+
+    class Request:  # a real infer request that counts the inferences under way
+        def __init__(self, request):
+            self._request = request
+
+        def infer(self, *args, **kwargs):
+            nonlocal running, most
+            with count:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.2)  # long enough for the other lane to arrive
+            try:
+                return self._request.infer(*args, **kwargs)
+            finally:
+                with count:
+                    running -= 1
+
+    class Compiled:
+        def __init__(self, compiled):
+            self._compiled = compiled
+
+        def create_infer_request(self):
+            return Request(self._compiled.create_infer_request())
+
+    real = net.compiled
+    monkeypatch.setattr(net, "compiled", lambda threads: Compiled(real(threads)))
+    start, out = threading.Barrier(2), {}
+
+    def lane(name):
+        torch.set_num_threads(1)
+        start.wait()
+        out[name] = net(images, threads=1)
+
+    lanes = [threading.Thread(target=lane, args=(n,)) for n in ("a", "b")]
+    for t in lanes:
+        t.start()
+    for t in lanes:
+        t.join(60)
+    assert most == 1
+    for name in ("a", "b"):
+        assert (out[name] * expected).sum(axis=1).min() >= 0.99999
 
 
 def test_the_conversion_is_cached_and_written_whole(tmp_path, torch_encoder, marks):
