@@ -263,6 +263,34 @@ def test_a_manifest_read_lazily_gives_the_items_read_manifest_gives(tmp_path):
         ManifestItems(path, tmp_path)
 
 
+def test_manifest_paths_are_those_path_resolve_gives_and_links_out_are_refused(tmp_path):
+    """ManifestItems resolves each folder once (sources.ManifestItems._resolve): every path
+    must still be what Path.resolve gives, links followed, and a link out of the images'
+    folder refused wherever it sits in the path."""
+    root, outside = tmp_path / "images", tmp_path / "elsewhere"
+    (root / "sub" / "deep").mkdir(parents=True)
+    outside.mkdir()
+    for p in (root / "a.png", root / "sub" / "b.png", root / "sub" / "deep" / "c.png",
+              outside / "d.png"):
+        p.write_bytes(b"x")
+    (root / "alias").symlink_to(root / "sub")  # a folder link that stays inside
+    (root / "sub" / "link.png").symlink_to(root / "a.png")  # a file link that stays inside
+    (root / "out").symlink_to(outside)  # a folder link out
+    (root / "sub" / "out.png").symlink_to(outside / "d.png")  # a file link out
+    inside = ["a.png", "sub/b.png", "sub/deep/c.png", "alias/deep/c.png", "sub/link.png",
+              "sub/../a.png", "alias/../a.png", "./sub/./b.png", "missing/none.png",
+              "sub/deep/../b.png", str(root / "a.png")]
+    path = tmp_path / "m.csv"
+    path.write_text("serial,file\n" + "".join(f"S{i},{f}\n" for i, f in enumerate(inside)))
+    items = ManifestItems(path, root)
+    assert [i.file for i in items] == [str((root / f).resolve()) for f in inside]
+    for escape in ("out/d.png", "sub/out.png", "alias/out.png", "../elsewhere/d.png",
+                   "sub/../../elsewhere/d.png", str(outside / "d.png"), "alias/../out/d.png"):
+        path.write_text(f"serial,file\nA,a.png\nB,{escape}\n")
+        with pytest.raises(ManifestError, match=r"m\.csv:3: .* points outside"):
+            ManifestItems(path, root)
+
+
 def test_manifest_missing_file_is_skipped_and_binary_csv_refused(tmp_path, capsys):
     marks = first_marks(tmp_path, 3)
     files = sorted(p.name for p in marks.iterdir())
