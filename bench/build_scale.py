@@ -98,9 +98,14 @@ def build_args(data: Path, manifest: Path, out: Path, ray: bool, shard_size: int
     return args + (["--ray"] if ray else [])
 
 
-def run_build(args: list[str], log_file: Path, kill_after: float | None = None) -> dict:
+def run_build(args: list[str], log_file: Path, kill_after: float | None = None,
+              shard_size: int | None = None) -> dict:
     """One `indexer build` process: its wall time, peak RSS and exit status; SIGKILLed
-    after `kill_after` seconds where given."""
+    after `kill_after` seconds where given. With `shard_size`, also where its time went
+    (`phases`): when each shard appeared in OUT/.building, polled each second."""
+    building = Path(args[args.index("--out") + 1]) / store.BUILDING
+    seen: dict[str, float] = {}
+    polled = 0.0
     with open(log_file, "a") as logf:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "indexer", *args], cwd=ROOT,
@@ -112,6 +117,10 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None) 
             # it exits: os.wait4's ru_maxrss would count the memory of this process too,
             # which the child had until it exec'd (a test runner holding models: 3.4 GB).
             peak = max(peak, high_water_mark(proc.pid))
+            if shard_size and time.perf_counter() - polled > 1:
+                polled = time.perf_counter()
+                for f in building.glob("shard-*.npz"):
+                    seen.setdefault(f.name, polled - t0)
             pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -120,8 +129,22 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None) 
                 deadline = None
             time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": time.perf_counter() - t0, "peak_rss": peak,
-            "returncode": proc.returncode}
+    r = {"seconds": time.perf_counter() - t0, "peak_rss": peak, "returncode": proc.returncode}
+    if shard_size and len(seen) >= 8:
+        r["phases"] = phases(sorted(seen.values()), shard_size, r["seconds"])
+    return r
+
+
+def phases(shard_times: list[float], shard_size: int, seconds: float) -> dict:
+    """Where a build's time went, from the moments its shards appeared: before the first
+    (reading the manifest, the build's key, the first shard), encoding at the start and at
+    the end (marks/s over the first and the last quarter of the shards: flat, or slower as
+    the register grows?), and after the last (catalog, PCA, FAISS, calibration)."""
+    t, q = shard_times, len(shard_times) // 4
+    return {"first_shard_s": round(t[0], 1),
+            "encode_marks_per_s_first_quarter": round(q * shard_size / (t[q] - t[0]), 1),
+            "encode_marks_per_s_last_quarter": round(q * shard_size / (t[-1] - t[-1 - q]), 1),
+            "after_last_shard_s": round(seconds - t[-1], 1)}
 
 
 def contents(root: Path) -> dict:
@@ -199,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out / f"index-{name}"
             shutil.rmtree(out, ignore_errors=True)
             cmd = build_args(args.data, manifest, out, ray, args.shard_size)
-            r = run_build(cmd, args.out / f"build-{name}.log")
+            r = run_build(cmd, args.out / f"build-{name}.log", shard_size=args.shard_size)
             if r["returncode"] != 0:
                 log.error("the build of %d marks failed: see %s", n, args.out / f"build-{name}.log")
                 return 1
@@ -209,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             r |= {"marks_per_s": n / r["seconds"], "rule_bytes": rule,
                   "peak_over_rule": r["peak_rss"] / rule}
             report["sizes"][name] = r
-            log.info("%s marks: %.0f s, %.1f marks/s, peak RSS %.2f GB (rule %.2f GB: %.2fx)",
-                     name, r["seconds"], r["marks_per_s"], r["peak_rss"] / 1e9, rule / 1e9,
-                     r["peak_over_rule"])
+            log.info("%s marks: %.0f s, %.1f marks/s, peak RSS %.2f GB (rule %.2f GB: %.2fx); "
+                     "%s", name, r["seconds"], r["marks_per_s"], r["peak_rss"] / 1e9,
+                     rule / 1e9, r["peak_over_rule"], r.get("phases", ""))
     smallest = min(args.sizes)
     if args.kills:
         whole = report["sizes"][str(smallest)]

@@ -239,8 +239,12 @@ def test_build_memory_stays_flat_in_the_registers_size(tmp_path):
     for n in (2_000, 20_000):
         manifest = make_register(tmp_path / "register", n)
         r = run_build(build_args(tmp_path / "register", manifest, tmp_path / f"idx{n}", False,
-                                 2048), tmp_path / f"build{n}.log")
+                                 2048), tmp_path / f"build{n}.log", shard_size=2048)
         assert r["returncode"] == 0, (tmp_path / f"build{n}.log").read_text()[-2000:]
         peaks[n] = r["peak_rss"]
+    # Where the 20,000-mark build's time went, from its ten shards as they appeared.
+    ph = r["phases"]
+    assert 0 < ph["first_shard_s"] < r["seconds"] - ph["after_last_shard_s"]
+    assert ph["encode_marks_per_s_first_quarter"] > 0 < ph["encode_marks_per_s_last_quarter"]
     per_mark = (peaks[20_000] - peaks[2_000]) / 18_000
     assert per_mark < 5_000, (peaks, per_mark)
