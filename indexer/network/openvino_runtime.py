@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +122,10 @@ class OpenVinoNetwork:
             requests[share] = self.compiled(share).create_infer_request()
         # share_inputs: the batch is read where it lies, not copied into the request.
         inputs = {0: np.ascontiguousarray(images)}
-        if not _first_inference_done.is_set():
-            with _first_inference:
-                out = requests[share].infer(inputs, share_inputs=True)[0]
-                _first_inference_done.set()
-                return out
-        return requests[share].infer(inputs, share_inputs=True)[0]
+        with nullcontext() if _first_inference_done.is_set() else _first_inference:
+            out = requests[share].infer(inputs, share_inputs=True)[0]
+        _first_inference_done.set()
+        return out
 
 
 def convert(net: nn.Module, size: int, mean: float, std: float, identity: dict,
