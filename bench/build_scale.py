@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=8192)
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs at the smallest size")
     p.add_argument("--ray", action="store_true", help="also build through a local Ray")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an unfinished build of a size left by a run that was "
+                        "stopped (on 2 cores, 2 M marks through Ray outlast a working day): its "
+                        "marks/s then counts this run's part only; compare `phases`")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -220,9 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         for ray in runners:
             name = f"{n}{'-ray' if ray else ''}"
             out = args.out / f"index-{name}"
-            shutil.rmtree(out, ignore_errors=True)
+            done = len(list((out / store.BUILDING).glob("shard-*.npz"))) if args.resume else 0
+            if not done:
+                shutil.rmtree(out, ignore_errors=True)
             cmd = build_args(args.data, manifest, out, ray, args.shard_size)
             r = run_build(cmd, args.out / f"build-{name}.log", shard_size=args.shard_size)
+            if done:
+                r["resumed_with_shards_done"] = done
             if r["returncode"] != 0:
                 log.error("the build of %d marks failed: see %s", n, args.out / f"build-{name}.log")
                 return 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 from bench.eval import main as eval_main
 from bench.eval import score, tpr_at_fpr
-from tests.conftest import SAMPLES, sample_queries
+from tests.conftest import ROOT, SAMPLES, sample_queries
 
 
 def test_score_counts_recall_tpr_fpr(tmp_path):
@@ -227,6 +229,23 @@ def test_build_scale_measures_each_size_and_resumes_killed_builds_to_the_same_in
     killed = report["kill_and_resume"]
     assert killed["identical"] and killed["final_returncode"] == 0
     assert [k["returncode"] for k in killed["kills"]] == [-9, -9]
+
+    # --resume: a size's unfinished build (here killed at its third shard's write) is gone
+    # on with, not thrown away, and ends as the uninterrupted build did.
+    from bench.build_scale import build_args, contents
+    from tests.indexer.test_resume import DIE_ON_CALL
+    whole = contents(tmp_path / "index-200")
+    shutil.rmtree(tmp_path / "index-200")
+    cmd = build_args(tmp_path / "register", tmp_path / "register" / "register-200.csv",
+                     tmp_path / "index-200", False, 64)
+    died = subprocess.run([sys.executable, "-c", DIE_ON_CALL, "indexer.shards:Checkpoints.write:3",
+                           *cmd], cwd=ROOT, capture_output=True)
+    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    assert build_scale_main(["--sizes", "200", "--shard-size", "64", "--kills", "0", "--resume",
+                             "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "build_scale.json").read_text())
+    assert report["sizes"]["200"]["resumed_with_shards_done"] == 2
+    assert contents(tmp_path / "index-200") == whole
 
 
 @pytest.mark.slow
