@@ -12,7 +12,7 @@ projection, thresholds) and the shards encoded again after each kill are counted
 
 The variants and small copies of the marks are left out (`--registry-variants none
 --no-lowres --no-read-words`): they cost CPU a mark, not memory held, and without them the
-stand-in build is ~10x faster. `--ray` builds through a local Ray too.
+stand-in build is ~10x faster. `--ray` builds through a local Ray too (`--ray only`: alone).
 """
 from __future__ import annotations
 
@@ -203,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "out" / "bench-build")
     p.add_argument("--shard-size", type=int, default=8192)
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs at the smallest size")
-    p.add_argument("--ray", action="store_true", help="also build through a local Ray")
+    p.add_argument("--ray", nargs="?", const="also", choices=("also", "only"),
+                   help="also build through a local Ray (`--ray only`: through Ray alone)")
     p.add_argument("--resume", action="store_true",
                    help="go on with an unfinished build of a size left by a run that was "
-                        "stopped (on 2 cores, 2 M marks through Ray outlast a working day): its "
+                        "stopped (on 2 cores, 2 M marks through Ray take ~4 h): its "
                         "marks/s then counts this run's part only; compare `phases`")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     # machine the first build converted it and ran seconds longer than the builds after it,
     # so the kill moments drawn from its time fell after a 200-mark run had ended.
     load_encoder(PIXELS_ENCODER)
-    runners = [False, True] if args.ray else [False]
+    runners = {None: [False], "also": [False, True], "only": [True]}[args.ray]
     for n in sorted(args.sizes):
         manifest = make_register(args.data, n)
         for ray in runners:
