@@ -104,7 +104,8 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None,
     after `kill_after` seconds where given. With `shard_size`, also where its time went
     (`phases`): when each shard appeared in OUT/.building, polled each second."""
     building = Path(args[args.index("--out") + 1]) / store.BUILDING
-    seen: dict[str, float] = {}
+    # Shards an earlier run left (--resume) are not this run's work.
+    seen: dict[str, float | None] = {f.name: None for f in building.glob("shard-*.npz")}
     polled = 0.0
     with open(log_file, "a") as logf:
         t0 = time.perf_counter()
@@ -130,8 +131,9 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None,
             time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)
     r = {"seconds": time.perf_counter() - t0, "peak_rss": peak, "returncode": proc.returncode}
-    if shard_size and len(seen) >= 8:
-        r["phases"] = phases(sorted(seen.values()), shard_size, r["seconds"])
+    made = sorted(t for t in seen.values() if t is not None)
+    if shard_size and len(made) >= 8:
+        r["phases"] = phases(made, shard_size, r["seconds"])
     return r
 
 
