@@ -39,6 +39,7 @@ from tqdm import tqdm
 from bench.procs import high_water_mark
 from indexer.index import store
 from indexer.network.encoder import PIXELS_ENCODER, load_encoder
+from indexer.shards import SHARD_FILES, progress
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None,
     (`phases`): when each shard appeared in OUT/.building, polled each second."""
     building = Path(args[args.index("--out") + 1]) / store.BUILDING
     # Shards an earlier run left (--resume) are not this run's work.
-    seen: dict[str, float | None] = {f.name: None for f in building.glob("shard-*.npz")}
+    seen: dict[str, float | None] = {f.name: None for f in building.glob(SHARD_FILES)}
     polled = 0.0
     with open(log_file, "a") as logf:
         t0 = time.perf_counter()
@@ -120,7 +121,7 @@ def run_build(args: list[str], log_file: Path, kill_after: float | None = None,
             peak = max(peak, high_water_mark(proc.pid))
             if shard_size and time.perf_counter() - polled > 1:
                 polled = time.perf_counter()
-                for f in building.glob("shard-*.npz"):
+                for f in building.glob(SHARD_FILES):
                     seen.setdefault(f.name, polled - t0)
             pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -147,6 +148,12 @@ def phases(shard_times: list[float], shard_size: int, seconds: float) -> dict:
             "encode_marks_per_s_first_quarter": round(q * shard_size / (t[q] - t[0]), 1),
             "encode_marks_per_s_last_quarter": round(q * shard_size / (t[-1] - t[-1 - q]), 1),
             "after_last_shard_s": round(seconds - t[-1], 1)}
+
+
+def shards_on_disk(out: Path) -> int:
+    """The shards an unfinished build in `out` has on disk (0 where there is none)."""
+    unfinished = progress(out)
+    return unfinished["shards_done"] if unfinished else 0
 
 
 def contents(root: Path) -> dict:
@@ -185,7 +192,7 @@ def kill_and_resume(args: list[str], out: Path, log_file: Path, whole_seconds: f
         # of a second on the tests' 200-mark builds of ~3 s).
         at = rng.uniform(0.05, 0.8) * whole_seconds * (1 - left / shards)
         r = run_build(args, log_file, kill_after=at)
-        left = len(list((out / ".building").glob("shard-*.npz")))
+        left = shards_on_disk(out)
         moments.append({"after_s": round(at, 1), "returncode": r["returncode"],
                         "shards_left": left})
     final = run_build(args, log_file)
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         for ray in runners:
             name = f"{n}{'-ray' if ray else ''}"
             out = args.out / f"index-{name}"
-            done = len(list((out / store.BUILDING).glob("shard-*.npz"))) if args.resume else 0
+            done = shards_on_disk(out) if args.resume else 0
             if not done:
                 shutil.rmtree(out, ignore_errors=True)
             cmd = build_args(args.data, manifest, out, ray, args.shard_size)

@@ -47,6 +47,8 @@ BUILDING = store.BUILDING
 PLAN_FILE = "build.json"
 # Bumped whenever what a shard holds changes: old shards are then refused, never misread.
 SHARD_FORMAT = 1
+# The shards on disk, as Checkpoints.file names them (a .tmp being written is not one).
+SHARD_FILES = "shard-*.npz"
 
 
 class UnfinishedBuildError(BuildError):
@@ -217,7 +219,7 @@ def progress(root: str | Path) -> dict | None:
     plan = _read_plan(path)
     if plan is None:
         return None
-    done = len(list(path.glob("shard-*.npz")))
+    done = len(list(path.glob(SHARD_FILES)))
     return {"shards_done": done, "shards": plan.get("shards"), "items": plan.get("items"),
             "shard_size": plan.get("shard_size"), "started": plan.get("started"),
             "path": str(path)}
@@ -234,7 +236,7 @@ def _read_plan(path: Path) -> dict | None:
 
 
 def _describe(path: Path, plan: dict) -> str:
-    done = len(list(path.glob("shard-*.npz")))
+    done = len(list(path.glob(SHARD_FILES)))
     return (f"{done} of {plan.get('shards', '?')} shards of {plan.get('items', '?')} marks "
             f"done, started {plan.get('started', '?')}")
 
