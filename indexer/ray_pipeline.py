@@ -39,9 +39,17 @@ from indexer.sources import ImageItem
 
 log = logging.getLogger(__name__)
 
-# Marks per task that reads them: large enough that a task's overhead (~ms) is small
-# beside its work (~10 ms a mark), small enough to spread a small register over the cores.
-READ_BATCH = 16
+# Marks a reading task reads, as one batch (a block). A Ray Data task costs ~40 ms of
+# scheduling and moving its block besides its work (2 cores, local Ray): an 8,192-mark
+# shard of small synthetic marks (bench.build_scale) took 40 s in blocks of 16, 23 s in
+# blocks of 512 read 16 at a time, 18 s read whole, as fast as the local build. A real
+# mark takes ~10 ms to read, ~200 ms to expand and encode: 512 a task costs nothing there
+# either; its block of decoded marks (~150 KB each, ~77 MB) is under Ray Data's 128 MB.
+BLOCK = 512
+# Blocks an actor gets at least (where there are marks enough, MIN_BLOCK each), so that a
+# small register is still spread over every actor and reading overlaps encoding.
+BLOCKS_AN_ACTOR = 4
+MIN_BLOCK = 16
 # CPUs a reading task reserves. Half a CPU: reading images from a shared file system
 # waits as much as it computes. It also keeps the tasks apart from CPU encoder actors:
 # Ray Data fuses two steps whose resources are equal, and a one-thread actor would then
@@ -147,13 +155,19 @@ def plan(resources: dict, ray_opts: RayOptions) -> _Plan:
     return _Plan(actors, False, float(threads))
 
 
+def blocks_for(marks: int, actors: int) -> int:
+    """Blocks (reading tasks) to cut `marks` into: of BLOCK marks, but at least
+    BLOCKS_AN_ACTOR an actor where blocks of MIN_BLOCK marks or more allow it, and at
+    most MAX_BLOCKS (a task then reads more)."""
+    blocks = max(math.ceil(marks / BLOCK), min(marks // MIN_BLOCK, BLOCKS_AN_ACTOR * actors))
+    return max(1, min(MAX_BLOCKS, blocks))
+
+
 def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
          ray_opts: RayOptions, bar: tqdm) -> Encoded:
     p = plan(ray.cluster_resources(), ray_opts)
     batch_size = opts.batch_size or (GPU_BATCH if p.gpus else CPU_BATCH)
-    # Blocks of one reading batch for a small register, so that every actor gets work;
-    # at most MAX_BLOCKS for a large one (each task then reads a block batch by batch).
-    blocks = max(1, min(MAX_BLOCKS, math.ceil(len(items) / READ_BATCH)))
+    blocks = blocks_for(len(items), p.actors)
     actors = min(p.actors, blocks)  # an actor more than there are blocks would only load
     log.info("Ray build: %d encoder actor(s) on %s, batches of %d marks", actors,
              "GPUs" if p.gpus else f"CPUs ({ray_opts.actor_threads} thread(s) each)",
@@ -166,7 +180,7 @@ def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,
     rows = [{"i": i, "path": item.file, "read": reads_words(item, opts)}
             for i, item in enumerate(items)]
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(_read_batch, batch_size=READ_BATCH, batch_format="numpy",
+    ds = ds.map_batches(_read_batch, batch_size=None, batch_format="numpy",
                         fn_kwargs={"preprocess": encoder.preprocess}, num_cpus=READ_CPUS)
     ds = ds.map_batches(
         _EncodeActor, batch_size=batch_size, batch_format="numpy",

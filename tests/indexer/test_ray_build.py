@@ -24,7 +24,8 @@ from tests.conftest import SAMPLES, quiet
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install ".[ray]"')
 pytest.importorskip("ray.data")
 
-from indexer.ray_pipeline import READ_CPUS, RayOptions, RayUnavailable, plan  # noqa: E402
+from indexer.ray_pipeline import (BLOCK, MAX_BLOCKS, MIN_BLOCK, READ_CPUS,  # noqa: E402
+                                  RayOptions, RayUnavailable, blocks_for, plan)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,6 +124,18 @@ def test_plan_gives_each_gpu_an_actor_and_leaves_cpus_to_preparation():
     for resources, opts in (({"CPU": 2}, RayOptions()), ({"CPU": 16}, RayOptions(actor_threads=4))):
         p = plan(resources, opts)
         assert p.actors * p.cpus_per_actor <= resources["CPU"] - READ_CPUS
+
+
+def test_blocks_are_large_but_spread_a_small_register_over_every_actor():
+    # A large shard: blocks of BLOCK marks, so that a task's overhead stays small.
+    assert blocks_for(8192, 2) == 8192 // BLOCK
+    assert blocks_for(8192 + 1, 2) == 8192 // BLOCK + 1
+    # A small one: several blocks an actor, none under MIN_BLOCK marks.
+    assert blocks_for(300, 2) == 8
+    assert blocks_for(40, 2) == 2 and 40 / 2 >= MIN_BLOCK
+    assert blocks_for(5, 8) == 1
+    # Many actors: at most MAX_BLOCKS, each task then reading more.
+    assert blocks_for(10_000_000, 2) == MAX_BLOCKS
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, tmp_path, encoder, sample_items):
