@@ -71,7 +71,7 @@ bench-ray: install
 # A synthetic register of 2 M small image files (made once under $(OUT)/bench-build) built
 # with the stand-in encoder and ivf-sq8 at each size: peak RSS against 1.5 GB + the codes,
 # marks/s, and SIGKILLs at the smallest size resumed to an identical index
-# (bench/build_scale.py). ~1 h 10 min on 2 cores; BUILD_SIZES=20000,200000 for a quick run.
+# (bench/build_scale.py). ~1 h 10 min to ~1 h 50 min on 2 cores; BUILD_SIZES=20000,200000 for a quick run.
 BUILD_SIZES ?= 200000,2000000
 bench-build: install
 	$(PY) -m bench.build_scale --sizes $(subst $(comma), ,$(BUILD_SIZES)) --out $(OUT)/bench-build

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also build through a local Ray (`--ray only`: through Ray alone)")
     p.add_argument("--resume", action="store_true",
                    help="go on with an unfinished build of a size left by a run that was "
-                        "stopped (on 2 cores, 2 M marks through Ray take ~3.5 h): its "
+                        "stopped (on 2 cores, 2 M marks take ~1.4 h, more on a busy machine): its "
                         "marks/s then counts this run's part only; compare `phases`")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
