@@ -55,7 +55,6 @@ MIN_BLOCK = 16
 # Ray Data fuses two steps whose resources are equal, and a one-thread actor would then
 # read and encode in turn, one CPU idle beside it.
 READ_CPUS = 0.5
-MAX_BLOCKS = 1000
 
 
 class RayUnavailable(BuildError):
@@ -156,11 +155,12 @@ def plan(resources: dict, ray_opts: RayOptions) -> _Plan:
 
 
 def blocks_for(marks: int, actors: int) -> int:
-    """Blocks (reading tasks) to cut `marks` into: of BLOCK marks, but at least
-    BLOCKS_AN_ACTOR an actor where blocks of MIN_BLOCK marks or more allow it, and at
-    most MAX_BLOCKS (a task then reads more)."""
+    """Blocks (reading tasks) to cut `marks` into: of BLOCK marks at most, whatever the
+    number of marks (a block is read as one batch: its memory is bounded by BLOCK, not by
+    the register), and at least BLOCKS_AN_ACTOR an actor where blocks of MIN_BLOCK marks
+    or more allow it."""
     blocks = max(math.ceil(marks / BLOCK), min(marks // MIN_BLOCK, BLOCKS_AN_ACTOR * actors))
-    return max(1, min(MAX_BLOCKS, blocks))
+    return max(1, blocks)
 
 
 def _run(ray, items: list[ImageItem], encoder: Encoder, opts: BuildOptions,

@@ -24,7 +24,7 @@ from tests.conftest import SAMPLES, quiet
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install ".[ray]"')
 pytest.importorskip("ray.data")
 
-from indexer.ray_pipeline import (BLOCK, MAX_BLOCKS, MIN_BLOCK, READ_CPUS,  # noqa: E402
+from indexer.ray_pipeline import (BLOCK, BLOCKS_AN_ACTOR, MIN_BLOCK, READ_CPUS,  # noqa: E402
                                   RayOptions, RayUnavailable, blocks_for, plan)
 
 
@@ -134,8 +134,10 @@ def test_blocks_are_large_but_spread_a_small_register_over_every_actor():
     assert blocks_for(300, 2) == 8
     assert blocks_for(40, 2) == 2 and 40 / 2 >= MIN_BLOCK
     assert blocks_for(5, 8) == 1
-    # Many actors: at most MAX_BLOCKS, each task then reading more.
-    assert blocks_for(10_000_000, 2) == MAX_BLOCKS
+    # However many marks (an `add` of millions is one call), no block over BLOCK: a block
+    # is read as one batch, and its decoded marks are held at once.
+    assert blocks_for(10_000_000, 2) == -(-10_000_000 // BLOCK)
+    assert blocks_for(10_000, 64) == BLOCKS_AN_ACTOR * 64  # each actor several blocks
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, tmp_path, encoder, sample_items):
