@@ -1,12 +1,16 @@
 """`indexer build|add --ray` on a local Ray: the same index as the build in one process."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -153,9 +157,16 @@ def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
     connect'; with RAY_AUTH_MODE=token and the token it builds."""
     port = 6390 + os.getpid() % 500
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="a" * 32)
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false"], env=env, check=True, capture_output=True,
-                   timeout=120)
+    # The head in a process group of its own, stopped by that group at the end: `ray stop`
+    # stops every Ray on the machine, the module's local Ray too, and the test process
+    # (its driver) then exits. Its own temp folder, short for Ray's sockets, so that its
+    # address is not left where a later ray.init() would look for a cluster to join.
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    _wait_for_port(port, head)
     images = tmp_path / "marks"
     images.mkdir()
     for p in sorted((SAMPLES / "registry").glob("*.png"))[:40]:
@@ -172,7 +183,24 @@ def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert "indexed 40 marks" in done.stdout
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "ray start --head exited"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray head did not listen on {port} in {timeout} s")
 
 
 def _encoder_actor_pids() -> list[int]:
