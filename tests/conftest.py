@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import shutil
+import time
 from pathlib import Path
 
 import grpc
@@ -46,6 +47,14 @@ def side_by_side(left: Path, right: Path, gap: int = 60, fit: int | None = None
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + gap, 0))
     return canvas, (a.width + gap, 0, b.width, b.height)
+
+
+def wait_for(predicate, seconds: float = 60, what: str = "timed out") -> None:
+    """Poll `predicate` until it is true; fail the test after `seconds`."""
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
 
 
 def quiet(**kw) -> BuildOptions:

@@ -23,7 +23,7 @@ from indexer.build import build, encode_items
 from indexer.cli import main
 from indexer.index import store, vectors
 from indexer.sources import ImageItem
-from tests.conftest import SAMPLES, quiet
+from tests.conftest import SAMPLES, quiet, wait_for
 
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install ".[ray]"')
 pytest.importorskip("ray.data")
@@ -157,6 +157,10 @@ def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
     connect'; with RAY_AUTH_MODE=token and the token it builds."""
     port = 6390 + os.getpid() % 500
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="a" * 32)
+    images = tmp_path / "marks"
+    images.mkdir()
+    for p in sorted((SAMPLES / "registry").glob("*.png"))[:40]:
+        (images / p.name).write_bytes(p.read_bytes())
     # The head in a process group of its own, stopped by that group at the end: `ray stop`
     # stops every Ray on the machine, the module's local Ray too, and the test process
     # (its driver) then exits. Its own temp folder, short for Ray's sockets, so that its
@@ -166,12 +170,8 @@ def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
                              "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    _wait_for_port(port, head)
-    images = tmp_path / "marks"
-    images.mkdir()
-    for p in sorted((SAMPLES / "registry").glob("*.png"))[:40]:
-        (images / p.name).write_bytes(p.read_bytes())
     try:
+        wait_for(lambda: _listening(port, head), 120, f"no Ray head listening on {port}")
         cmd = [sys.executable, "-m", "indexer", "build", "--images", str(images), "--out",
                str(tmp_path / "index"), "--no-progress", "--ray", f"127.0.0.1:{port}"]
         bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
@@ -184,23 +184,18 @@ def test_a_cluster_that_wants_a_token_is_named_with_the_fix(tmp_path):
         assert "indexed 40 marks" in done.stdout
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops what it started
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "ray start --head exited"
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the Ray head did not listen on {port} in {timeout} s")
+def _listening(port: int, head: subprocess.Popen) -> bool:
+    assert head.poll() is None, "ray start --head exited"
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
 
 
 def _encoder_actor_pids() -> list[int]:

@@ -19,7 +19,7 @@ from proto import trademark_search_pb2_grpc as pb_grpc
 from server.app import create_server, watch_index
 from server.engine import SearchEngine
 from server.service import TrademarkSearchServicer
-from tests.conftest import DATA, ROOT, SAMPLES
+from tests.conftest import DATA, ROOT, SAMPLES, wait_for
 
 ADMIN = "admin-secret"
 ADMIN_MD = (("authorization", f"Bearer {ADMIN}"),)
@@ -135,13 +135,6 @@ def test_sighup_reloads_a_running_server(index_copy, tmp_path):
         proc.wait(timeout=15)
 
 
-def _wait_for(predicate, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_watch_follows_current_and_leaves_a_broken_version_alone(index_copy, encoder, tmp_path,
                                                                  caplog):
     """--watch: a new version is loaded once CURRENT names it; a broken one is logged once
@@ -152,7 +145,7 @@ def test_watch_follows_current_and_leaves_a_broken_version_alone(index_copy, enc
     watcher = watch_index(index_copy, servicer, 0.05, stopped)
     try:
         _add_cat(index_copy, tmp_path)
-        _wait_for(lambda: servicer.engine.index.manifest.version == "v000002")
+        wait_for(lambda: servicer.engine.index.manifest.version == "v000002")
         assert servicer.engine.index.index.ntotal == 301
 
         # A version whose FAISS file does not match its checksum, then CURRENT swapped to it.
