@@ -14,6 +14,7 @@ import string
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from indexer.network import scenes
 from indexer.network.preprocess import WHITE
 
 
@@ -151,6 +152,36 @@ def scan(im: Image.Image, rng: random.Random) -> Image.Image:
     return noise(out, rng) if rng.random() < 0.5 else out
 
 
+# How the server cuts a found mark out of a photograph (indexer.network.locate): its box
+# widened by 8% of its longer side, or cut closer by 8% or 16% of its shorter side.
+# The training's cuts draw from these, around a box as rough as the detector's.
+CUTS = (("widen", 0.08), ("inset", 0.08), ("inset", 0.16))
+BOX_JITTER = 0.06  # each side of the true box moved by up to this share of its size
+
+
+def photographed(im: Image.Image, rng: random.Random) -> Image.Image:
+    """The mark photographed on a surface (indexer.network.scenes: cut out of its canvas,
+    on a card or not, turned, in perspective, printed or stuck on, shadowed, then uneven
+    light, a colour cast, blur, noise and JPEG) and cut out of the picture as the server
+    cuts out a mark its detector found. Not one of EDITS: the calibration's copies stay
+    what a register's queries are; training draws it at its own rate (`random_edit`)."""
+    for _ in range(3):
+        scene = scenes.close_up(rng, im)
+        if scene.boxes:
+            break
+    else:
+        return scenes.photograph(rng, im)
+    x, y, w, h = scene.boxes[0]
+    j = lambda s: rng.uniform(-BOX_JITTER, BOX_JITTER) * s  # noqa: E731
+    x0, y0, x1, y1 = x + j(w), y + j(h), x + w + j(w), y + h + j(h)
+    how, share = rng.choice(CUTS)
+    m = share * max(x1 - x0, y1 - y0) if how == "widen" else -share * min(x1 - x0, y1 - y0)
+    pic = scene.image
+    box = (max(0, round(x0 - m)), max(0, round(y0 - m)),
+           min(pic.width, round(x1 + m)), min(pic.height, round(y1 + m)))
+    return pic.crop(box) if box[2] - box[0] > 8 and box[3] - box[1] > 8 else pic
+
+
 EDITS = {
     "jpeg": jpeg, "low_resolution": low_resolution, "crop": crop, "rotate": rotate,
     "gray": gray, "recolor": recolor, "on_canvas": on_canvas, "blur": blur, "text": add_text,
@@ -158,8 +189,12 @@ EDITS = {
 }
 
 
-def random_edit(im: Image.Image, rng: random.Random) -> Image.Image:
-    """One edit, or two in a row a quarter of the time."""
+def random_edit(im: Image.Image, rng: random.Random, photographed_share: float = 0.0
+                ) -> Image.Image:
+    """One edit, or two in a row a quarter of the time; `photographed_share` of the time
+    the mark photographed instead (`photographed`)."""
+    if photographed_share and rng.random() < photographed_share:
+        return photographed(im, rng)
     names = list(EDITS)
     out = EDITS[rng.choice(names)](im, rng)
     if rng.random() < 0.25:

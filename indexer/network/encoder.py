@@ -457,7 +457,9 @@ def tuned_state(backbone: nn.Module, tune_from: int, head: Head) -> dict[str, to
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _with_tuning(base: Encoder, path: Path) -> Encoder:
+def load_tuning(backbone: nn.Module, path: Path) -> Head:
+    """Load the weights `indexer.network.train` saved into `backbone` (its tuned blocks)
+    and return their head."""
     if not path.is_file():
         raise EncoderError(f"the trained weights {path} are missing: restore them from the "
                            f"repository or train them with `python -m indexer.network.train`")
@@ -467,7 +469,6 @@ def _with_tuning(base: Encoder, path: Path) -> Encoder:
     if "proj.weight" not in head_state:
         raise EncoderError(f"{path} holds no similarity head (head.proj.weight); retrain it "
                            "with `python -m indexer.network.train`")
-    backbone = base.net.backbone
     unknown = set(tuned) - set(backbone.state_dict())
     if unknown:
         raise EncoderError(f"{path} does not fit EfficientNet-Lite0: unknown tensors "
@@ -476,6 +477,12 @@ def _with_tuning(base: Encoder, path: Path) -> Encoder:
     out_dim, in_dim = head_state["proj.weight"].shape
     head = Head(in_dim, out_dim)
     head.load_state_dict(head_state)
+    return head
+
+
+def _with_tuning(base: Encoder, path: Path) -> Encoder:
+    head = load_tuning(base.net.backbone, path)
+    out_dim = head.proj.out_features
     combined = hashlib.sha256((base.identity.weights_sha256 + file_sha256(path)).encode())
     cfg = replace(base.preprocess, views=TUNED_VIEWS)
     ident = EncoderIdentity(f"{DEFAULT_ENCODER}-gem3-tuned{out_dim}", combined.hexdigest(),

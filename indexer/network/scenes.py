@@ -27,6 +27,9 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 # A scene's sides, and a mark's longer side as a share of the scene's shorter side.
 SCENE_SIDES = (400, 820)
 MARK_SHARE = (0.12, 0.6)
+# A close-up (`close_up`): one mark on a patch of surface a little larger than it.
+CLOSE_UP_SIDES = (160, 360)
+CLOSE_UP_SHARE = (0.4, 0.65)
 # How many marks a scene holds, with their odds.
 MARK_COUNTS = ((0, 0.15), (1, 0.55), (2, 0.25), (3, 0.05))
 
@@ -306,14 +309,17 @@ def make_scene(rng: random.Random, marks: Sequence[Path | Image.Image],
     return compose(rng, [rng.choice(marks) for _ in range(n)])
 
 
-def compose(rng: random.Random, marks: Sequence[Path | Image.Image]) -> Scene:
+def compose(rng: random.Random, marks: Sequence[Path | Image.Image],
+            sides: tuple[int, int] = SCENE_SIDES,
+            share: tuple[float, float] = MARK_SHARE) -> Scene:
     """A photographed scene of each of `marks` once (where there is room), with their
-    boxes in the same order."""
-    w, h = rng.randint(*SCENE_SIDES), rng.randint(*SCENE_SIDES)
+    boxes in the same order; the scene's sides drawn from `sides`, each mark's longer
+    side a `share` of its shorter side."""
+    w, h = rng.randint(*sides), rng.randint(*sides)
     im = surface(rng, w, h)
     boxes: list[tuple[int, int, int, int]] = []
     for mark in marks:
-        side = round(rng.uniform(*MARK_SHARE) * min(w, h))
+        side = round(rng.uniform(*share) * min(w, h))
         if isinstance(mark, Image.Image):
             m = placed_mark(rng, mark.convert("RGB"), side)
         else:
@@ -333,3 +339,11 @@ def compose(rng: random.Random, marks: Sequence[Path | Image.Image]) -> Scene:
         _print(rng, im, m, box[:2])
         boxes.append(box)
     return Scene(photograph(rng, im), boxes)
+
+
+def close_up(rng: random.Random, mark: Image.Image) -> Scene:
+    """One mark photographed on a patch of surface not much larger than it: what the
+    server cuts out of a photograph around a mark, for training the descriptor. Cheaper
+    than a whole scene (the surface is a few hundred pixels), the same camera. Its
+    `boxes` are empty where the placed mark came out larger than the patch."""
+    return compose(rng, [mark], CLOSE_UP_SIDES, CLOSE_UP_SHARE)

@@ -45,13 +45,14 @@ from torch import nn
 from tqdm import tqdm
 
 from indexer import decision
-from indexer.network import augment, preprocess
+from indexer.network import augment, preprocess, scenes
 from indexer.network.encoder import (
     CPU_BATCH,
     TUNED_VIEWS,
     GeM,
     Head,
     load_backbone_encoder,
+    load_tuning,
     tuned_state,
 )
 from indexer.network.preprocess import BlankImageError, open_image, to_input
@@ -75,6 +76,12 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     image_views: str = ",".join(TUNED_VIEWS)  # what the network sees of each image
+    # The share of edited views that are the mark photographed and cut out of the picture
+    # as the server cuts out a mark found in a photograph (augment.photographed).
+    photographed_share: float = 0.0
+    # Weights of an earlier training to start from ("" for ImageNet's): the head's phase
+    # is then skipped and fine-tuning goes on from them.
+    init: str = ""
 
     @property
     def view_names(self) -> tuple[str, ...]:
@@ -122,31 +129,33 @@ def joint(z: torch.Tensor) -> torch.Tensor:
 EDIT_TRIES = 8
 
 
-def _edited(im: Image.Image, cfg, rng: random.Random) -> np.ndarray:
+def _edited(im: Image.Image, cfg, rng: random.Random, photographed: float = 0.0) -> np.ndarray:
     for _ in range(EDIT_TRIES):
         try:
-            return to_input(augment.random_edit(im, rng), cfg)
+            return to_input(augment.random_edit(im, rng, photographed), cfg)
         except BlankImageError:
             continue
     return to_input(im, cfg)
 
 
-def _views(path: Path, cfg, views: int, seed: int) -> list[np.ndarray]:
+def _views(path: Path, cfg, views: int, seed: int, photographed: float = 0.0
+           ) -> list[np.ndarray]:
     rng = random.Random(f"{seed}:{path.name}")
     im = open_image(path.read_bytes())
     try:
         clean = to_input(im, cfg)
     except BlankImageError as e:
         raise BlankImageError(f"{path}: {e}; leave it out of --images") from e
-    return [clean] + [_edited(im, cfg, rng) for _ in range(views)]
+    return [clean] + [_edited(im, cfg, rng, photographed) for _ in range(views)]
 
 
 def cache_key(files: list[Path], cfg: TrainConfig) -> str:
     """What the cached views depend on. The edits' and the preprocessing's code are part
     of it: changing either must not reuse views made the old way."""
-    code = b"".join(Path(m.__file__).read_bytes() for m in (augment, preprocess))
+    code = b"".join(Path(m.__file__).read_bytes() for m in (augment, preprocess, scenes))
     names = "\n".join(f.name for f in files)
-    return hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:{cfg.image_views}:"
+    photographed = f":photographed={cfg.photographed_share}" if cfg.photographed_share else ""
+    return hashlib.sha256(f"{cfg.views}:{cfg.seed}:{cfg.tune_from}:{cfg.image_views}{photographed}:"
                           f"{hashlib.sha256(code).hexdigest()}:{names}".encode()).hexdigest()[:16]
 
 
@@ -165,7 +174,8 @@ def cache_activations(files: list[Path], cfg: TrainConfig, cache: Path) -> torch
     out: np.ndarray | None = None
     with ThreadPoolExecutor(2) as pool, tqdm(total=len(files), unit="mark", desc="views") as bar, \
             torch.inference_mode():
-        load = partial(_views, cfg=pre, views=cfg.views, seed=cfg.seed)
+        load = partial(_views, cfg=pre, views=cfg.views, seed=cfg.seed,
+                       photographed=cfg.photographed_share)
         done, chunk = 0, []
         for _, fut in prefetch(pool, load, files, depth=2 * per_batch):
             chunk.append(fut.result())
@@ -318,10 +328,18 @@ def train(acts: torch.Tensor, cfg: TrainConfig) -> tuple[Tail, list[dict]]:
     n_val = max(2, int(len(acts) * cfg.val_fraction))
     val, train_ids = order[:n_val], order[n_val:]
     backbone = load_backbone_encoder().net.backbone
-    frozen = Tail(backbone, cfg.tune_from, Head(backbone.num_features, cfg.dim)).eval()
-    desc = _embed(frozen.descriptors, acts.flatten(0, 1)).reshape(*acts.shape[:3], -1)
-    head, history = train_head(desc, train_ids, val, cfg, rng)
-    tail = Tail(backbone, cfg.tune_from, head)
+    if cfg.init:
+        # Going on from earlier weights: they are where this training starts, and where
+        # its record starts (epoch 0, measured on this training's held-out views).
+        tail = Tail(backbone, cfg.tune_from, load_tuning(backbone, Path(cfg.init))).eval()
+        history = [{"phase": "init", "epoch": 0, "loss": None}
+                   | evaluate(_embed_for_eval(tail, acts, val), val, train_ids)]
+        log.info("starting from %s: %s", cfg.init, history[0])
+    else:
+        frozen = Tail(backbone, cfg.tune_from, Head(backbone.num_features, cfg.dim)).eval()
+        desc = _embed(frozen.descriptors, acts.flatten(0, 1)).reshape(*acts.shape[:3], -1)
+        head, history = train_head(desc, train_ids, val, cfg, rng)
+        tail = Tail(backbone, cfg.tune_from, head)
     history += fine_tune(tail, acts, train_ids, val, cfg, rng)
     return tail.eval(), history
 

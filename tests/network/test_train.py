@@ -50,6 +50,21 @@ def test_train_writes_weights_and_record(tmp_path):
     assert main(args) == 0
     assert len(list((tmp_path / "c").glob("activations-*.npy"))) == 1
 
+    # Going on from these weights with photographed views: no head phase, a record that
+    # starts from them, views cached apart from the first run's, new weights.
+    again = tmp_path / "w2.pt"
+    args2 = [a if a != str(out) else str(again) for a in args]
+    assert main([*args2, "--init", str(out), "--photographed-share", "0.5",
+                 "--epochs", "1"]) == 0
+    record = json.loads(again.with_suffix(".json").read_text())
+    assert [(h["phase"], h["epoch"]) for h in record["history"]] == [("init", 0),
+                                                                    ("fine-tune", 1)]
+    assert record["config"]["init"] == str(out)
+    assert len(list((tmp_path / "c").glob("activations-*.npy"))) == 2
+    tuned = torch.load(again, weights_only=True)
+    assert not torch.equal(tuned["head.proj.weight"], state["head.proj.weight"])
+    assert _with_tuning(_load_lite0(pick_device("cpu")), again).dim == 32
+
 
 def test_cached_views_are_not_reused_after_the_edits_change(tmp_path, monkeypatch):
     files, cfg = [Path("a.png"), Path("b.png")], TrainConfig()
@@ -57,6 +72,7 @@ def test_cached_views_are_not_reused_after_the_edits_change(tmp_path, monkeypatc
     assert cache_key(files, cfg) == key
     assert cache_key(files[:1], cfg) != key
     assert cache_key(files, TrainConfig(views=2)) != key
+    assert cache_key(files, TrainConfig(photographed_share=0.3)) != key
     edited = tmp_path / "augment.py"
     edited.write_text(Path(augment.__file__).read_text() + "\n# another edit\n")
     monkeypatch.setattr(augment, "__file__", str(edited))
@@ -85,6 +101,27 @@ def test_an_edit_that_washes_a_faint_mark_out_is_drawn_again(tmp_path):
     Image.new("RGB", (64, 64), "white").save(blank)
     with pytest.raises(BlankImageError, match="blank.png"):  # names the file to leave out
         _views(blank, cfg, views=2, seed=0)
+
+
+def test_a_photographed_copy_is_the_mark_cut_out_of_a_photograph_as_the_server_cuts_it():
+    im = Image.open(sorted((SAMPLES / "registry").glob("*.png"))[0]).convert("RGB")
+    cut_closer = 0
+    for seed in range(12):
+        scene = augment.scenes.close_up(random.Random(seed), im)
+        copy = augment.photographed(im, random.Random(seed))
+        assert copy.tobytes() == augment.photographed(im, random.Random(seed)).tobytes()
+        if not scene.boxes:
+            continue
+        (x, y, w, h), = scene.boxes
+        # The true box moved by up to BOX_JITTER a side, then widened by up to 8% of its
+        # longer side or cut closer by up to 16% of its shorter one, inside the picture.
+        slack = 2 * augment.BOX_JITTER + 2 * 0.16
+        assert (1 - slack) * w - 2 <= copy.width <= min(scene.image.width, (1 + slack) * w + 2)
+        assert (1 - slack) * h - 2 <= copy.height <= min(scene.image.height, (1 + slack) * h + 2)
+        assert copy.size != scene.image.size  # a part of the photograph, not all of it
+        cut_closer += copy.width < w and copy.height < h
+        to_input(copy, PreprocessConfig())  # something the network can see
+    assert 0 < cut_closer < 12  # both kinds of cut are drawn
 
 
 def _renderer(name: str = "render_training_marks"):
