@@ -362,6 +362,17 @@ def _sources(images: Path) -> dict | None:
         return None
 
 
+def _started_from(path: Path) -> dict:
+    """The weights a training went on from, and their own record: what the new weights
+    are made of, even once the file they started from is replaced by them."""
+    try:
+        earlier = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        earlier = None
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "record": earlier}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -391,12 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     acts = cache_activations(files, cfg, args.cache)
     t_cache = time.perf_counter() - t0
+    started_from = _started_from(Path(cfg.init)) if cfg.init else None
     tail, history = train(acts, cfg)
     record = {
         "data": {"images": str(args.images), "description": args.describe,
                  "marks": len(files), "views_per_mark": cfg.views,
                  "sources": _sources(args.images)},
-        "config": asdict(cfg), "history": history,
+        "config": asdict(cfg), "init": started_from, "history": history,
         "seconds": {"frozen_stages": round(t_cache, 1),
                     "training": round(time.perf_counter() - t0 - t_cache, 1)},
         "hardware": f"{_cpu_name()}, {torch.get_num_threads()} torch threads, "

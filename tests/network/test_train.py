@@ -60,6 +60,7 @@ def test_train_writes_weights_and_record(tmp_path):
     assert [(h["phase"], h["epoch"]) for h in record["history"]] == [("init", 0),
                                                                     ("fine-tune", 1)]
     assert record["config"]["init"] == str(out)
+    assert record["init"]["record"]["history"][-1]["phase"] == "fine-tune"  # out's own record
     assert len(list((tmp_path / "c").glob("activations-*.npy"))) == 2
     tuned = torch.load(again, weights_only=True)
     assert not torch.equal(tuned["head.proj.weight"], state["head.proj.weight"])
