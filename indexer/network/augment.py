@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from indexer.network import scenes
+from indexer.network.locate import CUT_MARGIN, INSETS
 from indexer.network.preprocess import WHITE
 
 
@@ -153,9 +154,9 @@ def scan(im: Image.Image, rng: random.Random) -> Image.Image:
 
 
 # How the server cuts a found mark out of a photograph (indexer.network.locate): its box
-# widened by 8% of its longer side, or cut closer by 8% or 16% of its shorter side.
+# widened by a share of its longer side, or cut closer by shares of its shorter side.
 # The training's cuts draw from these, around a box as rough as the detector's.
-CUTS = (("widen", 0.08), ("inset", 0.08), ("inset", 0.16))
+CUTS = (("widen", CUT_MARGIN), *(("inset", share) for share in INSETS))
 BOX_JITTER = 0.06  # each side of the true box moved by up to this share of its size
 
 

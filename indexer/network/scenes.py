@@ -1,4 +1,5 @@
-"""Brand-free photographs of marks: training scenes for the mark detector.
+"""Brand-free photographs of marks: training scenes for the mark detector, and close-ups
+of one mark for the descriptor (indexer.network.augment.photographed).
 
 A query is often a photograph: a mark on a shop sign, a sticker, a label, a card on a
 table. The detector (indexer.network.detector) learns to find marks in such pictures

@@ -15,6 +15,9 @@ block `tune_from` on, on 14x14 maps.
 2. Fine-tuning: the last stages and the head together for `epochs`, the pretrained
    blocks at a fifth of the head's learning rate. BatchNorm keeps its ImageNet
    statistics: a batch of a hundred icons is no basis for new ones.
+With `init`, the head's phase is skipped and fine-tuning goes on from earlier weights
+(teaching the shipped descriptor something new, such as photographed marks:
+`photographed_share`, augment.photographed).
 Both phases minimise InfoNCE between each edited view and the clean marks of its batch
 (SSCD/SimCLR style: the copy must be nearer its own mark than any other mark), plus a
 KoLeo term (Sablayrolles et al.) spreading the clean marks apart, so that unrelated

@@ -116,7 +116,7 @@ def test_a_photographed_copy_is_the_mark_cut_out_of_a_photograph_as_the_server_c
         (x, y, w, h), = scene.boxes
         # The true box moved by up to BOX_JITTER a side, then widened by up to 8% of its
         # longer side or cut closer by up to 16% of its shorter one, inside the picture.
-        slack = 2 * augment.BOX_JITTER + 2 * 0.16
+        slack = 2 * augment.BOX_JITTER + 2 * max(share for _, share in augment.CUTS)
         assert (1 - slack) * w - 2 <= copy.width <= min(scene.image.width, (1 + slack) * w + 2)
         assert (1 - slack) * h - 2 <= copy.height <= min(scene.image.height, (1 + slack) * h + 2)
         assert copy.size != scene.image.size  # a part of the photograph, not all of it
