@@ -267,3 +267,20 @@ def test_build_memory_stays_flat_in_the_registers_size(tmp_path):
     assert ph["encode_marks_per_s_first_quarter"] > 0 < ph["encode_marks_per_s_last_quarter"]
     per_mark = (peaks[20_000] - peaks[2_000]) / 18_000
     assert per_mark < 5_000, (peaks, per_mark)
+
+
+def test_scene_stages_times_each_step_of_a_photographs_search(scene_engine):
+    from PIL import Image
+
+    from bench import scene_stages
+    from bench.photos import scene_jpegs
+    marks = [Image.open(f).convert("RGB") for f in sorted((SAMPLES / "registry").glob("*.png"))[:6]]
+    times = scene_stages.stages(scene_engine, scene_jpegs(marks, 4), warmup=1)
+    assert set(times) == set(scene_stages.STAGES)
+    assert all(len(v) == 4 for v in times.values())  # the warm-up picture not counted
+    for n in range(4):
+        assert times["total"][n] >= times["locate"][n] + times["search"][n] > 0
+        assert times["read_box"][n] + times["read_whole"][n] <= times["words"][n]
+    assert "read_words" not in vars(scene_engine)  # the engine's own methods again
+    figures = scene_stages.summary(times)
+    assert figures["total"]["p50_ms"] >= figures["locate"]["p50_ms"]
