@@ -365,6 +365,15 @@ def _sources(images: Path) -> dict | None:
         return None
 
 
+def _first_tuned_block(path: Path) -> int | None:
+    """The first backbone block that the weights in `path` hold (tuned_state), if any."""
+    if not path.is_file():
+        raise SystemExit(f"error: --init {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    blocks = [int(k.split(".")[2]) for k in state if k.startswith("backbone._blocks.")]
+    return min(blocks) if blocks else None
+
+
 def _started_from(path: Path) -> dict:
     """The weights a training went on from, and their own record: what the new weights
     are made of, even once the file they started from is replaced by them."""
@@ -401,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    if cfg.init:
+        first = _first_tuned_block(Path(cfg.init))
+        if first is not None and first < cfg.tune_from:
+            # The cached views are ImageNet's blocks up to tune_from: blocks the earlier
+            # training changed below it would be left out of the network trained here.
+            p.error(f"--init {cfg.init} was trained from block {first} on: train from "
+                    f"there too (--tune-from {first}) or from ImageNet's weights")
     files = iter_image_files(args.images)
     t0 = time.perf_counter()
     acts = cache_activations(files, cfg, args.cache)

@@ -65,6 +65,11 @@ def test_train_writes_weights_and_record(tmp_path):
     tuned = torch.load(again, weights_only=True)
     assert not torch.equal(tuned["head.proj.weight"], state["head.proj.weight"])
     assert _with_tuning(_load_lite0(pick_device("cpu")), again).dim == 32
+    # Weights trained from block 14 on cannot go on from block 15 on: their block 14
+    # would be left out of the network (the cached views are ImageNet's up to there).
+    with pytest.raises(SystemExit) as refused:
+        main([*args2, "--init", str(out), "--tune-from", "15"])
+    assert refused.value.code == 2
 
 
 def test_cached_views_are_not_reused_after_the_edits_change(tmp_path, monkeypatch):
