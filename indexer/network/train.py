@@ -54,6 +54,7 @@ from indexer.network.encoder import (
     TUNED_VIEWS,
     GeM,
     Head,
+    file_sha256,
     load_backbone_encoder,
     load_tuning,
     tuned_state,
@@ -381,8 +382,7 @@ def _started_from(path: Path) -> dict:
         earlier = json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError):
         earlier = None
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "record": earlier}
+    return {"path": str(path), "sha256": file_sha256(path), "record": earlier}
 
 
 def _cpu_name() -> str:
