@@ -6,7 +6,8 @@
 Each picture goes through the steps the server takes for one Search (server.service,
 server.engine), one after another on one thread, each timed: `locate` (decode, the
 photograph test, the detector, each mark's crops preprocessed), `search` (the crops
-encoded and searched in one batch), `answer`, `words` (the marks' words matched), and
+encoded and searched in one batch), `answer`, `verify` (unsure marks' keypoints lined up
+with their first match's), `words` (the marks' words matched), and
 within `words` the words read in the marks' boxes (`read_box`) and in the whole
 photograph (`read_whole`). Without --pictures, made-up 800x600 scenes of the sample
 marks (bench.photos.scene_jpegs). What it prints is where to look first to make a scene
@@ -22,9 +23,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from server.engine import Query, SearchEngine
+from server.engine import Picture, Query, SearchEngine, paired
 
-STAGES = ("locate", "search", "answer", "words", "read_box", "read_whole", "total")
+STAGES = ("locate", "search", "answer", "verify", "words", "read_box", "read_whole", "total")
 
 
 @contextmanager
@@ -64,18 +65,19 @@ def stages(engine: SearchEngine, pictures: list[bytes], k: int = 10,
             crops = [c for p in parts for c in p.crops]
             hits = engine.search(crops, k, [query.filters] * len(crops))
             t2 = time.perf_counter()
-            found, at = [], 0
-            for part in parts:
-                found.append((part, hits[at:at + len(part.crops)]))
-                at += len(part.crops)
+            found = paired(parts, hits)
             answer = engine.answer(found, None, k, query.filters)
             t3 = time.perf_counter()
-            engine.add_words(answer, query, k)
+            picture = Picture(query.image)  # as engine.respond: decoded once, when needed
+            answer = engine.verify(answer, picture)
             t4 = time.perf_counter()
+            engine.add_words(answer, query, k, picture)
+            t5 = time.perf_counter()
         if n < warmup:
             continue
         for name, seconds in (("locate", t1 - t0), ("search", t2 - t1), ("answer", t3 - t2),
-                              ("words", t4 - t3), ("total", t4 - t0), *spent.items()):
+                              ("verify", t4 - t3), ("words", t5 - t4), ("total", t5 - t0),
+                              *spent.items()):
             out[name].append(seconds)
     return out
 

@@ -136,9 +136,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# Why a mark exists, where it is not its picture's decision score (SearchResponse.matched_by).
+BY = {"words": " (exists by its words)",
+      "keypoints": " (exists by its keypoints, lined up with its first match's)"}
+
+
 def _print_answer(result: dict) -> None:
+    by = result.get("matched_by")
     if result["exists"]:
-        print(f"Trade Mark Existed! - serial number: {result['matched_serial']}")
+        # (by its words: said on the words' line below)
+        how = BY[by] if by == "keypoints" else ""
+        print(f"Trade Mark Existed! - serial number: {result['matched_serial']}{how}")
     else:
         print("Trade Mark Not Existed!")
     print(f"Serial Numbers of similar images: {[m['serial'] for m in result['matches']]}")
@@ -147,7 +155,7 @@ def _print_answer(result: dict) -> None:
     if result.get("filtered"):
         print(f"among the {result['candidates']} registered marks that pass the filters")
     if result.get("words"):
-        how = {"words": " (exists by its words)", "picture": ""}.get(result.get("matched_by"), "")
+        how = BY[by] if by == "words" else ""
         print(f"words {result['words']!r}: best match {result['words_score']:.2f} "
               f"(threshold {result['words_threshold'] or 0:.2f}){how}")
     _print_matches(result["matches"])
@@ -159,7 +167,8 @@ def _print_answer(result: dict) -> None:
               + (":" if found else " (the whole picture was searched)"))
     for n, mark in enumerate(found, start=1):
         x, y, w, h = mark["box"]
-        verdict = (f"exists: {mark['matched_serial']}" if mark["exists"] else "not registered")
+        verdict = (f"exists: {mark['matched_serial']}{BY.get(mark.get('matched_by'), '')}"
+                   if mark["exists"] else "not registered")
         print(f"  mark {n} at x={x} y={y} w={w} h={h} (detector {mark['detection_score']:.2f}): "
               f"{verdict}, confidence {mark['confidence']:.4f}")
         _print_matches(mark["matches"][:3], indent="    ")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 import math
 import threading
@@ -17,13 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer import words
+from indexer import geometry, words
 from indexer.index import lowres, vectors, wordindex
 from indexer.index.filters import Filter, FilterIndex, InvalidFilter
 from indexer.index.reader import OpenIndex, encoder_for, open_index
-from indexer.network.detector import Detector
+from indexer.network.detector import Detector, iou
 from indexer.network.encoder import Encoder
-from indexer.network.locate import Part, locate
+from indexer.network.locate import CUT_MARGIN, Part, locate
 from indexer.network.preprocess import Prepared, Region, open_image, prepare_query
 from server.settings import DEFAULT_MAX_K
 
@@ -116,8 +117,10 @@ class Answer:
     photograph: bool = False
 
 
-# How an answer says why a mark exists.
-BY_PICTURE, BY_WORDS = "picture", "words"
+# How an answer says why a mark exists: its picture's decision score, its words, or (a
+# mark found in a photograph) its keypoints lined up with its first match's
+# (SearchEngine.verify).
+BY_PICTURE, BY_WORDS, BY_KEYPOINTS = "picture", "words", "keypoints"
 # Words read in a picture confirm one of its first this many matches (SearchEngine.add_words).
 CONFIRM_DEPTH = 3
 # Words read in a mark found in a photograph decide alone where they are a registered
@@ -136,9 +139,32 @@ def _same_words(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
     return len(b) >= SLIP_LETTERS and words.spelled(a, b) >= SLIP_SIMILARITY
 
 
+class Picture:
+    """The picture sent, decoded the first time a step after the search needs it (the
+    encoder's batch decoded its own copy, scaled for the network)."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._image: Image.Image | None = None
+
+    def __call__(self) -> Image.Image:
+        if self._image is None:
+            self._image = open_image(self._data)
+        return self._image
+
+
 # What a search gives for one picture: each part searched, with the hits of each of its
 # crops (Part.crops).
 Found = list[tuple[Part, list[list[Hit]]]]
+
+
+def paired(parts: list[Part], hits: list[list[Hit]]) -> Found:
+    """The hits of every crop of `parts`, searched in order, given back to their parts."""
+    found, at = [], 0
+    for part in parts:
+        found.append((part, hits[at:at + len(part.crops)]))
+        at += len(part.crops)
+    return found
 
 
 @dataclass(frozen=True)
@@ -345,6 +371,73 @@ class SearchEngine:
         return dataclasses.replace(top, marks=tuple(marks), candidates=candidates,
                                    photograph=whole is not None)
 
+    def respond(self, found: Found, query: Query, threshold: float | None, k: int) -> Answer:
+        """A picture's whole answer from its parts' hits: each mark decided (`answer`),
+        those found in a photograph that their picture leaves unsure checked by their
+        keypoints (`verify`), then their words (`add_words`)."""
+        picture = Picture(query.image)
+        answer = self.verify(self.answer(found, threshold, k, query.filters), picture)
+        return self.add_words(answer, query, k, picture)
+
+    def verify(self, answer: Answer, picture: Picture) -> Answer:
+        """Each mark found in a photograph that does not exist by its picture's decision
+        score is compared with the thumbnail of its first match (indexer.geometry): where
+        their keypoints line up under one perspective, it exists, that match its serial.
+        Perspective and light lower a photographed mark's margin more than they move its
+        corners and strokes; a stranger's look-alike lines up nowhere. The detector can
+        box one mark twice, overlapping: of overlapping boxes lined up with one
+        registered mark (or a rendition of it), the one with most keypoints lined up is
+        the mark, and none where a box around it already exists by its picture."""
+        unsure = [i for i, m in enumerate(answer.marks)
+                  if m.detected is not None and not m.exists and m.hits]
+        if not unsure:
+            return answer
+        thumbs = self.index.catalog.thumbnails([answer.marks[i].hits[0].serial for i in unsure])
+        lined_up = []
+        for i in unsure:
+            serial = answer.marks[i].hits[0].serial
+            n = self.inliers(picture, answer.marks[i].box, thumbs[serial][1]) \
+                if serial in thumbs else 0
+            if n >= geometry.MIN_INLIERS:
+                lined_up.append((n, i))
+        marks = list(answer.marks)
+        for _, i in sorted(lined_up, reverse=True):
+            m, serial = marks[i], marks[i].hits[0].serial
+            if any(o.exists and iou(o.box, m.box) > 0 and self._same_brand(o.matched_serial,
+                                                                          serial)
+                   for o in marks):
+                continue  # that mark, boxed again
+            marks[i] = dataclasses.replace(m, exists=True, matched_serial=serial,
+                                           matched_by=BY_KEYPOINTS)
+        return self._with_marks(answer, marks)
+
+    @staticmethod
+    def inliers(picture: Picture, box: Region, thumbnail: bytes) -> int:
+        """How many keypoints of the mark at `box` line up with those of a registered
+        mark's thumbnail under one perspective (indexer.geometry)."""
+        x, y, w, h = box
+        pad = round(CUT_MARGIN * max(w, h))  # as the mark was cut for its search
+        im = picture()
+        crop = im.crop((max(0, x - pad), max(0, y - pad), min(im.width, x + w + pad),
+                        min(im.height, y + h + pad)))
+        return geometry.inliers(geometry.features(crop),
+                                geometry.features(Image.open(io.BytesIO(thumbnail))))
+
+    @staticmethod
+    def _with_marks(answer: Answer, marks: list[MarkAnswer]) -> Answer:
+        """The answer with its marks changed: those that exist first, most confident
+        first; the answer's own fields are the first one's."""
+        if marks == list(answer.marks):
+            return answer
+        marks = sorted(marks, key=lambda m: (m.exists, m.confidence, m.words_score),
+                       reverse=True)
+        top = marks[0]
+        return dataclasses.replace(
+            answer, exists=top.exists, matched_serial=top.matched_serial,
+            top_score=top.top_score, confidence=top.confidence, hits=top.hits,
+            marks=tuple(marks), words=top.words, words_score=top.words_score,
+            matched_by=top.matched_by)
+
     def thumbnails(self, serials: list[str]) -> list[tuple[str, str, bytes]]:
         found = self.index.catalog.thumbnails(serials)
         return [(s, *found[s]) for s in dict.fromkeys(serials) if s in found]
@@ -377,7 +470,8 @@ class SearchEngine:
                       len(allowed) if allowed is not None else None, (mark,), text, best, by,
                       self.words_threshold)
 
-    def add_words(self, answer: Answer, query: Query, k: int) -> Answer:
+    def add_words(self, answer: Answer, query: Query, k: int,
+                  picture: Picture | None = None) -> Answer:
         """The answer with each mark's words matched against the register's: words given
         with the query stand for the first mark's; otherwise a mark's words are read in its
         box where they can change its answer (it does not exist by its picture) or the
@@ -387,33 +481,23 @@ class SearchEngine:
         (_marks_by_their_words). A register without words: the answer unchanged."""
         if self.words_threshold is None:
             return answer
-        picture = None
+        picture = picture or Picture(query.image)
         marks = list(answer.marks)
         # Marks found by their words pass the query's filters too, as its hits do.
         allowed = self.allowed(query.filters)
         for i, m in enumerate(marks):
             text = query.text if i == 0 and query.text else ""
             if not text and (query.read_words or not m.exists):
-                if picture is None:
-                    picture = open_image(query.image)
-                text = self.read_words(picture, m.box)
+                text = self.read_words(picture(), m.box)
             if text:
                 typed = i == 0 and bool(query.text)
                 marks[i] = self._with_words(m, text, k, typed,
                                             photographed=m.detected is not None and not typed,
                                             allowed=allowed)
         if answer.photograph and not query.text:
-            marks = self._marks_by_their_words(
-                picture if picture is not None else open_image(query.image), marks, k, allowed)
-        if marks == list(answer.marks):
-            return dataclasses.replace(answer, words_threshold=self.words_threshold)
-        marks.sort(key=lambda m: (m.exists, m.confidence, m.words_score), reverse=True)
-        top = marks[0]
-        return dataclasses.replace(
-            answer, exists=top.exists, matched_serial=top.matched_serial,
-            top_score=top.top_score, confidence=top.confidence, hits=top.hits,
-            marks=tuple(marks), words=top.words, words_score=top.words_score,
-            matched_by=top.matched_by, words_threshold=self.words_threshold)
+            marks = self._marks_by_their_words(picture(), marks, k, allowed)
+        return dataclasses.replace(self._with_marks(answer, marks),
+                                   words_threshold=self.words_threshold)
 
     def _words_found(self, query: tuple[str, ...], k: int, short: bool,
                      allowed: np.ndarray | None) -> list[wordindex.WordHit]:

@@ -180,9 +180,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if isinstance(found, ImageDecodeError):
                 log.info("Search %r refused: %s", request.request_id, found)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(found))
-            answer = engine.add_words(
-                engine.answer(found, item.threshold, item.k, item.query.filters),
-                item.query, item.k)
+            answer = engine.respond(found, item.query, item.threshold, item.k)
             log.debug("Search %r: exists=%s top=%s %.4f, %d marks", request.request_id,
                       answer.exists, answer.hits[0].serial if answer.hits else "-",
                       answer.top_score, len(answer.marks))
@@ -249,8 +247,7 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
             if isinstance(found, ImageDecodeError):
                 it.error = _error(grpc.StatusCode.INVALID_ARGUMENT, str(found))
             else:
-                it.answer = engine.add_words(
-                    engine.answer(found, it.threshold, it.k, it.query.filters), it.query, it.k)
+                it.answer = engine.respond(found, it.query, it.threshold, it.k)
         good = [it for it in items if it.error is None]
         out = []
         for it in items:

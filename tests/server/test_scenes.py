@@ -105,6 +105,28 @@ def test_a_strangers_mark_in_a_photograph_does_not_exist(stub):
     assert said == 0
 
 
+def test_a_photographed_mark_whose_keypoints_line_up_exists_by_them(stub, registered):
+    """With a threshold no decision score reaches, a mark found in a photograph can still
+    exist: by its keypoints lined up with its first match's (indexer.geometry), and then
+    it is the mark photographed. Strangers photographed the same way never line up."""
+    rng = random.Random(3)
+    by_keypoints = 0
+    for serial in rng.sample(registered, 16):
+        scene = compose(rng, [mark(serial)])
+        resp = search(stub, jpeg(scene.image), threshold=1.0)
+        for m in resp.marks:
+            if m.matched_by == "keypoints":
+                by_keypoints += 1
+                assert m.exists and m.matched_serial == serial and in_place(m, scene.boxes[0])
+                assert m.confidence < 1.0  # not by its decision score
+    assert by_keypoints >= 4  # of 16 (a plain disc has too few keypoints to say)
+    pool = strangers()
+    for _ in range(6):
+        scene = compose(rng, [rng.choice(pool)])
+        resp = search(stub, jpeg(scene.image), threshold=1.0)
+        assert not any(m.matched_by == "keypoints" for m in resp.marks)
+
+
 def test_a_clean_mark_is_one_mark_searched_whole(stub, registered):
     image = (SAMPLES / "registry" / f"{registered[0]}.png").read_bytes()
     resp = search(stub, image)

@@ -1,0 +1,125 @@
+"""How often keypoints verify a photographed mark's first match (indexer.geometry), on
+brand-free photographs: registered marks (rightly ranked first, or not) and strangers.
+
+    python -m bench.keypoints --index out/bf/index --marks data/bf-register \
+        --pictures 600
+
+The register is any index and the folder of its marks (`--marks`, the build's
+--images; serials are file stems, as `indexer build` names them without a manifest).
+Positives: registered marks photographed one a picture by indexer.network.scenes.
+Negatives: the brand-free strangers shipped for the scene calibration
+(indexer.scene_calibration), zero, one or two a picture, photographed the same way. Each
+picture goes through the engine as the server takes it (locate, search, answer), and
+every mark found is compared with its first match by its keypoints, whatever its
+decision score. Prints, for each count of agreeing matches, the share of negative
+pictures where a stranger would be verified, and of positive marks rightly ranked first
+(and of those the picture's decision leaves unsure) that would be.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COUNTS = (4, 6, 8, 10, 12, 16)
+
+
+def _jpeg(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _marks_found(engine, data: bytes, k: int = 10):
+    """(mark answer, inliers with its first match) for every mark found in a picture."""
+    from server.engine import Picture, Query, paired
+
+    query = Query(data)
+    parts = engine.locate(query)
+    crops = [c for p in parts for c in p.crops]
+    hits = engine.search(crops, k)
+    found = paired(parts, hits)
+    answer = engine.answer(found, None, k)
+    picture = Picture(data)
+    out = []
+    for m in answer.marks:
+        if m.detected is None or not m.hits:
+            continue
+        thumb = engine.thumbnails([m.hits[0].serial])
+        n = engine.inliers(picture, m.box, thumb[0][2]) if thumb else 0
+        out.append((m, n))
+    return out
+
+
+def measure(engine, marks: list[Path], strangers: list[Path], pictures: int,
+            seed: int = 0) -> dict:
+    from tqdm import tqdm
+
+    from indexer.network.scenes import make_scene
+
+    rng = random.Random(seed)
+    neg = []  # per picture: the most inliers of a stranger's first match, and its decision
+    for _ in tqdm(range(pictures), unit="stranger picture"):
+        found = _marks_found(engine, _jpeg(make_scene(rng, strangers, rng.choice([0, 1, 1, 2]))
+                                           .image))
+        neg.append((max((n for _, n in found), default=0), any(m.exists for m, _ in found)))
+    pos = []  # per registered mark: (ranked first, exists by its picture, inliers)
+    for path in tqdm(rng.sample(marks, min(pictures, len(marks))), unit="registered picture"):
+        found = _marks_found(engine, _jpeg(make_scene(rng, [path], 1).image))
+        right = [(m.exists, n) for m, n in found if m.hits[0].serial == path.stem]
+        pos.append((bool(right), any(e for e, _ in right), max((n for _, n in right), default=0)))
+    n_neg = np.array([n for n, _ in neg])
+    first = [(e, n) for r, e, n in pos if r]
+    unsure = np.array([n for e, n in first if not e])
+    return {
+        "negative_pictures": len(neg),
+        "negative_said_registered": round(float(np.mean([e for _, e in neg])), 4),
+        "positive_pictures": len(pos),
+        "positive_ranked_first": round(len(first) / max(1, len(pos)), 4),
+        "positive_exists_by_picture": round(sum(e for e, _ in first) / max(1, len(pos)), 4),
+        "by_inliers": {
+            c: {"negative_pictures_verified": round(float((n_neg >= c).mean()), 4),
+                "positive_unsure_verified": round(float((unsure >= c).sum()) / max(1, len(pos)),
+                                                  4)}
+            for c in COUNTS},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.keypoints",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--index", type=Path, required=True, help="an index folder (indexer build)")
+    p.add_argument("--marks", type=Path, required=True,
+                   help="the folder its marks were built from (serials are file stems)")
+    p.add_argument("--pictures", type=int, default=600,
+                   help="negative and positive pictures each (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from indexer.network.detector import load_detector
+    from indexer.network.encoder import DEFAULT_ENCODER, load_encoder
+    from indexer.scene_calibration import strangers
+    from server.engine import EngineConfig, SearchEngine
+
+    marks = sorted(f for f in args.marks.iterdir() if f.suffix.lower() in (".png", ".jpg"))
+    if not marks:
+        print(f"error: no PNG or JPEG marks in {args.marks}", file=sys.stderr)
+        return 2
+    engine = SearchEngine.open(args.index, load_encoder(DEFAULT_ENCODER),
+                               EngineConfig(detector=load_detector()))
+    try:
+        figures = measure(engine, marks, strangers(), args.pictures, args.seed)
+    finally:
+        engine.close()
+    print(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

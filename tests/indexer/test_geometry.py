@@ -1,0 +1,81 @@
+"""Geometric verification (indexer.geometry) on the sample register's real marks: a
+mark photographed in perspective lines up with its file; other marks and blank
+pictures do not."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer import geometry
+from tests.conftest import SAMPLES
+
+MARKS = sorted((SAMPLES / "registry").glob("*.png"))[:24]
+
+
+def _thumbnail(path) -> Image.Image:
+    """As the catalog keeps it: at most 128 px, PNG."""
+    im = Image.open(path).convert("RGB")
+    im.thumbnail((128, 128))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def _photographed(path, seed: int) -> Image.Image:
+    """The mark on a grey card, seen from the side, darker, blurred a little and saved as
+    a JPEG: what the detector cuts out of a photograph."""
+    rng = np.random.default_rng(seed)
+    mark = Image.open(path).convert("RGB").resize((300, 300))
+    card = Image.new("RGB", (380, 380), (200, 196, 190))
+    card.paste(mark, (40, 40))
+    w = h = 380
+    squeeze = rng.uniform(0.08, 0.16) * w
+    # Image.transform's PERSPECTIVE maps output to input: the far side drawn shorter.
+    src = [(0, 0), (w, -squeeze), (w, h + squeeze), (0, h)]
+    dst = [(0, 0), (w, 0), (w, h), (0, h)]
+    a = []
+    for (x, y), (u, v) in zip(dst, src):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    coeffs = np.linalg.solve(np.array(a, float), np.array(src, float).ravel())
+    seen = card.transform((w, h), Image.Transform.PERSPECTIVE, tuple(coeffs),
+                          Image.Resampling.BICUBIC, fillcolor=(90, 80, 70))
+    seen = Image.eval(seen, lambda p: int(p * 0.8))
+    buf = io.BytesIO()
+    seen.save(buf, "JPEG", quality=80)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+@pytest.fixture(scope="module")
+def registered() -> list[geometry.Features]:
+    return [geometry.features(_thumbnail(p)) for p in MARKS]
+
+
+def test_a_photographed_mark_lines_up_with_its_own_thumbnail_and_no_other(registered):
+    """Most photographed marks are verified against their own thumbnail (a mark with few
+    corners, a plain disc, has too few keypoints to say); none against another's."""
+    own = others = 0
+    for n, path in enumerate(MARKS):
+        seen = geometry.features(_photographed(path, n))
+        own += geometry.verified(seen, registered[n])
+        others += sum(geometry.verified(seen, r) for m, r in enumerate(registered) if m != n)
+    assert own >= 0.6 * len(MARKS)
+    assert others == 0
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 200), (256, 256)])
+def test_blank_and_tiny_pictures_have_nothing_to_line_up(registered, size):
+    blank = geometry.features(Image.new("RGB", size, "white"))
+    assert len(blank) == 0
+    assert geometry.inliers(blank, registered[0]) == 0
+    assert geometry.inliers(registered[0], blank) == 0
+
+
+def test_transparency_is_on_white(registered):
+    """A thumbnail with an alpha channel is seen as it is shown: on white."""
+    im = Image.open(MARKS[0]).convert("RGBA")
+    im.thumbnail((128, 128))
+    assert geometry.inliers(geometry.features(im), registered[0]) >= geometry.MIN_INLIERS
