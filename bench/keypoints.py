@@ -11,9 +11,10 @@ Negatives: the brand-free strangers shipped for the scene calibration
 (indexer.scene_calibration), zero, one or two a picture, photographed the same way. Each
 picture goes through the engine as the server takes it (locate, search, answer), and
 every mark found is compared with its first match by its keypoints, whatever its
-decision score. Prints, for each count of agreeing matches, the share of negative
-pictures where a stranger would be verified, and of positive marks rightly ranked first
-(and of those the picture's decision leaves unsure) that would be.
+decision score. Prints, for each count of agreeing matches (alone, and with the edges'
+agreement of geometry.MIN_EDGES), the share of negative pictures where a stranger would
+be verified and of registered marks photographed that would be (against their own mark,
+ranked first), and the edges' agreement of the marks lined up.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def _jpeg(im: Image.Image) -> bytes:
 
 
 def _marks_found(engine, data: bytes, k: int = 10):
-    """(mark answer, inliers with its first match) for every mark found in a picture."""
+    """(mark answer, its alignment with its first match) for every mark found in a
+    picture."""
+    from indexer import geometry
     from server.engine import Picture, Query, paired
 
     query = Query(data)
@@ -52,8 +55,8 @@ def _marks_found(engine, data: bytes, k: int = 10):
         if m.detected is None or not m.hits:
             continue
         thumb = engine.thumbnails([m.hits[0].serial])
-        n = engine.inliers(picture, m.box, thumb[0][2]) if thumb else 0
-        out.append((m, n))
+        out.append((m, engine.align(picture, m.box, thumb[0][2]) if thumb
+                    else geometry.Alignment(0, 0.0)))
     return out
 
 
@@ -61,33 +64,44 @@ def measure(engine, marks: list[Path], strangers: list[Path], pictures: int,
             seed: int = 0) -> dict:
     from tqdm import tqdm
 
+    from indexer import geometry
     from indexer.network.scenes import make_scene
 
     rng = random.Random(seed)
-    neg = []  # per picture: the most inliers of a stranger's first match, and its decision
+    neg = []  # per picture: each stranger's alignment with its first match
     for _ in tqdm(range(pictures), unit="stranger picture"):
         found = _marks_found(engine, _jpeg(make_scene(rng, strangers, rng.choice([0, 1, 1, 2]))
                                            .image))
-        neg.append((max((n for _, n in found), default=0), any(m.exists for m, _ in found)))
-    pos = []  # per registered mark: (ranked first, exists by its picture, inliers)
+        neg.append([a for _, a in found])
+    pos = []  # per registered mark ranked first: its alignment with its own mark
+    ranked = 0
     for path in tqdm(rng.sample(marks, min(pictures, len(marks))), unit="registered picture"):
         found = _marks_found(engine, _jpeg(make_scene(rng, [path], 1).image))
-        right = [(m.exists, n) for m, n in found if m.hits[0].serial == path.stem]
-        pos.append((bool(right), any(e for e, _ in right), max((n for _, n in right), default=0)))
-    n_neg = np.array([n for n, _ in neg])
-    first = [(e, n) for r, e, n in pos if r]
-    unsure = np.array([n for e, n in first if not e])
+        right = [a for m, a in found if m.hits[0].serial == path.stem]
+        ranked += bool(right)
+        pos.append(max(right, key=lambda a: (a.inliers, a.edges), default=None))
+
+    def share(fn) -> dict:
+        return {"negative_pictures_verified": round(float(np.mean(
+                    [any(fn(a) for a in found) for found in neg])), 4),
+                "positives_verified": round(sum(a is not None and fn(a) for a in pos)
+                                            / max(1, len(pos)), 4)}
+
+    lined = [a.edges for a in pos if a is not None and a.inliers >= geometry.MIN_INLIERS]
     return {
         "negative_pictures": len(neg),
-        "negative_said_registered": round(float(np.mean([e for _, e in neg])), 4),
         "positive_pictures": len(pos),
-        "positive_ranked_first": round(len(first) / max(1, len(pos)), 4),
-        "positive_exists_by_picture": round(sum(e for e, _ in first) / max(1, len(pos)), 4),
-        "by_inliers": {
-            c: {"negative_pictures_verified": round(float((n_neg >= c).mean()), 4),
-                "positive_unsure_verified": round(float((unsure >= c).sum()) / max(1, len(pos)),
-                                                  4)}
-            for c in COUNTS},
+        "positive_ranked_first": round(ranked / max(1, len(pos)), 4),
+        "by_inliers": {c: share(lambda a, c=c: a.inliers >= c) for c in COUNTS},
+        "by_inliers_and_edges": {c: share(lambda a, c=c: a.inliers >= c
+                                          and a.edges >= geometry.MIN_EDGES) for c in COUNTS},
+        # where MIN_EDGES comes from: what the registered marks lined up reach
+        "positive_edges_at_min_inliers_quantiles": {
+            q: round(float(np.quantile(lined, q)), 3) for q in (0.05, 0.1, 0.25, 0.5)
+        } if lined else {},
+        "negative_edges_at_min_inliers": sorted(round(a.edges, 3) for found in neg
+                                                for a in found
+                                                if a.inliers >= geometry.MIN_INLIERS),
     }
 
 

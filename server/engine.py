@@ -384,7 +384,8 @@ class SearchEngine:
         score is compared with the thumbnail of its first match (indexer.geometry): where
         their keypoints line up under one perspective, it exists, that match its serial.
         Perspective and light lower a photographed mark's margin more than they move its
-        corners and strokes; a stranger's look-alike lines up nowhere. The detector can
+        corners and strokes, and seen through that perspective it is its registered mark
+        again; a stranger's look-alike lines up nowhere. The detector can
         box one mark twice, overlapping: of overlapping boxes lined up with one
         registered mark (or a rendition of it), the one with most keypoints lined up is
         the mark, and none where a box around it already exists by its picture."""
@@ -396,10 +397,10 @@ class SearchEngine:
         lined_up = []
         for i in unsure:
             serial = answer.marks[i].hits[0].serial
-            n = self.inliers(picture, answer.marks[i].box, thumbs[serial][1]) \
-                if serial in thumbs else 0
-            if n >= geometry.MIN_INLIERS:
-                lined_up.append((n, i))
+            if serial in thumbs:
+                found = self.align(picture, answer.marks[i].box, thumbs[serial][1])
+                if found.verified:
+                    lined_up.append((found.inliers, i))
         marks = list(answer.marks)
         for _, i in sorted(lined_up, reverse=True):
             m, serial = marks[i], marks[i].hits[0].serial
@@ -412,16 +413,16 @@ class SearchEngine:
         return self._with_marks(answer, marks)
 
     @staticmethod
-    def inliers(picture: Picture, box: Region, thumbnail: bytes) -> int:
-        """How many keypoints of the mark at `box` line up with those of a registered
-        mark's thumbnail under one perspective (indexer.geometry)."""
+    def align(picture: Picture, box: Region, thumbnail: bytes) -> geometry.Alignment:
+        """How the mark at `box` lines up with a registered mark's thumbnail under one
+        perspective (indexer.geometry)."""
         x, y, w, h = box
         pad = round(CUT_MARGIN * max(w, h))  # as the mark was cut for its search
         im = picture()
         crop = im.crop((max(0, x - pad), max(0, y - pad), min(im.width, x + w + pad),
                         min(im.height, y + h + pad)))
-        return geometry.inliers(geometry.features(crop),
-                                geometry.features(Image.open(io.BytesIO(thumbnail))))
+        return geometry.align(geometry.features(crop),
+                              geometry.features(Image.open(io.BytesIO(thumbnail))))
 
     @staticmethod
     def _with_marks(answer: Answer, marks: list[MarkAnswer]) -> Answer:

@@ -1,6 +1,6 @@
 """Geometric verification (indexer.geometry) on the sample register's real marks: a
-mark photographed in perspective lines up with its file; other marks and blank
-pictures do not."""
+mark photographed in perspective lines up with its file; other marks, blank pictures
+and keypoints whose picture is not the mark's do not."""
 from __future__ import annotations
 
 import io
@@ -60,8 +60,9 @@ def test_a_photographed_mark_lines_up_with_its_own_thumbnail_and_no_other(regist
     own = others = 0
     for n, path in enumerate(MARKS):
         seen = geometry.features(_photographed(path, n))
-        own += geometry.verified(seen, registered[n])
-        others += sum(geometry.verified(seen, r) for m, r in enumerate(registered) if m != n)
+        own += geometry.align(seen, registered[n]).verified
+        others += sum(geometry.align(seen, r).verified
+                      for m, r in enumerate(registered) if m != n)
     assert own >= 0.6 * len(MARKS)
     assert others == 0
 
@@ -70,12 +71,26 @@ def test_a_photographed_mark_lines_up_with_its_own_thumbnail_and_no_other(regist
 def test_blank_and_tiny_pictures_have_nothing_to_line_up(registered, size):
     blank = geometry.features(Image.new("RGB", size, "white"))
     assert len(blank) == 0
-    assert geometry.inliers(blank, registered[0]) == 0
-    assert geometry.inliers(registered[0], blank) == 0
+    assert geometry.align(blank, registered[0]) == geometry.Alignment(0, 0.0)
+    assert geometry.align(registered[0], blank) == geometry.Alignment(0, 0.0)
 
 
 def test_transparency_is_on_white(registered):
     """A thumbnail with an alpha channel is seen as it is shown: on white."""
     im = Image.open(MARKS[0]).convert("RGBA")
     im.thumbnail((128, 128))
-    assert geometry.inliers(geometry.features(im), registered[0]) >= geometry.MIN_INLIERS
+    assert geometry.align(geometry.features(im), registered[0]).verified
+
+
+def test_keypoints_that_line_up_over_another_picture_are_not_enough(registered):
+    """The edges must agree too: the same keypoints, taken from a picture that is not
+    the mark (a card whose corners happen to match), line up but are not verified."""
+    n = next(n for n, p in enumerate(MARKS)
+             if geometry.align(geometry.features(_photographed(p, n)), registered[n]).verified)
+    seen = geometry.features(_photographed(MARKS[n], n))
+    other = np.asarray(_photographed(MARKS[(n + 1) % len(MARKS)], n).convert("L")
+                       .resize(seen.grey.shape[::-1]))
+    card = geometry.Features(seen.points, seen.descriptors, other)
+    found = geometry.align(card, registered[n])
+    assert found.inliers >= geometry.MIN_INLIERS and found.edges < geometry.MIN_EDGES
+    assert not found.verified
