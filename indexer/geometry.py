@@ -17,8 +17,8 @@ MIN_INLIERS matches agree with a homography that is a plausible camera's: it kee
 mark's handedness (no mirror), scales its area by at most MAX_SCALE either way, and its
 inliers spread over a fair part of the registered mark (not a corner of it). A few
 corners agree with a homography too easily, though: a plain square or parallelogram
-mark lines up with any card or window (on LogoBench-scenes, nearly all false lines-up
-were one-colour renditions). So the photographed mark is then warped into the
+mark lines up with any card or window (on LogoBench-scenes, most false lines-up were
+one-colour renditions). So the photographed mark is then warped into the
 registered mark's frame by that homography, and their edges (gradient magnitudes,
 smoothed) must agree: a normalised correlation of at least MIN_EDGES. A copy seen
 through that perspective is its registered mark again; a card whose corners matched is
@@ -26,13 +26,10 @@ not.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-
-log = logging.getLogger(__name__)
 
 # Both pictures are compared at this size (their longer side): a thumbnail is 128 px
 # (indexer.pipeline.THUMBNAIL_SIZE), a found mark any size.

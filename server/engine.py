@@ -385,10 +385,10 @@ class SearchEngine:
         their keypoints line up under one perspective, it exists, that match its serial.
         Perspective and light lower a photographed mark's margin more than they move its
         corners and strokes, and seen through that perspective it is its registered mark
-        again; a stranger's look-alike lines up nowhere. The detector can
-        box one mark twice, overlapping: of overlapping boxes lined up with one
-        registered mark (or a rendition of it), the one with most keypoints lined up is
-        the mark, and none where a box around it already exists by its picture."""
+        again; a stranger's look-alike lines up nowhere. The detector can box one mark
+        twice, overlapping: of overlapping boxes lined up with one registered mark (or a
+        rendition of it), the one with most keypoints lined up is the mark, and none
+        where a box around it already exists by its picture."""
         unsure = [i for i, m in enumerate(answer.marks)
                   if m.detected is not None and not m.exists and m.hits]
         if not unsure:
