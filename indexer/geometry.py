@@ -118,6 +118,8 @@ def _homography(query: Features, registered: Features) -> tuple[np.ndarray | Non
     if not 1 / MAX_SCALE < det < MAX_SCALE:  # a mirror (det < 0), or a collapse
         return None, 0
     kept = b[mask.ravel().astype(bool)]
+    if len(kept) < 4:  # RANSAC can return a homography that no match agrees with
+        return None, 0
     if (kept.max(axis=0) - kept.min(axis=0)).min() < MIN_SPREAD * SIDE:
         return None, 0
     return h, len(kept)

@@ -94,3 +94,29 @@ def test_keypoints_that_line_up_over_another_picture_are_not_enough(registered):
     found = geometry.align(card, registered[n])
     assert found.inliers >= geometry.MIN_INLIERS and found.edges < geometry.MIN_EDGES
     assert not found.verified
+
+
+# Matches seen on a photograph (LogoBench-scenes s00938 against a plain mark's
+# thumbnail): many query keypoints matched to the same few registered ones. RANSAC
+# returns a homography that none of them agrees with.
+QUERY_POINTS = [
+    (8.4, 124.9), (15.9, 101.4), (26.2, 111.1), (50.1, 163.9), (61.0, 134.3),
+    (70.4, 167.8), (70.6, 74.0), (83.4, 127.6), (90.0, 163.1), (92.0, 164.6),
+    (95.8, 166.7), (132.5, 140.6), (190.4, 15.0), (199.5, 123.3), (222.9, 140.9),
+    (223.5, 123.1), (226.2, 139.0), (234.2, 93.4)]
+REGISTERED_POINTS = [
+    (100.3, 33.5), (100.3, 33.5), (100.3, 33.5), (100.3, 33.5), (178.9, 142.6),
+    (190.9, 126.4), (170.6, 155.6), (87.3, 197.3), (75.4, 49.1), (75.4, 49.1),
+    (75.4, 49.1), (75.4, 49.1), (39.7, 91.6), (147.9, 134.0), (100.3, 33.5),
+    (125.8, 39.4), (100.3, 33.5), (87.3, 197.3)]
+
+
+def test_a_homography_no_match_agrees_with_is_none():
+    distinct = sorted(set(REGISTERED_POINTS))
+    onehot = np.eye(128, dtype=np.float32)
+    registered = geometry.Features(np.float32(distinct), onehot[:len(distinct)],
+                                   np.zeros((256, 256), np.uint8))
+    query = geometry.Features(np.float32(QUERY_POINTS),
+                              onehot[[distinct.index(p) for p in REGISTERED_POINTS]],
+                              np.zeros((256, 256), np.uint8))
+    assert geometry.align(query, registered) == geometry.Alignment(0, 0.0)
