@@ -284,3 +284,23 @@ def test_scene_stages_times_each_step_of_a_photographs_search(scene_engine):
     assert "read_words" not in vars(scene_engine)  # the engine's own methods again
     figures = scene_stages.summary(times)
     assert figures["total"]["p50_ms"] >= figures["locate"]["p50_ms"]
+
+
+def test_keypoints_measures_strangers_and_registered_marks_lined_up(scene_engine):
+    """bench.keypoints on the sample register: photographed registered marks line up with
+    their own mark more often as fewer agreeing matches are asked for, and the shares
+    it prints are what it counted."""
+    from bench import keypoints
+    from indexer.scene_calibration import strangers
+    marks = sorted((SAMPLES / "registry").glob("*.png"))
+    figures = keypoints.measure(scene_engine, marks, strangers(), pictures=5, seed=1)
+    assert figures["negative_pictures"] == figures["positive_pictures"] == 5
+    assert 0 < figures["positive_ranked_first"] <= 1
+    by = figures["by_inliers"]
+    shares = [by[c]["positives_verified"] for c in keypoints.COUNTS]
+    assert shares == sorted(shares, reverse=True) and shares[0] > 0
+    for c in keypoints.COUNTS:  # the edges' check only takes away
+        both = figures["by_inliers_and_edges"][c]
+        assert both["positives_verified"] <= by[c]["positives_verified"]
+        assert both["negative_pictures_verified"] <= by[c]["negative_pictures_verified"]
+        assert all(0 <= v <= 1 for v in both.values())
