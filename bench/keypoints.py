@@ -19,45 +19,27 @@ ranked first), and the edges' agreement of the marks lined up.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 COUNTS = (4, 6, 8, 10, 12, 16)
-
-
-def _jpeg(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def _marks_found(engine, data: bytes, k: int = 10):
     """(mark answer, its alignment with its first match) for every mark found in a
     picture."""
-    from indexer import geometry
     from server.engine import Picture, Query, paired
 
     query = Query(data)
     parts = engine.locate(query)
-    crops = [c for p in parts for c in p.crops]
-    hits = engine.search(crops, k)
-    found = paired(parts, hits)
-    answer = engine.answer(found, None, k)
-    picture = Picture(data)
-    out = []
-    for m in answer.marks:
-        if m.detected is None or not m.hits:
-            continue
-        thumb = engine.thumbnails([m.hits[0].serial])
-        out.append((m, engine.align(picture, m.box, thumb[0][2]) if thumb
-                    else geometry.Alignment(0, 0.0)))
-    return out
+    hits = engine.search([c for p in parts for c in p.crops], k)
+    answer = engine.answer(paired(parts, hits), None, k)
+    marks = [m for m in answer.marks if m.detected is not None and m.hits]
+    return list(zip(marks, engine.alignments(marks, Picture(data)) if marks else []))
 
 
 def measure(engine, marks: list[Path], strangers: list[Path], pictures: int,
@@ -66,17 +48,18 @@ def measure(engine, marks: list[Path], strangers: list[Path], pictures: int,
 
     from indexer import geometry
     from indexer.network.scenes import make_scene
+    from indexer.scene_calibration import jpeg
 
     rng = random.Random(seed)
     neg = []  # per picture: each stranger's alignment with its first match
     for _ in tqdm(range(pictures), unit="stranger picture"):
-        found = _marks_found(engine, _jpeg(make_scene(rng, strangers, rng.choice([0, 1, 1, 2]))
+        found = _marks_found(engine, jpeg(make_scene(rng, strangers, rng.choice([0, 1, 1, 2]))
                                            .image))
         neg.append([a for _, a in found])
     pos = []  # per registered mark ranked first: its alignment with its own mark
     ranked = 0
     for path in tqdm(rng.sample(marks, min(pictures, len(marks))), unit="registered picture"):
-        found = _marks_found(engine, _jpeg(make_scene(rng, [path], 1).image))
+        found = _marks_found(engine, jpeg(make_scene(rng, [path], 1).image))
         right = [a for m, a in found if m.hits[0].serial == path.stem]
         ranked += bool(right)
         pos.append(max(right, key=lambda a: (a.inliers, a.edges), default=None))

@@ -111,7 +111,8 @@ def strangers() -> list[Path]:
     return sorted(STRANGERS_DIR.glob("*.png"))
 
 
-def _jpeg(im: Image.Image) -> bytes:
+def jpeg(im: Image.Image) -> bytes:
+    """A made-up scene as a photograph is sent: JPEG bytes."""
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -134,7 +135,7 @@ def make_background(encoder: Encoder, detector: Detector, scenes: int = SCENES,
     pool = strangers()
     found: list[tuple[int, int, Prepared]] = []
     for n in tqdm(range(scenes), disable=not progress, unit="scene"):
-        picture = _jpeg(make_scene(rng, pool, rng.choice([0, 1, 1, 2])).image)
+        picture = jpeg(make_scene(rng, pool, rng.choice([0, 1, 1, 2])).image)
         found += [(n, j, c) for _, j, c in _crops(encoder, detector, [picture])]
     desc = np.concatenate([encoder.descriptors([c.array for _, _, c in found[i:i + 16]])
                            for i in range(0, len(found), 16)])
@@ -209,7 +210,7 @@ def calibrate_scenes(index: faiss.Index, encoder: Encoder, rule: decision.Rule,
     if marks and positives > 0:
         rng = random.Random(seed)
         picked = marks[:positives]
-        crops = _crops(encoder, detector, [_jpeg(make_scene(rng, [im], 1).image)
+        crops = _crops(encoder, detector, [jpeg(make_scene(rng, [im], 1).image)
                                            for _, im in picked])
         right = np.zeros(len(picked), bool)
         if crops:

@@ -393,14 +393,8 @@ class SearchEngine:
                   if m.detected is not None and not m.exists and m.hits]
         if not unsure:
             return answer
-        thumbs = self.index.catalog.thumbnails([answer.marks[i].hits[0].serial for i in unsure])
-        lined_up = []
-        for i in unsure:
-            serial = answer.marks[i].hits[0].serial
-            if serial in thumbs:
-                found = self.align(picture, answer.marks[i].box, thumbs[serial][1])
-                if found.verified:
-                    lined_up.append((found.inliers, i))
+        aligned = self.alignments([answer.marks[i] for i in unsure], picture)
+        lined_up = [(a.inliers, i) for i, a in zip(unsure, aligned) if a.verified]
         marks = list(answer.marks)
         for _, i in sorted(lined_up, reverse=True):
             m, serial = marks[i], marks[i].hits[0].serial
@@ -412,17 +406,26 @@ class SearchEngine:
                                            matched_by=BY_KEYPOINTS)
         return self._with_marks(answer, marks)
 
-    @staticmethod
-    def align(picture: Picture, box: Region, thumbnail: bytes) -> geometry.Alignment:
-        """How the mark at `box` lines up with a registered mark's thumbnail under one
-        perspective (indexer.geometry)."""
-        x, y, w, h = box
-        pad = round(CUT_MARGIN * max(w, h))  # as the mark was cut for its search
-        im = picture()
-        crop = im.crop((max(0, x - pad), max(0, y - pad), min(im.width, x + w + pad),
-                        min(im.height, y + h + pad)))
-        return geometry.align(geometry.features(crop),
-                              geometry.features(Image.open(io.BytesIO(thumbnail))))
+    def alignments(self, marks: list[MarkAnswer], picture: Picture) -> list[geometry.Alignment]:
+        """How each mark (with hits) lines up with its first match's thumbnail under one
+        perspective (indexer.geometry); no keypoints where the catalog keeps no thumbnail.
+        A registered mark first for several marks (one mark boxed twice) is read once."""
+        thumbs = self.index.catalog.thumbnails([m.hits[0].serial for m in marks])
+        registered = {s: geometry.features(Image.open(io.BytesIO(png)))
+                      for s, (_, png) in thumbs.items()}
+        im = picture() if registered else None
+        out = []
+        for m in marks:
+            serial = m.hits[0].serial
+            if serial not in registered:
+                out.append(geometry.Alignment(0, 0.0))
+                continue
+            x, y, w, h = m.box
+            pad = round(CUT_MARGIN * max(w, h))  # as the mark was cut for its search
+            crop = im.crop((max(0, x - pad), max(0, y - pad), min(im.width, x + w + pad),
+                            min(im.height, y + h + pad)))
+            out.append(geometry.align(geometry.features(crop), registered[serial]))
+        return out
 
     @staticmethod
     def _with_marks(answer: Answer, marks: list[MarkAnswer]) -> Answer:
