@@ -121,11 +121,45 @@ class OpenVinoNetwork:
         if share not in requests:
             requests[share] = self.compiled(share).create_infer_request()
         # share_inputs: the batch is read where it lies, not copied into the request.
-        inputs = {0: np.ascontiguousarray(images)}
-        with nullcontext() if _first_inference_done.is_set() else _first_inference:
-            out = requests[share].infer(inputs, share_inputs=True)[0]
-        _first_inference_done.set()
-        return out
+        return infer(requests[share], np.ascontiguousarray(images))
+
+
+def infer(request, inputs: np.ndarray) -> np.ndarray:
+    """`request`'s first output for `inputs`, the process's first inference alone (see
+    _first_inference): the encoder's and the word reader's requests share the binding."""
+    with nullcontext() if _first_inference_done.is_set() else _first_inference:
+        out = request.infer({0: inputs}, share_inputs=True)[0]
+    _first_inference_done.set()
+    return out
+
+
+_onnx_models: dict[tuple[str, int], object] = {}
+_onnx_lock = threading.Lock()
+
+
+def compile_onnx(path: str | Path, threads: int):
+    """An ONNX model (a file shipped in another package's wheel) compiled for this CPU to
+    run on `threads` threads, once per process: callers make their own infer requests.
+
+    One stream and no pinning: callers are threads of a server that each run one
+    inference at a time, and OpenVINO pins to the first cores, where two one-thread
+    callers would share one core. fp32, so a CPU with bf16 reads what this one reads.
+    Raises OpenVinoUnavailable where OpenVINO is missing or cannot compile it."""
+    key = (str(path), threads)
+    with _onnx_lock:
+        if key not in _onnx_models:
+            try:
+                import openvino as ov
+            except ImportError as e:
+                raise OpenVinoUnavailable("openvino is not installed (pip install openvino)") from e
+            try:
+                core = ov.Core()
+                _onnx_models[key] = core.compile_model(core.read_model(str(path)), "CPU", {
+                    "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads,
+                    "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False})
+            except (RuntimeError, OSError) as e:
+                raise OpenVinoUnavailable(f"{type(e).__name__}: {e}") from e
+        return _onnx_models[key]
 
 
 def convert(net: nn.Module, size: int, mean: float, std: float, identity: dict,

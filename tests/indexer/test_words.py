@@ -170,6 +170,28 @@ def test_the_reader_boxes_each_line_in_the_pictures_pixels():
     assert 0 <= x0 < x1 <= 900 and 0 <= y0 < y1 <= 450 and x1 - x0 > 300
 
 
+@pytest.mark.skipif(not words.can_read(), reason="rapidocr-onnxruntime is not installed")
+def test_openvino_reads_what_onnx_runtime_reads():
+    """PP-OCR's models run through OpenVINO (faster here) in rapidocr's place: the same
+    lines, boxes and words as the wheel's own ONNX Runtime, on the sample marks."""
+    fast = words.WordReader()
+    if fast.runtime != "openvino":
+        pytest.skip("OpenVINO cannot run PP-OCR here")
+    wheel = words.WordReader(words.ReaderConfig(runtime="onnxruntime"))
+    assert wheel.runtime == "onnxruntime"
+    pictures = [Image.open(p).convert("RGB") for p in sorted((SAMPLES / "queries").iterdir())[:40]]
+    pictures.append(_word_picture("MARWOOD").resize((900, 450)))
+    read = [fast.read_lines(p) for p in pictures]
+    assert sum(map(bool, read)) >= 10  # words were read, not nothing twice
+    for picture, lines in zip(pictures, read):
+        other = wheel.read_lines(picture)
+        assert [text for _, text in lines] == [text for _, text in other]
+        for (box, _), (box2, _) in zip(lines, other):
+            assert box == pytest.approx(box2, abs=1.0)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        words.WordReader(words.ReaderConfig(runtime="tensorrt"))
+
+
 def _manifest(tmp_path, rows):
     path = tmp_path / "registry.csv"
     with open(path, "w", newline="") as f:
