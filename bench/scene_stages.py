@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--pictures", type=Path,
                    help="a folder of photographs (default: made-up scenes of the sample marks)")
     p.add_argument("--count", type=int, default=40, help="pictures timed (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="the encoder's threads")
+    p.add_argument("--threads", type=int, default=2, help="the encoder's threads, and a lone call's word reading's")
     args = p.parse_args(argv)
 
     from indexer.network.detector import load_detector
@@ -117,7 +117,8 @@ def main(argv=None) -> int:
         marks = [Image.open(f).convert("RGB") for f in sorted(samples.glob("*.png"))[:40]]
         pictures = scene_jpegs(marks, args.count)
     encoder = load_encoder(DEFAULT_ENCODER, None, "auto", args.threads)
-    engine = SearchEngine.open(args.index, encoder, EngineConfig(detector=load_detector()))
+    engine = SearchEngine.open(args.index, encoder, EngineConfig(detector=load_detector(),
+                                                                   read_threads=args.threads))
     try:
         figures = summary(stages(engine, pictures))
     finally:

@@ -209,15 +209,23 @@ class ReaderConfig:
 
 class _OpenVinoSession:
     """One of PP-OCR's ONNX models through OpenVINO, in the place of rapidocr's ONNX
-    Runtime session: called with a batch, it returns [output], as that session does."""
+    Runtime session: called with a batch, it returns [output], as that session does, on
+    `threads` threads (set by the reader before each read)."""
 
     def __init__(self, path: str, threads: int):
         from indexer.network import openvino_runtime
-        self._infer = openvino_runtime.infer
-        self._request = openvino_runtime.compile_onnx(path, threads).create_infer_request()
+        self._runtime = openvino_runtime
+        self._path = path
+        self.threads = threads
+        self._requests = {threads: self._request(threads)}
+
+    def _request(self, threads: int):
+        return self._runtime.compile_onnx(self._path, threads).create_infer_request()
 
     def __call__(self, batch):
-        return [self._infer(self._request, batch)]
+        if self.threads not in self._requests:
+            self._requests[self.threads] = self._request(self.threads)
+        return [self._runtime.infer(self._requests[self.threads], batch)]
 
 
 class WordReader:
@@ -240,6 +248,7 @@ class WordReader:
                              det_limit_side_len=READ_SIDE[1], text_score=config.min_score,
                              intra_op_num_threads=threads, inter_op_num_threads=1)
         self.runtime = "onnxruntime"
+        self._sessions: list[_OpenVinoSession] = []
         if config.runtime != "onnxruntime":
             self._run_on_openvino()
 
@@ -264,17 +273,21 @@ class WordReader:
             _warn_once(f"reading words with ONNX Runtime: OpenVINO cannot run PP-OCR here ({e})")
             return
         det.infer, rec.session = sessions
+        self._sessions = sessions
         self.runtime = "openvino"
 
-    def read(self, image: Image.Image) -> str:
+    def read(self, image: Image.Image, threads: int | None = None) -> str:
         """The words read in a picture, in reading order (top to bottom, left to right),
         joined by spaces; '' where none was read."""
-        return " ".join(text for _, text in self.read_lines(image))
+        return " ".join(text for _, text in self.read_lines(image, threads))
 
-    def read_lines(self, image: Image.Image) -> list[Line]:
+    def read_lines(self, image: Image.Image, threads: int | None = None) -> list[Line]:
         """The lines of words read in a picture, in reading order, each with its box
-        (x0, y0, x1, y1) in the picture's pixels."""
+        (x0, y0, x1, y1) in the picture's pixels. `threads`: this read's (default: the
+        config's; through OpenVINO only: ONNX Runtime's are fixed when it loads)."""
         import numpy as np  # the server's, not the client's (indexer.sources imports this)
+        for session in self._sessions:
+            session.threads = max(1, threads or self.config.threads)
         im = _reading_size(image.convert("RGB"))
         result, _ = self._ocr(np.asarray(im)[:, :, ::-1])  # PP-OCR was trained on BGR
         if not result:

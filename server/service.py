@@ -164,27 +164,31 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
     def Search(self, request, context):
         with self.metrics.observe("Search", context):
             engine = self._engine(context)
-            item = self._check(engine, request)
-            if item.error is not None:
-                log.info("Search %r refused: %s", request.request_id, item.error.message)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
-            if not item.query.image:  # words alone
-                return to_response(request.request_id, engine.search_text(
-                    item.query.text, item.k, item.query.filters))
-            try:
-                # Queued with other callers' images; skipped if the caller gives up first.
-                found = self.batcher.search(engine, [item.query], item.k,
-                                            context.time_remaining())[0]
-            except DeadlinePassed as e:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-            if isinstance(found, ImageDecodeError):
-                log.info("Search %r refused: %s", request.request_id, found)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(found))
-            answer = engine.respond(found, item.query, item.threshold, item.k)
-            log.debug("Search %r: exists=%s top=%s %.4f, %d marks", request.request_id,
-                      answer.exists, answer.hits[0].serial if answer.hits else "-",
-                      answer.top_score, len(answer.marks))
-            return to_response(request.request_id, answer)
+            with engine.serving():
+                return self._search(engine, request, context)
+
+    def _search(self, engine: SearchEngine, request, context):
+        item = self._check(engine, request)
+        if item.error is not None:
+            log.info("Search %r refused: %s", request.request_id, item.error.message)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.error.message)
+        if not item.query.image:  # words alone
+            return to_response(request.request_id, engine.search_text(
+                item.query.text, item.k, item.query.filters))
+        try:
+            # Queued with other callers' images; skipped if the caller gives up first.
+            found = self.batcher.search(engine, [item.query], item.k,
+                                        context.time_remaining())[0]
+        except DeadlinePassed as e:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        if isinstance(found, ImageDecodeError):
+            log.info("Search %r refused: %s", request.request_id, found)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(found))
+        answer = engine.respond(found, item.query, item.threshold, item.k)
+        log.debug("Search %r: exists=%s top=%s %.4f, %d marks", request.request_id,
+                  answer.exists, answer.hits[0].serial if answer.hits else "-",
+                  answer.top_score, len(answer.marks))
+        return to_response(request.request_id, answer)
 
     def SearchStream(self, request_iterator, context):
         """Chunks of up to `stream_batch` items go to the batcher (decoded and encoded there).
@@ -196,6 +200,11 @@ class TrademarkSearchServicer(pb_grpc.TrademarkSearchServicer):
         pending: queue.Queue = queue.Queue(maxsize=4 * self.stream_batch)
         threading.Thread(target=self._read_stream, args=(request_iterator, pending, context),
                          daemon=True, name="stream-reader").start()
+        # Counted as two calls: the batcher encodes its next chunk while one is answered.
+        with engine.serving(calls=2):
+            yield from self._stream(engine, pending)
+
+    def _stream(self, engine: SearchEngine, pending: queue.Queue):
         in_flight: deque[tuple[list[_Item], Future]] = deque()
         done = False
         while not done:

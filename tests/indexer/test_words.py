@@ -188,6 +188,9 @@ def test_openvino_reads_what_onnx_runtime_reads():
         assert [text for _, text in lines] == [text for _, text in other]
         for (box, _), (box2, _) in zip(lines, other):
             assert box == pytest.approx(box2, abs=1.0)
+    # A lone server call reads with more threads (server.engine): the same words.
+    for picture, lines in zip(pictures, read):
+        assert fast.read_lines(picture, threads=2) == lines
     with pytest.raises(ValueError, match="runtime must be one of"):
         words.WordReader(words.ReaderConfig(runtime="tensorrt"))
 

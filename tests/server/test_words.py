@@ -230,3 +230,24 @@ def test_words_do_not_bring_in_a_mark_the_filters_leave_out(stub, engine, worded
         pb.Filter(column="text", values=[other])]))
     assert resp.filtered and resp.matched_serial != serial
     assert all(m.serial != serial and m.text == other for m in resp.matches)
+
+
+def test_a_lone_call_reads_words_with_all_the_read_threads(sample_index, encoder):
+    """As the batcher gives a lone request all the encoder's threads, a lone call reads
+    words with all the read threads; beside another call, or in a stream (its next chunk
+    encoded meanwhile), one. The count goes back to none however a call ends."""
+    from server.engine import EngineConfig
+    eng = SearchEngine.open(sample_index, encoder, EngineConfig(read_threads=2))
+    try:
+        with eng.serving():
+            assert eng._read_threads() == 2
+            with eng.serving():
+                assert eng._read_threads() == 1
+        with eng.serving(calls=2):
+            assert eng._read_threads() == 1
+        with pytest.raises(RuntimeError), eng.serving(), eng.serving():
+            raise RuntimeError("a call that fails")
+        with eng.serving():
+            assert eng._read_threads() == 2
+    finally:
+        eng.close()
