@@ -141,9 +141,11 @@ def compile_onnx(path: str | Path, threads: int):
     """An ONNX model (a file shipped in another package's wheel) compiled for this CPU to
     run on `threads` threads, once per process: callers make their own infer requests.
 
-    One stream and no pinning: callers are threads of a server that each run one
-    inference at a time, and OpenVINO pins to the first cores, where two one-thread
-    callers would share one core. fp32, so a CPU with bf16 reads what this one reads.
+    As many streams of `threads` as the cores hold: callers are threads (a build's
+    decoding threads, a server's calls) that infer at once, and requests of one stream
+    take turns (PP-OCR's detection from two threads: 54 against 48 inferences/s on one
+    stream, 99 on two; 2 cores). No pinning: OpenVINO pins to the first cores, not
+    knowing of the encoder's lanes. fp32, so a CPU with bf16 reads what this one reads.
     Raises OpenVinoUnavailable where OpenVINO is missing or cannot compile it."""
     key = (str(path), threads)
     with _onnx_lock:
@@ -154,8 +156,9 @@ def compile_onnx(path: str | Path, threads: int):
                 raise OpenVinoUnavailable("openvino is not installed (pip install openvino)") from e
             try:
                 core = ov.Core()
+                streams = max(1, (os.cpu_count() or 1) // threads)
                 _onnx_models[key] = core.compile_model(core.read_model(str(path)), "CPU", {
-                    "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads,
+                    "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads,
                     "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False})
             except (RuntimeError, OSError) as e:
                 raise OpenVinoUnavailable(f"{type(e).__name__}: {e}") from e

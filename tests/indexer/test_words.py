@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -193,6 +194,10 @@ def test_openvino_reads_what_onnx_runtime_reads():
         assert fast.read_lines(picture, threads=2) == lines
     with pytest.raises(ValueError, match="runtime must be one of"):
         words.WordReader(words.ReaderConfig(runtime="tensorrt"))
+    # Threads read at once (a build's decoding threads; each its own reader, the compiled
+    # models shared): each picture reads as it does alone.
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda p: words.reader().read_lines(p), pictures)) == read
 
 
 def _manifest(tmp_path, rows):
