@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--pictures", type=Path,
                    help="a folder of photographs (default: made-up scenes of the sample marks)")
     p.add_argument("--count", type=int, default=40, help="pictures timed (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="the encoder's threads, and a lone call's word reading's")
+    p.add_argument("--threads", type=int, default=2,
+                   help="the encoder's threads, and a lone call's word reading's")
     args = p.parse_args(argv)
 
     from indexer.network.detector import load_detector

@@ -235,7 +235,8 @@ class WordReader:
 
     def __init__(self, config: ReaderConfig = ReaderConfig()):
         if config.runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {config.runtime!r}")
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, "
+                             f"not {config.runtime!r}")
         try:
             from rapidocr_onnxruntime import RapidOCR
         except ImportError as e:
@@ -263,14 +264,15 @@ class WordReader:
         try:
             root = Path(rapidocr_onnxruntime.__file__).parent
             models = yaml.safe_load((root / "config.yaml").read_text())
-            sessions = [_OpenVinoSession(str(root / models[step]["model_path"]), self.config.threads)
-                        for step in ("Det", "Rec")]
+            sessions = [_OpenVinoSession(str(root / models[step]["model_path"]),
+                                         self.config.threads) for step in ("Det", "Rec")]
             if not (hasattr(det, "infer") and hasattr(rec, "session")):
                 raise AttributeError("rapidocr keeps its sessions elsewhere (is it 1.4.4?)")
         except (AttributeError, KeyError, OSError, OpenVinoUnavailable) as e:
             if self.config.runtime == "openvino":
                 raise ReaderUnavailable(f"PP-OCR cannot run through OpenVINO here: {e}") from e
-            _warn_once(f"reading words with ONNX Runtime: OpenVINO cannot run PP-OCR here ({e})")
+            _warn_once("reading words with ONNX Runtime: OpenVINO cannot run PP-OCR here "
+                       f"({e})")
             return
         det.infer, rec.session = sessions
         self._sessions = sessions

@@ -281,7 +281,8 @@ def serve(args: argparse.Namespace) -> int:
               if v is not None}
     config = EngineConfig(args.threshold, args.max_k, args.mmap, params,
                           gpu_index=encoder.device.type == "cuda",
-                          detector=open_detector(args.detector), read_threads=max(1, args.threads))
+                          detector=open_detector(args.detector),
+                          read_threads=max(1, args.threads))
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)
 

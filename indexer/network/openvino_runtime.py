@@ -153,7 +153,8 @@ def compile_onnx(path: str | Path, threads: int):
             try:
                 import openvino as ov
             except ImportError as e:
-                raise OpenVinoUnavailable("openvino is not installed (pip install openvino)") from e
+                raise OpenVinoUnavailable(
+                    "openvino is not installed (pip install openvino)") from e
             try:
                 core = ov.Core()
                 streams = max(1, (os.cpu_count() or 1) // threads)

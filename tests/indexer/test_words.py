@@ -180,7 +180,8 @@ def test_openvino_reads_what_onnx_runtime_reads():
         pytest.skip("OpenVINO cannot run PP-OCR here")
     wheel = words.WordReader(words.ReaderConfig(runtime="onnxruntime"))
     assert wheel.runtime == "onnxruntime"
-    pictures = [Image.open(p).convert("RGB") for p in sorted((SAMPLES / "queries").iterdir())[:40]]
+    queries = sorted((SAMPLES / "queries").iterdir())[:40]
+    pictures = [Image.open(p).convert("RGB") for p in queries]
     pictures.append(_word_picture("MARWOOD").resize((900, 450)))
     read = [fast.read_lines(p) for p in pictures]
     assert sum(map(bool, read)) >= 10  # words were read, not nothing twice
