@@ -257,15 +257,10 @@ class WordReader:
         """Puts OpenVINO sessions where rapidocr 1.4.4 keeps its detection and recognition
         sessions (`text_det.infer`, `text_rec.session`; the version is pinned), over the
         same ONNX files; a failure leaves ONNX Runtime's, with one warning ("auto")."""
-        import rapidocr_onnxruntime
-        import yaml  # rapidocr's own dependency: its config.yaml names the model files
         from indexer.network.openvino_runtime import OpenVinoUnavailable
         det, rec = self._ocr.text_det, self._ocr.text_rec
         try:
-            root = Path(rapidocr_onnxruntime.__file__).parent
-            models = yaml.safe_load((root / "config.yaml").read_text())
-            sessions = [_OpenVinoSession(str(root / models[step]["model_path"]),
-                                         self.config.threads) for step in ("Det", "Rec")]
+            sessions = [_OpenVinoSession(path, self.config.threads) for path in _model_files()]
             if not (hasattr(det, "infer") and hasattr(rec, "session")):
                 raise AttributeError("rapidocr keeps its sessions elsewhere (is it 1.4.4?)")
         except (AttributeError, KeyError, OSError, OpenVinoUnavailable) as e:
@@ -352,6 +347,32 @@ def _reading_size(im: Image.Image) -> Image.Image:
     scale = (lo if side < lo else hi) / side
     return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                      Image.Resampling.LANCZOS)
+
+
+def _model_files() -> list[str]:
+    """PP-OCR's detection and recognition models, as the wheel's config.yaml names them."""
+    import rapidocr_onnxruntime
+    import yaml  # rapidocr's own dependency
+
+    root = Path(rapidocr_onnxruntime.__file__).parent
+    models = yaml.safe_load((root / "config.yaml").read_text())
+    return [str(root / models[step]["model_path"]) for step in ("Det", "Rec")]
+
+
+def warm_up(threads: tuple[int, ...] = (1,)) -> bool:
+    """Compiles PP-OCR's models through OpenVINO for reads on each of `threads` threads
+    (~0.5 s), so that a server's first photograph does not wait for it; each thread's
+    reader then only makes its requests. False (logged) where they cannot be compiled:
+    the readers will say so, and fall back, at their first read."""
+    from indexer.network.openvino_runtime import OpenVinoUnavailable, compile_onnx
+    try:
+        for path in _model_files():
+            for n in dict.fromkeys(threads):
+                compile_onnx(path, n)
+    except (ImportError, KeyError, OSError, OpenVinoUnavailable) as e:
+        log.info("word reader not warmed up: %s", e)
+        return False
+    return True
 
 
 _local = threading.local()

@@ -155,12 +155,16 @@ def compile_onnx(path: str | Path, threads: int):
             except ImportError as e:
                 raise OpenVinoUnavailable(
                     "openvino is not installed (pip install openvino)") from e
+            # Not beside the process's first inference (a server compiles these while its
+            # encoder warms up): the binding's statics again (_first_inference).
+            first = nullcontext() if _first_inference_done.is_set() else _first_inference
             try:
-                core = ov.Core()
-                streams = max(1, (os.cpu_count() or 1) // threads)
-                _onnx_models[key] = core.compile_model(core.read_model(str(path)), "CPU", {
-                    "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads,
-                    "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False})
+                with first:
+                    core = ov.Core()
+                    streams = max(1, (os.cpu_count() or 1) // threads)
+                    _onnx_models[key] = core.compile_model(core.read_model(str(path)), "CPU", {
+                        "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads,
+                        "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False})
             except (RuntimeError, OSError) as e:
                 raise OpenVinoUnavailable(f"{type(e).__name__}: {e}") from e
         return _onnx_models[key]

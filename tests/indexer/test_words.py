@@ -178,6 +178,7 @@ def test_openvino_reads_what_onnx_runtime_reads():
     fast = words.WordReader()
     if fast.runtime != "openvino":
         pytest.skip("OpenVINO cannot run PP-OCR here")
+    assert words.warm_up((1, 2))  # a server's, for its reads on one thread and on two
     wheel = words.WordReader(words.ReaderConfig(runtime="onnxruntime"))
     assert wheel.runtime == "onnxruntime"
     queries = sorted((SAMPLES / "queries").iterdir())[:40]
