@@ -70,6 +70,20 @@ _first_inference = threading.Lock()
 _first_inference_done = threading.Event()
 
 
+def _alone_at_first():
+    """The process's first inference, or what must not run beside it, holds this; later
+    calls go through (see _first_inference)."""
+    return nullcontext() if _first_inference_done.is_set() else _first_inference
+
+
+def _cpu_properties(streams: int, threads_each: int, pin: bool) -> dict:
+    """OpenVINO's CPU plugin settings for `streams` streams of `threads_each` threads.
+    fp32: bf16 was slower on the 2-core Xeon (no AMX) and moved the descriptors (cosine
+    0.993-0.995), and a CPU with bf16 should read and encode as this one does."""
+    return {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads_each,
+            "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": pin}
+
+
 class OpenVinoNetwork:
     """A converted network: (M, S, S, 3) uint8 images -> (M, D) float32, callable from any
     thread, each with its own infer request.
@@ -105,13 +119,9 @@ class OpenVinoNetwork:
         share = self._share(threads)
         with self._lock:
             if share not in self._compiled:
-                self._compiled[share] = self._core.compile_model(self._model, "CPU", {
-                    "NUM_STREAMS": max(1, self.threads // share),
-                    "INFERENCE_NUM_THREADS": max(1, self.threads // share) * share,
-                    # fp32: bf16 was slower on the 2-core Xeon (no AMX) and moved the
-                    # descriptors (cosine 0.993-0.995).
-                    "INFERENCE_PRECISION_HINT": "f32",
-                    "ENABLE_CPU_PINNING": self._pin})
+                self._compiled[share] = self._core.compile_model(
+                    self._model, "CPU",
+                    _cpu_properties(max(1, self.threads // share), share, self._pin))
             return self._compiled[share]
 
     def __call__(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
@@ -127,7 +137,7 @@ class OpenVinoNetwork:
 def infer(request, inputs: np.ndarray) -> np.ndarray:
     """`request`'s first output for `inputs`, the process's first inference alone (see
     _first_inference): the encoder's and the word reader's requests share the binding."""
-    with nullcontext() if _first_inference_done.is_set() else _first_inference:
+    with _alone_at_first():
         out = request.infer({0: inputs}, share_inputs=True)[0]
     _first_inference_done.set()
     return out
@@ -145,8 +155,8 @@ def compile_onnx(path: str | Path, threads: int):
     decoding threads, a server's calls) that infer at once, and requests of one stream
     take turns (PP-OCR's detection from two threads: 54 against 48 inferences/s on one
     stream, 99 on two; 2 cores). No pinning: OpenVINO pins to the first cores, not
-    knowing of the encoder's lanes. fp32, so a CPU with bf16 reads what this one reads.
-    Raises OpenVinoUnavailable where OpenVINO is missing or cannot compile it."""
+    knowing of the encoder's lanes. Raises OpenVinoUnavailable where OpenVINO is missing
+    or cannot compile it."""
     key = (str(path), threads)
     with _onnx_lock:
         if key not in _onnx_models:
@@ -155,16 +165,15 @@ def compile_onnx(path: str | Path, threads: int):
             except ImportError as e:
                 raise OpenVinoUnavailable(
                     "openvino is not installed (pip install openvino)") from e
-            # Not beside the process's first inference (a server compiles these while its
-            # encoder warms up): the binding's statics again (_first_inference).
-            first = nullcontext() if _first_inference_done.is_set() else _first_inference
             try:
-                with first:
+                # Not beside the process's first inference (a server compiles these while
+                # its encoder warms up): the binding's statics again.
+                with _alone_at_first():
                     core = ov.Core()
                     streams = max(1, (os.cpu_count() or 1) // threads)
-                    _onnx_models[key] = core.compile_model(core.read_model(str(path)), "CPU", {
-                        "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads,
-                        "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False})
+                    _onnx_models[key] = core.compile_model(
+                        core.read_model(str(path)), "CPU",
+                        _cpu_properties(streams, threads, pin=False))
             except (RuntimeError, OSError) as e:
                 raise OpenVinoUnavailable(f"{type(e).__name__}: {e}") from e
         return _onnx_models[key]
