@@ -247,12 +247,13 @@ def watch_index(root: Path, servicer: TrademarkSearchServicer, interval: float,
     return thread
 
 
-def open_detector(spec: str):
-    """--detector: the shipped weights, a file of them, or none."""
+def open_detector(spec: str, runtime: str = "auto", threads: int | None = None):
+    """--detector: the shipped weights, a file of them, or none; run as --runtime says,
+    on --threads (OpenVINO's)."""
     if spec == "none":
         return None
     from indexer.network.detector import DETECTOR_FILE, load_detector
-    return load_detector(DETECTOR_FILE if spec == "shipped" else spec)
+    return load_detector(DETECTOR_FILE if spec == "shipped" else spec, runtime, threads)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -282,7 +283,8 @@ def serve(args: argparse.Namespace) -> int:
               if v is not None}
     config = EngineConfig(args.threshold, args.max_k, args.mmap, params,
                           gpu_index=encoder.device.type == "cuda",
-                          detector=open_detector(args.detector),
+                          detector=open_detector(args.detector, args.runtime,
+                                                 max(1, args.threads)),
                           read_threads=max(1, args.threads))
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)

@@ -2,12 +2,13 @@
 
 A photograph of a sign or a label holds one mark or several among other things; each is
 searched on its own. The detector is a CenterNet-style head (a heatmap of mark centres,
-each centre's box size) on the stride-16 map of the ImageNet
-EfficientNet-Lite0 stages the similarity network leaves untouched (the stem and blocks
-0-10), so it costs one backbone pass over the scene at DETECT_SIZE px (28 ms on two
-cores) and no second network. Trained on brand-free scenes only
-(indexer.network.scenes; python -m indexer.network.train_detector), never on a
-photograph of the evaluation sets.
+each centre's box size) on the stride-16 map of the ImageNet EfficientNet-Lite0 stages
+the similarity network leaves untouched (the stem and blocks 0-10), so it costs one
+backbone pass over the scene at DETECT_SIZE px and no second network. On a CPU it runs
+through OpenVINO where it can, as the encoder does (indexer.network.openvino_runtime):
+25 ms on two cores against PyTorch's 35-38, the same heatmaps. Trained on brand-free
+scenes only (indexer.network.scenes; python -m indexer.network.train_detector), never on
+a photograph of the evaluation sets.
 
     scene (RGB) -> letterboxed DETECT_SIZE square -> blocks 0-10 (112 x S/16 x S/16)
     -> head -> heatmap, size -> peaks -> boxes in the scene's pixels
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from indexer.network import openvino_runtime
 from indexer.network.efficientnet import EfficientNetLite, fold_batchnorms
 from indexer.network.encoder import file_sha256, imagenet_lite0
+from indexer.network.options import RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +94,13 @@ def letterbox(im: Image.Image, size: int = DETECT_SIZE) -> tuple[np.ndarray, flo
     return canvas, scale
 
 
+# The backbone's units: (pixel - MEAN) / STD.
+MEAN, STD = 127.0, 128.0
+
+
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in the backbone's units."""
-    return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+    return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - MEAN) / STD
 
 
 def backbone_lite0() -> EfficientNetLite:
@@ -136,8 +144,21 @@ def peaks(out: torch.Tensor, scale: float, image_size: tuple[int, int], min_scor
     return found
 
 
+class _Network(nn.Module):
+    """The detector's network in one module (blocks 0-10, then the head), for OpenVINO to
+    trace."""
+
+    def __init__(self, backbone: EfficientNetLite, head: DetectorHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.stem_to(x, CUT))
+
+
 class Detector:
-    """Finds marks in scenes. Thread-safe (torch modules in inference mode are)."""
+    """Finds marks in scenes. Thread-safe (torch modules in inference mode are, and an
+    OpenVINO network gives each thread its own request)."""
 
     def __init__(self, head: DetectorHead, backbone: EfficientNetLite, meta: dict,
                  min_score: float = MIN_SCORE, max_marks: int = MAX_MARKS, sha256: str = ""):
@@ -148,6 +169,35 @@ class Detector:
         self.size = int(meta.get("size", DETECT_SIZE))
         self.min_score = min_score
         self.max_marks = max_marks
+        self._compiled: openvino_runtime.OpenVinoNetwork | None = None
+
+    @property
+    def runtime(self) -> str:
+        return "torch" if self._compiled is None else "openvino"
+
+    def use_openvino(self, threads: int, required: bool = False) -> bool:
+        """Run the network through OpenVINO from now on, converting it or taking the
+        conversion from the cache (keyed by the weights' digest); False, with one log line,
+        where that cannot be done and PyTorch goes on (`required`: DetectorError instead)."""
+        if not self.sha256:  # the cache's key: weights without one could take another's model
+            why = "weights not loaded from a file (no digest to key the converted model by)"
+        else:
+            try:
+                self._compiled = openvino_runtime.convert(
+                    _Network(self.backbone, self.head), self.size, MEAN, STD,
+                    {"detector": self.sha256, "cut": CUT}, max(1, threads))
+                why = None
+            except openvino_runtime.OpenVinoUnavailable as e:
+                why = str(e)
+        if why is None:
+            log.info("detector on OpenVINO %s (%s, %d threads)", openvino_runtime.version(),
+                     self._compiled.source, self._compiled.threads)
+            return True
+        if required:
+            raise DetectorError(f"cannot run the detector through OpenVINO: {why}; use "
+                                "--runtime torch, or --runtime auto to fall back by itself")
+        log.warning("detector on PyTorch: OpenVINO unavailable (%s)", why)
+        return False
 
     @property
     def identity(self) -> dict:
@@ -161,8 +211,12 @@ class Detector:
         if not images:
             return []
         boxed = [letterbox(im, self.size) for im in images]
-        x = to_tensor(np.stack([b for b, _ in boxed]))
-        out = self.head(self.backbone.stem_to(x, CUT))
+        batch = np.stack([b for b, _ in boxed])
+        if self._compiled is not None:
+            # A copy: the request's output buffer is overwritten by its next inference.
+            out = torch.from_numpy(np.array(self._compiled(batch)))
+        else:
+            out = self.head(self.backbone.stem_to(to_tensor(batch), CUT))
         return [peaks(o, s, im.size, self.min_score, self.max_marks)
                 for o, (_, s), im in zip(out, boxed, images)]
 
@@ -171,7 +225,7 @@ _lock = threading.Lock()
 
 
 @functools.cache
-def _load(path: Path) -> Detector:
+def _load(path: Path, runtime: str, threads: int) -> Detector:
     if not path.is_file():
         raise DetectorError(f"no detector weights at {path}: train them with "
                             "`python -m indexer.network.train_detector` (docs/scenes.md)")
@@ -179,11 +233,21 @@ def _load(path: Path) -> Detector:
     head = DetectorHead(width=int(state["meta"]["width"]))
     head.load_state_dict(state["head"])
     meta = state["meta"]
-    return Detector(head, backbone_lite0(), meta, min_score=float(meta.get("min_score", MIN_SCORE)),
-                    sha256=file_sha256(path))
+    detector = Detector(head, backbone_lite0(), meta,
+                        min_score=float(meta.get("min_score", MIN_SCORE)), sha256=file_sha256(path))
+    if runtime != "torch":
+        detector.use_openvino(threads, required=runtime == "openvino")
+    return detector
 
 
-def load_detector(path: str | Path = DETECTOR_FILE) -> Detector:
-    """The shipped detector (made once per process, shared)."""
+def load_detector(path: str | Path = DETECTOR_FILE, runtime: str = "auto",
+                  threads: int | None = None) -> Detector:
+    """The shipped detector, or the weights at `path` (made once per process for each
+    runtime and threads, shared). `runtime` as the encoder's (indexer.network.encoder.
+    load_encoder): "auto" runs the network through OpenVINO on a CPU where it can, else
+    PyTorch; "openvino" insists; "torch" never tries. `threads`: OpenVINO's (default: all
+    the CPUs); PyTorch's are the caller's."""
+    if runtime not in RUNTIMES:
+        raise DetectorError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     with _lock:
-        return _load(Path(path).resolve())
+        return _load(Path(path).resolve(), runtime, max(1, threads or os.cpu_count() or 1))

@@ -35,6 +35,7 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="CPU threads for the encoder (default: %(default)s)")
     g.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="what runs the network on a CPU: OpenVINO where it is installed and "
-                        "converts the network, else PyTorch (auto), or insist on one "
+                   help="what runs the networks (the encoder, and a server's detector) on a "
+                        "CPU: OpenVINO where it is installed and converts them, else PyTorch "
+                        "(auto), or insist on one "
                         "(default: %(default)s)")

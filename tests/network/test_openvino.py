@@ -189,3 +189,48 @@ def test_a_torchscript_openvino_cannot_convert_falls_back_under_auto(tmp_path, c
     assert len(said) == 1 and "OpConversionFailure" in said[0] and "aten::div" in said[0]
     with pytest.raises(EncoderError, match="--runtime torch"):
         load_encoder(str(path), "cpu", "openvino", 1)
+
+
+def _same_detections(a, b):
+    """The same boxes (a pixel apart at most: rounding) with the same scores, in order."""
+    assert [len(x) for x in a] == [len(x) for x in b]
+    for x, y in zip(a, b):
+        for d, e in zip(x, y):
+            assert max(abs(p - q) for p, q in zip(d.box, e.box)) <= 1
+            assert abs(d.score - e.score) < 1e-4
+
+
+def test_the_detector_through_openvino_finds_what_pytorch_finds(detector):
+    """The shipped detector runs through OpenVINO (the server's and the build's); PyTorch's
+    finds the same marks in the same scenes, in a batch and one by one."""
+    import random
+
+    from indexer.network.detector import load_detector
+    from indexer.network.scenes import make_scene
+
+    on_torch = load_detector(runtime="torch")
+    assert detector.runtime == "openvino" and on_torch.runtime == "torch"
+    rng = random.Random(5)
+    marks = sorted((SAMPLES / "registry").glob("*.png"))
+    scenes = [make_scene(rng, marks, rng.randrange(3)).image for _ in range(6)]
+    found = detector.detect(scenes)
+    assert sum(map(len, found)) >= 4  # not a test of empty lists
+    _same_detections(found, on_torch.detect(scenes))
+    _same_detections(found, [detector.detect([s])[0] for s in scenes])
+
+
+def test_without_openvino_the_detector_falls_back_to_pytorch(monkeypatch, caplog):
+    import functools
+
+    from indexer.network import detector as det
+
+    monkeypatch.setattr(det, "_load", functools.cache(det._load.__wrapped__))  # load anew
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with caplog.at_level(logging.WARNING, logger="indexer.network.detector"):
+        assert det.load_detector().runtime == "torch"
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "OpenVINO unavailable" in said[0] and "pip install" in said[0]
+    with pytest.raises(det.DetectorError, match="--runtime torch"):
+        det.load_detector(runtime="openvino")
+    with pytest.raises(det.DetectorError, match="auto, openvino, torch"):
+        det.load_detector(runtime="onnx")
