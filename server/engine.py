@@ -123,6 +123,12 @@ class Answer:
 BY_PICTURE, BY_WORDS, BY_KEYPOINTS = "picture", "words", "keypoints"
 # Words read in a picture confirm one of its first this many matches (SearchEngine.add_words).
 CONFIRM_DEPTH = 3
+# Registered marks' keypoints kept (SearchEngine._registered_keypoints), the most recently
+# used: a few registered marks are the first match of many photographed ones (look-alikes
+# that strangers' marks land on: in make eval's 997 public scenes, 2,737 marks compared
+# named 544 registered marks, the most often one 146 times), and a thumbnail's SIFT costs
+# ~8 ms. Up to ~300 KB each (500 keypoints and the 256 px grey picture).
+KEYPOINTS_KEPT = 256
 # Words read in a mark found in a photograph decide alone where they are a registered
 # mark's words (SearchEngine._with_words): the same letters, at least EXACT_LETTERS of
 # them, or, for words of SLIP_LETTERS letters or more, up to one slip in five (OCR of a
@@ -218,6 +224,7 @@ class SearchEngine:
         self._serving_lock = threading.Lock()
         self._filters: FilterIndex | None = None  # made at the first filtered request
         self._filters_lock = threading.Lock()
+        self._registered_keypoints = functools.lru_cache(KEYPOINTS_KEPT)(self._keypoints_of)
         log.info("serving %s: %d marks, %s %s%s, threshold %.4f on the %s", index.path,
                  index.index.ntotal, index.manifest.index_type, params or "exact",
                  " on the GPU" if self.searcher.on_gpu else "", self.threshold,
@@ -415,15 +422,14 @@ class SearchEngine:
     def alignments(self, marks: list[MarkAnswer], picture: Picture) -> list[geometry.Alignment]:
         """How each mark (with hits) lines up with its first match's thumbnail under one
         perspective (indexer.geometry); no keypoints where the catalog keeps no thumbnail.
-        A registered mark first for several marks (one mark boxed twice) is read once."""
-        thumbs = self.index.catalog.thumbnails([m.hits[0].serial for m in marks])
-        registered = {s: geometry.features(Image.open(io.BytesIO(png)))
-                      for s, (_, png) in thumbs.items()}
-        im = picture() if registered else None
+        A registered mark's keypoints are kept for the next time (KEYPOINTS_KEPT)."""
+        registered = {s: self._registered_keypoints(s)
+                      for s in dict.fromkeys(m.hits[0].serial for m in marks)}
+        im = picture() if any(f is not None for f in registered.values()) else None
         out = []
         for m in marks:
             serial = m.hits[0].serial
-            if serial not in registered:
+            if registered[serial] is None:
                 out.append(geometry.Alignment(0, 0.0))
                 continue
             x, y, w, h = m.box
@@ -432,6 +438,11 @@ class SearchEngine:
                             min(im.height, y + h + pad)))
             out.append(geometry.align(geometry.features(crop), registered[serial]))
         return out
+
+    def _keypoints_of(self, serial: str) -> geometry.Features | None:
+        """A registered mark's keypoints, from its thumbnail; None where it has none."""
+        thumb = self.index.catalog.thumbnails([serial]).get(serial)
+        return None if thumb is None else geometry.features(Image.open(io.BytesIO(thumb[1])))
 
     @staticmethod
     def _with_marks(answer: Answer, marks: list[MarkAnswer]) -> Answer:

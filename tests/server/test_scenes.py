@@ -127,6 +127,39 @@ def test_a_photographed_mark_whose_keypoints_line_up_exists_by_them(stub, regist
         assert not any(m.matched_by == "keypoints" for m in resp.marks)
 
 
+def test_a_registered_marks_keypoints_are_taken_once_and_kept(scene_engine, registered,
+                                                                monkeypatch):
+    """The registered mark a photographed one is compared with: its thumbnail read and its
+    keypoints taken at the first comparison, kept for the next (server.engine
+    KEYPOINTS_KEPT), which lines up alike."""
+    from server.engine import KEYPOINTS_KEPT, Picture, paired
+
+    rng = random.Random(8)
+    pictures = [jpeg(compose(rng, [mark(s) for s in rng.sample(registered, 2)]).image)
+                for _ in range(3)]
+    found = []
+    for data in pictures:
+        parts = scene_engine.locate(data)
+        hits = scene_engine.search([c for p in parts for c in p.crops], 5)
+        answer = scene_engine.answer(paired(parts, hits), None, 5)
+        found.append(([m for m in answer.marks if m.detected is not None and m.hits],
+                      Picture(data)))
+    catalog = scene_engine.index.catalog
+    read = []
+    thumbnails = catalog.thumbnails
+    monkeypatch.setattr(catalog, "thumbnails", lambda serials: read.extend(serials) or
+                        thumbnails(serials))
+    scene_engine._registered_keypoints.cache_clear()
+    first = [scene_engine.alignments(marks, picture) for marks, picture in found]
+    named = {m.hits[0].serial for marks, _ in found for m in marks}
+    assert len(named) >= 3 and sorted(read) == sorted(named)  # each read once
+    assert any(a.verified for aligned in first for a in aligned)  # not all empty
+    read.clear()
+    assert [scene_engine.alignments(marks, picture) for marks, picture in found] == first
+    assert read == []
+    assert scene_engine._registered_keypoints.cache_info().maxsize == KEYPOINTS_KEPT
+
+
 def test_a_clean_mark_is_one_mark_searched_whole(stub, registered):
     image = (SAMPLES / "registry" / f"{registered[0]}.png").read_bytes()
     resp = search(stub, image)
