@@ -648,13 +648,18 @@ class SearchEngine:
             word_hits = self._word_hits(found[:k])
         seen = {h.serial for h in scored}
         by_words = [h for h in word_hits if h.serial not in seen]
+        named = {h.serial for h in word_hits}
         if typed:
             candidates = scored + by_words
         else:  # the picture's first matches, and (photographed) those its exact words name
-            named = {h.serial for h in word_hits}
             candidates = scored[:CONFIRM_DEPTH] + [
                 h for h in scored[CONFIRM_DEPTH:] if h.serial in named] + by_words
-        matched = sorted([h for h in candidates if h.text_score >= self.words_threshold],
+        # Photographed, a registered mark's words (_same_words) decide: one slip in five
+        # of a word read is OCR's (a slip in a word of 6-10 letters scores under the words'
+        # threshold, which is set for typed words).
+        decide = named if photographed and not typed else set()
+        matched = sorted([h for h in candidates
+                          if h.text_score >= self.words_threshold or h.serial in decide],
                          key=lambda h: (h.text_score, h.score), reverse=True)
         best = max((h.text_score for h in scored + by_words), default=0.0)
         mark = dataclasses.replace(mark, words=text, words_score=best)

@@ -165,6 +165,18 @@ def test_exact_words_decide_in_a_photograph_but_only_confirm_in_a_clean_picture(
                               photographed=True).matched_serial == serial
     assert not engine._with_words(photo, "Zorblaxquint", 5, typed=False,
                                   photographed=True).exists
+    # One slip in a word of six letters too: it scores under the words' threshold (set
+    # for typed words), and is a registered mark's words read with a slip.
+    mark_id, text = next((i, t) for i, t in sorted(cat.texts(cat.all_ids()).items())
+                         if len(words.words_of(t)) == 1 and len(words.words_of(t)[0]) == 6
+                         and t.isalpha())
+    serial = cat.refs([mark_id])[mark_id].serial
+    slipped = text[:2] + ("x" if text[2].lower() != "x" else "y") + text[3:]
+    assert words.similarity(words.words_of(slipped), words.words_of(text)) \
+        < engine.words_threshold
+    found = engine._with_words(photo, slipped, 5, typed=False, photographed=True)
+    assert found.exists and found.matched_serial == serial and found.matched_by == "words"
+    assert not engine._with_words(clean, slipped, 5, typed=False, photographed=False).exists
 
 
 def test_a_photographed_mark_the_detector_misses_is_found_by_its_words(
