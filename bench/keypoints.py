@@ -2,13 +2,14 @@
 brand-free photographs: registered marks (rightly ranked first, or not) and strangers.
 
     python -m bench.keypoints --index out/bf/index --marks data/bf-register \
-        --pictures 600
+        --pictures 600 [--strangers DIR]
 
 The register is any index and the folder of its marks (`--marks`, the build's
 --images; serials are file stems, as `indexer build` names them without a manifest).
 Positives: registered marks photographed one a picture by indexer.network.scenes.
 Negatives: the brand-free strangers shipped for the scene calibration
-(indexer.scene_calibration), zero, one or two a picture, photographed the same way. Each
+(indexer.scene_calibration), and those in --strangers (brand-free marks in no register,
+none in the index), zero, one or two a picture, photographed the same way. Each
 picture goes through the engine as the server takes it (locate, search, answer), and
 every mark found is compared with its first match by its keypoints, whatever its
 decision score. Prints, for each count of agreeing matches (alone, and with the edges'
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
                    help="the folder its marks were built from (serials are file stems)")
     p.add_argument("--pictures", type=int, default=600,
                    help="negative and positive pictures each (default: %(default)s)")
+    p.add_argument("--strangers", type=Path,
+                   help="a folder of more brand-free marks in no register (PNG), beside the "
+                        "shipped ones")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -108,10 +112,11 @@ def main(argv=None) -> int:
     if not marks:
         print(f"error: no PNG or JPEG marks in {args.marks}", file=sys.stderr)
         return 2
+    pool = strangers() + (sorted(args.strangers.glob("*.png")) if args.strangers else [])
     engine = SearchEngine.open(args.index, load_encoder(DEFAULT_ENCODER),
                                EngineConfig(detector=load_detector()))
     try:
-        figures = measure(engine, marks, strangers(), args.pictures, args.seed)
+        figures = measure(engine, marks, pool, args.pictures, args.seed)
     finally:
         engine.close()
     print(json.dumps(figures, indent=1))
