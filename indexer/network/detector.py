@@ -179,25 +179,14 @@ class Detector:
         """Run the network through OpenVINO from now on, converting it or taking the
         conversion from the cache (keyed by the weights' digest); False, with one log line,
         where that cannot be done and PyTorch goes on (`required`: DetectorError instead)."""
-        if not self.sha256:  # the cache's key: weights without one could take another's model
-            why = "weights not loaded from a file (no digest to key the converted model by)"
-        else:
-            try:
-                self._compiled = openvino_runtime.convert(
-                    _Network(self.backbone, self.head), self.size, MEAN, STD,
-                    {"detector": self.sha256, "cut": CUT}, max(1, threads))
-                why = None
-            except openvino_runtime.OpenVinoUnavailable as e:
-                why = str(e)
-        if why is None:
-            log.info("detector on OpenVINO %s (%s, %d threads)", openvino_runtime.version(),
-                     self._compiled.source, self._compiled.threads)
-            return True
-        if required:
-            raise DetectorError(f"cannot run the detector through OpenVINO: {why}; use "
-                                "--runtime torch, or --runtime auto to fall back by itself")
-        log.warning("detector on PyTorch: OpenVINO unavailable (%s)", why)
-        return False
+        self._compiled = openvino_runtime.adopt(
+            "detector", lambda: openvino_runtime.convert(
+                _Network(self.backbone, self.head), self.size, MEAN, STD,
+                {"detector": self.sha256, "cut": CUT}, max(1, threads)),
+            # The digest keys the converted model's cache: without it, another's model.
+            None if self.sha256 else "weights not loaded from a file (no digest to key "
+            "the converted model by)", required, DetectorError, log)
+        return self._compiled is not None
 
     @property
     def identity(self) -> dict:

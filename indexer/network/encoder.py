@@ -231,25 +231,14 @@ class Encoder:
         """Run the network through OpenVINO from now on (CPU only), converting it or taking
         the conversion from the cache; False, with one log line, where that cannot be
         done and PyTorch goes on (`required`: raise EncoderError instead)."""
-        why = None
-        if self.device.type != "cpu":
-            why = f"OpenVINO runs the encoder on a CPU, this one is on {self.device}"
-        else:
-            try:
-                self._compiled = openvino_runtime.convert(
-                    self._folded(), self.preprocess.size, self.preprocess.mean,
-                    self.preprocess.std, self.identity.to_dict(), max(1, threads))
-            except openvino_runtime.OpenVinoUnavailable as e:
-                why = str(e)
-        if why is None:
-            log.info("encoder on OpenVINO %s (%s, %d threads)", openvino_runtime.version(),
-                     self._compiled.source, self._compiled.threads)
-            return True
-        if required:
-            raise EncoderError(f"cannot run the encoder through OpenVINO: {why}; use "
-                               "--runtime torch, or --runtime auto to fall back by itself")
-        log.warning("encoder on PyTorch: OpenVINO unavailable (%s)", why)
-        return False
+        self._compiled = openvino_runtime.adopt(
+            "encoder", lambda: openvino_runtime.convert(
+                self._folded(), self.preprocess.size, self.preprocess.mean,
+                self.preprocess.std, self.identity.to_dict(), max(1, threads)),
+            None if self.device.type == "cpu" else
+            f"OpenVINO runs the encoder on a CPU, this one is on {self.device}",
+            required, EncoderError, log)
+        return self._compiled is not None
 
     @property
     def default_batch(self) -> int:

@@ -26,6 +26,7 @@ import threading
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -215,6 +216,30 @@ def convert(net: nn.Module, size: int, mean: float, std: float, identity: dict,
         raise OpenVinoUnavailable(f"{type(e).__name__}: "
                                   f"{failed[0] if failed else first[0] if first else ''}") from e
     return network
+
+
+def adopt(what: str, make: Callable[[], OpenVinoNetwork], refused: str | None,
+          required: bool, error: type[Exception], logger: logging.Logger
+          ) -> OpenVinoNetwork | None:
+    """`make()`'s network for the `what` ("encoder", "detector") to run on, or None where
+    it cannot be had and PyTorch goes on; one line in `logger` says which and why.
+    `refused`: why not, without trying (None: try). `required`: raise `error`, saying how
+    to fix it, instead of None."""
+    why, network = refused, None
+    if why is None:
+        try:
+            network = make()
+        except OpenVinoUnavailable as e:
+            why = str(e)
+    if network is not None:
+        logger.info("%s on OpenVINO %s (%s, %d threads)", what, version(), network.source,
+                    network.threads)
+        return network
+    if required:
+        raise error(f"cannot run the {what} through OpenVINO: {why}; use --runtime torch, "
+                    "or --runtime auto to fall back by itself")
+    logger.warning("%s on PyTorch: OpenVINO unavailable (%s)", what, why)
+    return None
 
 
 def _frontend_failures() -> tuple[type[Exception], ...]:
