@@ -278,18 +278,17 @@ def serve(args: argparse.Namespace) -> int:
     # and a second team (the main thread's, formed while loading) made every image take
     # twice as long (33 vs 17 ms on 2 cores). So loading runs single-threaded.
     torch.set_num_threads(1)
-    encoder = load_encoder(args.encoder, args.device, args.runtime, max(1, args.threads))
+    threads = max(1, args.threads)
+    encoder = load_encoder(args.encoder, args.device, args.runtime, threads)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search))
               if v is not None}
     config = EngineConfig(args.threshold, args.max_k, args.mmap, params,
                           gpu_index=encoder.device.type == "cuda",
-                          detector=open_detector(args.detector, args.runtime,
-                                                 max(1, args.threads)),
-                          read_threads=max(1, args.threads))
+                          detector=open_detector(args.detector, args.runtime, threads),
+                          read_threads=threads)
     def loader() -> SearchEngine:
         return SearchEngine.open(args.index, encoder, config)
 
-    threads = max(1, args.threads)
     lanes = default_lanes(encoder.device.type, threads) if args.lanes is None else args.lanes
     batching = BatchConfig(encoder.default_batch if args.max_batch is None else args.max_batch,
                            args.max_wait_ms, args.decode_workers, lanes, threads)

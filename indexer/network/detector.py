@@ -223,7 +223,8 @@ def _load(path: Path, runtime: str, threads: int) -> Detector:
     head.load_state_dict(state["head"])
     meta = state["meta"]
     detector = Detector(head, backbone_lite0(), meta,
-                        min_score=float(meta.get("min_score", MIN_SCORE)), sha256=file_sha256(path))
+                        min_score=float(meta.get("min_score", MIN_SCORE)),
+                        sha256=file_sha256(path))
     if runtime != "torch":
         detector.use_openvino(threads, required=runtime == "openvino")
     return detector
