@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,9 @@ class SearchEngine:
         # and the server's encoder lanes (server/batcher.py) do.
         self._search_lock = threading.Lock() if self.searcher.on_gpu else nullcontext()
         self.read_threads = max(1, config.read_threads)
+        # A lone photograph's cuts are prepared on the read threads' cores side by side
+        # (locate); made at the first photograph.
+        self._cutters: ThreadPoolExecutor | None = None
         self._serving = 0  # calls in progress (serving())
         self._serving_lock = threading.Lock()
         self._filters: FilterIndex | None = None  # made at the first filtered request
@@ -242,6 +246,8 @@ class SearchEngine:
 
     def close(self) -> None:
         self.index.close()
+        if self._cutters is not None:
+            self._cutters.shutdown(wait=False)
 
     # -- request checks -------------------------------------------------------------
     def check_k(self, k: int | None) -> int:
@@ -297,7 +303,8 @@ class SearchEngine:
         mark, or each mark the detector finds in a photograph (indexer.network.locate);
         raises ImageDecodeError as `prepare` does."""
         query = as_query(query)
-        return locate(query.image, self.encoder.preprocess, query.region, self.detector)
+        return locate(query.image, self.encoder.preprocess, query.region, self.detector,
+                      self._lone_map())
 
     def hits_needed(self, k: int) -> int:
         """Hits `decide` needs to answer with k of them: the decision looks further."""
@@ -599,6 +606,18 @@ class SearchEngine:
         finally:
             with self._serving_lock:
                 self._serving -= calls
+
+    def _lone_map(self):
+        """How a call maps a step over its parts: on a pool of the read threads while it is
+        the only call served (a photograph's ~10 cuts prepared side by side, most of it
+        Pillow's C code, which lets go of the GIL), one after another beside other calls
+        (their lanes have the other cores)."""
+        if self.read_threads == 1 or self._serving > 1:
+            return map
+        with self._serving_lock:
+            if self._cutters is None:
+                self._cutters = ThreadPoolExecutor(self.read_threads, thread_name_prefix="cut")
+        return self._cutters.map
 
     def _read_threads(self) -> int:
         """A lone call reads words with all the read threads, as the batcher encodes a

@@ -18,6 +18,7 @@ Boxes are in the pixels of the image as sent, EXIF orientation applied (as a reg
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from indexer.network.detector import Detector
 from indexer.network.preprocess import (
@@ -66,9 +67,11 @@ def _box_in_file(box: tuple[int, int, int, int], scale: float) -> Region:
 
 
 def locate(data: bytes, cfg: PreprocessConfig, region: Region | None = None,
-           detector: Detector | None = None) -> list[Part]:
+           detector: Detector | None = None, map_: Callable = map) -> list[Part]:
     """The parts of the picture in `data` to search; ImageDecodeError if unreadable or
-    blank. Without a detector every picture is searched whole, as before."""
+    blank. Without a detector every picture is searched whole, as before. `map_`: how a
+    photograph's cuts are prepared, all at once (a thread pool's map prepares them side
+    by side: most of the work is Pillow's, which lets go of the GIL)."""
     if region is not None:
         im = crop_region(open_image(data, cfg.max_pixels), region)
         return [Part(region, (to_query(im, cfg),))]
@@ -81,22 +84,38 @@ def locate(data: bytes, cfg: PreprocessConfig, region: Region | None = None,
     if decoded.scale < 1.0:  # reduced for the whole picture's mark: too far for a part
         decoded = open_at_least(data, cfg, SCENE_SIDE)
         im = decoded.image
-    parts = []
-    for det in detector.detect([im])[0]:
-        x, y, w, h = det.box
-        m = CUT_MARGIN * max(w, h)
-        cut = (max(0, round(x - m)), max(0, round(y - m)),
-               min(im.width, round(x + w + m)), min(im.height, round(y + h + m)))
-        crops = []
-        for c in [cut] + [_inset((x, y, x + w, y + h), f) for f in INSETS]:
-            try:
-                crops.append(to_query(im.crop(c), cfg, decoded.scale))
-            except BlankImageError:
-                continue  # nothing in it after all
+    found = detector.detect([im])[0]
+    cuts = [_cuts(det.box, im.size) for det in found]
+
+    def prepared(cut: tuple[int, int, int, int] | None) -> Prepared | BlankImageError:
+        try:
+            return to_query(im if cut is None else im.crop(cut), cfg, decoded.scale)
+        except BlankImageError as e:
+            return e  # nothing in it after all (the whole picture's: raised below)
+
+    # The whole picture first: the largest, it is not left to the end of a pool's queue.
+    done = list(map_(prepared, [None] + [c for boxes in cuts for c in boxes]))
+    if isinstance(done[0], BlankImageError):
+        raise done[0]
+    parts, at = [], 1
+    for det, boxes in zip(found, cuts):
+        crops = tuple(c for c in done[at:at + len(boxes)] if not isinstance(c, BlankImageError))
+        at += len(boxes)
         if crops:
-            parts.append(Part(_box_in_file((x, y, x + w, y + h), decoded.scale),
-                              tuple(crops), det.score))
-    return parts + [Part(whole, (to_query(im, cfg, decoded.scale),), is_mark=False)]
+            x, y, w, h = det.box
+            parts.append(Part(_box_in_file((x, y, x + w, y + h), decoded.scale), crops,
+                              det.score))
+    return parts + [Part(whole, (done[0],), is_mark=False)]
+
+
+def _cuts(box: tuple[int, int, int, int], size: tuple[int, int]
+          ) -> list[tuple[int, int, int, int]]:
+    """A mark found, cut out: its box widened by CUT_MARGIN, then cut closer (INSETS)."""
+    x, y, w, h = box
+    m = CUT_MARGIN * max(w, h)
+    cut = (max(0, round(x - m)), max(0, round(y - m)),
+           min(size[0], round(x + w + m)), min(size[1], round(y + h + m)))
+    return [cut] + [_inset((x, y, x + w, y + h), f) for f in INSETS]
 
 
 def _inset(box: tuple[int, int, int, int], share: float) -> tuple[int, int, int, int]:

@@ -95,3 +95,22 @@ def test_odd_shapes_go_through_the_detector(detector, size):
     for found in detector.detect([im])[0]:
         x, y, w, h = found.box
         assert 0 <= x and 0 <= y and x + w <= size[0] and y + h <= size[1]
+
+
+def test_a_photographs_cuts_prepared_side_by_side_are_the_ones_prepared_in_turn(detector):
+    """locate() prepares a photograph's cuts with the map it is given (the server's pool
+    for a lone call): the same parts, boxes and network inputs, in the same order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.photos import scene_jpegs
+    cfg = PreprocessConfig(views=("rgb", "ink"))
+    marks = [Image.open(p).convert("RGB") for p in sorted((SAMPLES / "registry").glob("*.png"))]
+    with ThreadPoolExecutor(3) as pool:
+        for data in scene_jpegs(marks[:12], 4, seed=5):
+            alone, side = locate(data, cfg, None, detector), locate(data, cfg, None, detector,
+                                                                   pool.map)
+            assert len(alone) == len(side) >= 2  # a mark found, and the picture whole
+            for a, b in zip(alone, side):
+                assert (a.box, a.detected, a.is_mark) == (b.box, b.detected, b.is_mark)
+                assert [c.mark_px for c in a.crops] == [c.mark_px for c in b.crops]
+                assert all(np.array_equal(c.array, d.array) for c, d in zip(a.crops, b.crops))

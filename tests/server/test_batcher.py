@@ -186,10 +186,10 @@ def test_an_image_that_breaks_preprocessing_fails_alone(engine, images, decode_w
                                                         monkeypatch):
     real = server.engine.locate
 
-    def locate(data, cfg, region=None, detector=None):  # as a 4000 x 1 JPEG once broke it
+    def locate(data, cfg, region=None, detector=None, map_=map):  # as a 4000x1 JPEG did
         if data == images[1]:
             raise ZeroDivisionError("integer division or modulo by zero")
-        return real(data, cfg, region, detector)
+        return real(data, cfg, region, detector, map_)
     monkeypatch.setattr(server.engine, "locate", locate)
     batcher = MicroBatcher(BatchConfig(max_batch=8, max_wait_ms=0, decode_workers=decode_workers))
     try:
