@@ -31,7 +31,7 @@ STAGES = ("locate", "search", "answer", "verify", "words", "read_box", "read_who
 @contextmanager
 def _timed_reading(engine: SearchEngine, spent: dict[str, float]):
     """The engine's two ways of reading words, timed into `spent` while inside."""
-    read_words, read_blocks = engine.read_words, engine.read_blocks
+    read_words, read_lines = engine.read_words, engine.read_lines
 
     def timed(name, fn):
         def call(*args):
@@ -43,11 +43,11 @@ def _timed_reading(engine: SearchEngine, spent: dict[str, float]):
         return call
 
     engine.read_words = timed("read_box", read_words)
-    engine.read_blocks = timed("read_whole", read_blocks)
+    engine.read_lines = timed("read_whole", read_lines)
     try:
         yield
     finally:
-        del engine.read_words, engine.read_blocks  # the methods again
+        del engine.read_words, engine.read_lines  # the methods again
 
 
 def stages(engine: SearchEngine, pictures: list[bytes], k: int = 10,

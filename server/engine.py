@@ -135,6 +135,14 @@ KEYPOINTS_KEPT = 256
 # them, or, for words of SLIP_LETTERS letters or more, up to one slip in five (OCR of a
 # photographed word misses a letter: "itpod" for GITPOD).
 EXACT_LETTERS = 4
+# A mark found in a photograph that its picture leaves unsure has its words read in its
+# box, closer than the photograph's read whole sees them (words.READ_SIDE), only where
+# that read found words in the box, or saw the box under this many pixels on its longer
+# side (too small for PP-OCR to find words in: it needs them ~8 px high or more). In 333
+# public scenes, 748 of 993 unsure marks had no line of the whole read in their box;
+# read closer, 15 of them gave words (misread textures: "BOVIRLE", "FOVHL"), none a
+# registered mark's (docs/scenes.md).
+WHOLE_READ_LEAST = 64
 SLIP_LETTERS = 6
 SLIP_SIMILARITY = 0.8
 
@@ -505,25 +513,29 @@ class SearchEngine:
         box where they can change its answer (it does not exist by its picture) or the
         query asks. A registered mark whose words reach the words' threshold exists by
         its words; such marks rank first, after the picture's top match where that
-        exists. A photograph is read whole too, for marks the detector missed
-        (_marks_by_their_words). A register without words: the answer unchanged."""
+        exists. A photograph is read whole first, for marks the detector missed
+        (_marks_by_their_words), and its marks are read closer only where that read
+        found words in them (_may_hold_words). A register without words: the answer
+        unchanged."""
         if self.words_threshold is None:
             return answer
         picture = picture or Picture(query.image)
         marks = list(answer.marks)
         # Marks found by their words pass the query's filters too, as its hits do.
         allowed = self.allowed(query.filters)
+        whole = self.read_lines(picture()) if answer.photograph and not query.text else None
         for i, m in enumerate(marks):
             text = query.text if i == 0 and query.text else ""
-            if not text and (query.read_words or not m.exists):
+            if not text and (query.read_words or not m.exists and (
+                    whole is None or self._may_hold_words(m.box, whole, picture().size))):
                 text = self.read_words(picture(), m.box)
             if text:
                 typed = i == 0 and bool(query.text)
                 marks[i] = self._with_words(m, text, k, typed,
                                             photographed=m.detected is not None and not typed,
                                             allowed=allowed)
-        if answer.photograph and not query.text:
-            marks = self._marks_by_their_words(picture(), marks, k, allowed)
+        if whole is not None:
+            marks = self._marks_by_their_words(words.blocks(whole), marks, k, allowed)
         return dataclasses.replace(self._with_marks(answer, marks),
                                    words_threshold=self.words_threshold)
 
@@ -552,15 +564,26 @@ class SearchEngine:
         return [Hit(refs[h.id].serial, refs[h.id].name, 0.0, metadata=refs[h.id].metadata,
                     text=h.text, text_score=h.score) for h in found if h.id in refs]
 
-    def _marks_by_their_words(self, picture: Image.Image, marks: list[MarkAnswer], k: int,
+    @staticmethod
+    def _may_hold_words(box: Region, whole: list[words.Line], size: tuple[int, int]) -> bool:
+        """Whether a mark found in a photograph is worth reading closer (read_words):
+        the photograph's read (`whole`, its lines in a picture of `size`) found words in
+        its box, or saw the box too small to find any (WHOLE_READ_LEAST)."""
+        x, y, w, h = box
+        if max(w, h) * words.reading_scale(size) < WHOLE_READ_LEAST:
+            return True
+        return any(x0 < x + w and x1 > x and y0 < y + h and y1 > y
+                   for (x0, y0, x1, y1), _ in whole)
+
+    def _marks_by_their_words(self, blocks: list[words.Line], marks: list[MarkAnswer], k: int,
                               allowed: np.ndarray | None = None) -> list[MarkAnswer]:
-        """A photograph read whole: each block of words in it that is a registered mark's
+        """A photograph read whole (its `blocks`): each block of words that is a registered mark's
         words (_same_words) and not the words of a mark already answered is a mark,
         answered by its words; the mark the detector found around it where there is one
         (its box kept), else a mark of its own, boxed by its words. The detector misses
         marks (docs/scenes.md) that words still name."""
         marks = list(marks)
-        for (x0, y0, x1, y1), text in self.read_blocks(picture):
+        for (x0, y0, x1, y1), text in blocks:
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             around = next((i for i, m in enumerate(marks) if m.detected is not None
                            and m.box[0] <= cx <= m.box[0] + m.box[2]
@@ -626,9 +649,9 @@ class SearchEngine:
         oversubscribed the cores (their rate 0.7-0.85x)."""
         return self.read_threads if self._serving <= 1 else 1
 
-    def read_blocks(self, picture: Image.Image) -> list[words.Line]:
+    def read_lines(self, picture: Image.Image) -> list[words.Line]:
         try:
-            return words.blocks(words.reader().read_lines(picture, self._read_threads()))
+            return words.reader().read_lines(picture, self._read_threads())
         except words.ReaderUnavailable as e:
             log.warning("%s", e)
             return []

@@ -263,3 +263,47 @@ def test_a_lone_call_reads_words_with_all_the_read_threads(sample_index, encoder
             assert eng._read_threads() == 2
     finally:
         eng.close()
+
+
+def test_a_photographs_unsure_marks_are_read_closer_where_its_whole_read_found_words(
+        engine, worded):
+    """A photograph is read whole; an unsure mark found in it is read again in its box
+    only where that read found words in the box, or saw the box too small to find any
+    (engine.WHOLE_READ_LEAST). Asked for its words, every mark is read."""
+    import io
+
+    from PIL import Image
+
+    from indexer.network.scenes import photograph, surface
+    from server.engine import WHOLE_READ_LEAST, Answer, MarkAnswer, Picture, Query
+
+    serial, _ = worded
+    rng = random.Random(8)
+    wall = surface(rng, 800, 600)
+    wall.paste(Image.open(SAMPLES / "registry" / f"{serial}.png").convert("RGB")
+               .resize((360, 360)), (300, 150))
+    buf = io.BytesIO()
+    photograph(rng, wall).save(buf, "JPEG", quality=90)
+    picture = Picture(buf.getvalue())
+    lines = engine.read_lines(picture())
+
+    def clear(w: int) -> tuple[int, int, int, int]:  # a box of the surface with no words
+        return next((x, y, w, w) for y in range(0, 600 - w, 10) for x in range(0, 800 - w, 10)
+                    if all(x1 <= x or x0 >= x + w or y1 <= y or y0 >= y + w
+                           for (x0, y0, x1, y1), _ in lines))
+
+    worded_box, blank, tiny = (300, 150, 360, 360), clear(150), clear(WHOLE_READ_LEAST // 2)
+    marks = tuple(MarkAnswer(box, False, "", 0.2, 0.1, [], detected=0.5)
+                  for box in (worded_box, blank, tiny))
+    answer = Answer(False, "", 0.2, 0.1, engine.scene_threshold, [], marks=marks,
+                    photograph=True)
+    read: list = []
+    engine.read_words = lambda im, box: read.append(box) or ""
+    try:
+        engine.add_words(answer, Query(buf.getvalue()), 5, picture)
+        assert read == [worded_box, tiny]
+        read.clear()
+        engine.add_words(answer, Query(buf.getvalue(), read_words=True), 5, picture)
+        assert read == [worded_box, blank, tiny]
+    finally:
+        del engine.read_words  # the method again
