@@ -131,7 +131,7 @@ def test_a_registered_marks_keypoints_are_taken_once_and_kept(scene_engine, regi
                                                                 monkeypatch):
     """The registered mark a photographed one is compared with: its thumbnail read and its
     keypoints taken at the first comparison, kept for the next (server.engine
-    KEYPOINTS_KEPT), which lines up alike."""
+    KEYPOINTS_KEPT), which lines up alike; so do marks lined up side by side."""
     from server.engine import KEYPOINTS_KEPT, Picture, paired
 
     rng = random.Random(8)
@@ -158,6 +158,10 @@ def test_a_registered_marks_keypoints_are_taken_once_and_kept(scene_engine, regi
     assert [scene_engine.alignments(marks, picture) for marks, picture in found] == first
     assert read == []
     assert scene_engine._registered_keypoints.cache_info().maxsize == KEYPOINTS_KEPT
+    # A lone call on two cores lines its marks up side by side: the same alignments.
+    monkeypatch.setattr(scene_engine, "read_threads", 2)
+    assert scene_engine._lone_map() is not map
+    assert [scene_engine.alignments(marks, picture) for marks, picture in found] == first
 
 
 def test_a_clean_mark_is_one_mark_searched_whole(stub, registered):
