@@ -30,6 +30,23 @@ def worded(engine) -> tuple[str, str]:
     return cat.refs([mark_id])[mark_id].serial, text
 
 
+
+def _photographed(serial: str, seed: int) -> bytes:
+    """A JPEG photograph of a made-up surface with the registered mark `serial` on it, its
+    box (300, 150, 360, 360)."""
+    import io
+
+    from PIL import Image
+
+    from indexer.network.scenes import photograph, surface
+    rng = random.Random(seed)
+    wall = surface(rng, 800, 600)
+    wall.paste(Image.open(SAMPLES / "registry" / f"{serial}.png").convert("RGB")
+               .resize((360, 360)), (300, 150))
+    buf = io.BytesIO()
+    photograph(rng, wall).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
 def test_words_alone_find_the_mark_that_bears_them(stub, worded):
     serial, text = worded
     resp = stub.Search(pb.SearchRequest(text=text, k=5))
@@ -184,28 +201,18 @@ def test_a_photographed_mark_the_detector_misses_is_found_by_its_words(
     """No mark the detector finds in a photograph exists: its words are read whole, and a
     block of them that is a registered mark's words is a mark, boxed by its words."""
     import copy
-    import io
 
-    from PIL import Image
-
-    from indexer.network.scenes import photograph, surface
     from server.engine import EngineConfig
     from tests.conftest import serving
 
     serial, text = worded
     blind = copy.copy(detector)
     blind.min_score = 1.01  # boxes nothing: the miss itself
-    rng = random.Random(5)
-    wall = surface(rng, 800, 600)
-    wall.paste(Image.open(SAMPLES / "registry" / f"{serial}.png").convert("RGB")
-               .resize((360, 360)), (300, 150))
-    buf = io.BytesIO()
-    photograph(rng, wall).save(buf, "JPEG", quality=90)
+    data = _photographed(serial, seed=5)
     eng = SearchEngine.open(sample_index, encoder, EngineConfig(detector=blind))
     try:
         with serving(eng) as address, grpc.insecure_channel(address) as ch:
-            resp = pb_grpc.TrademarkSearchStub(ch).Search(
-                pb.SearchRequest(image=buf.getvalue(), k=5))
+            resp = pb_grpc.TrademarkSearchStub(ch).Search(pb.SearchRequest(image=data, k=5))
     finally:
         eng.close()
     assert resp.exists and resp.matched_by == "words" and resp.matched_serial == serial
@@ -270,21 +277,11 @@ def test_a_photographs_unsure_marks_are_read_closer_where_its_whole_read_found_w
     """A photograph is read whole; an unsure mark found in it is read again in its box
     only where that read found words in the box, or saw the box too small to find any
     (engine.WHOLE_READ_LEAST). Asked for its words, every mark is read."""
-    import io
-
-    from PIL import Image
-
-    from indexer.network.scenes import photograph, surface
     from server.engine import WHOLE_READ_LEAST, Answer, MarkAnswer, Picture, Query
 
     serial, _ = worded
-    rng = random.Random(8)
-    wall = surface(rng, 800, 600)
-    wall.paste(Image.open(SAMPLES / "registry" / f"{serial}.png").convert("RGB")
-               .resize((360, 360)), (300, 150))
-    buf = io.BytesIO()
-    photograph(rng, wall).save(buf, "JPEG", quality=90)
-    picture = Picture(buf.getvalue())
+    data = _photographed(serial, seed=8)
+    picture = Picture(data)
     lines = engine.read_lines(picture())
 
     def clear(w: int) -> tuple[int, int, int, int]:  # a box of the surface with no words
@@ -300,10 +297,10 @@ def test_a_photographs_unsure_marks_are_read_closer_where_its_whole_read_found_w
     read: list = []
     engine.read_words = lambda im, box: read.append(box) or ""
     try:
-        engine.add_words(answer, Query(buf.getvalue()), 5, picture)
+        engine.add_words(answer, Query(data), 5, picture)
         assert read == [worded_box, tiny]
         read.clear()
-        engine.add_words(answer, Query(buf.getvalue(), read_words=True), 5, picture)
+        engine.add_words(answer, Query(data, read_words=True), 5, picture)
         assert read == [worded_box, blank, tiny]
     finally:
         del engine.read_words  # the method again
