@@ -135,6 +135,8 @@ KEYPOINTS_KEPT = 256
 # them, or, for words of SLIP_LETTERS letters or more, up to one slip in five (OCR of a
 # photographed word misses a letter: "itpod" for GITPOD).
 EXACT_LETTERS = 4
+SLIP_LETTERS = 6
+SLIP_SIMILARITY = 0.8
 # A mark found in a photograph that its picture leaves unsure has its words read in its
 # box, closer than the photograph's read whole sees them (words.READ_SIDE), only where
 # that read found words in the box, or saw the box under this many pixels on its longer
@@ -143,8 +145,6 @@ EXACT_LETTERS = 4
 # read closer, 15 of them gave words (misread textures: "BOVIRLE", "FOVHL"), none a
 # registered mark's (docs/scenes.md).
 WHOLE_READ_LEAST = 64
-SLIP_LETTERS = 6
-SLIP_SIMILARITY = 0.8
 
 
 def _same_words(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
@@ -578,8 +578,8 @@ class SearchEngine:
 
     def _marks_by_their_words(self, blocks: list[words.Line], marks: list[MarkAnswer], k: int,
                               allowed: np.ndarray | None = None) -> list[MarkAnswer]:
-        """A photograph read whole (its `blocks`): each block of words that is a registered mark's
-        words (_same_words) and not the words of a mark already answered is a mark,
+        """A photograph read whole (its `blocks`): each block of words that is a registered
+        mark's words (_same_words) and not the words of a mark already answered is a mark,
         answered by its words; the mark the detector found around it where there is one
         (its box kept), else a mark of its own, boxed by its words. The detector misses
         marks (docs/scenes.md) that words still name."""
