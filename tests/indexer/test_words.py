@@ -259,8 +259,6 @@ def test_the_detection_input_is_rapidocrs_own_made_in_float32():
     for im in marks + scenes + [_word_picture("MARWOOD").resize((1300, 650))]:
         bgr = np.asarray(im)[:, :, ::-1]
         ours = det.get_preprocess(max(bgr.shape[:2]))(bgr)
-        theirs = DetPreProcess(det.limit_side_len if det.limit_type == "min" else
-                               960 if max(bgr.shape[:2]) < 960 else 1500,
-                               det.limit_type, det.mean, det.std)(bgr)
+        theirs = type(det).get_preprocess(det, max(bgr.shape[:2]))(bgr)  # rapidocr's own
         assert ours.dtype == theirs.dtype == np.float32
         np.testing.assert_array_equal(ours, theirs)
