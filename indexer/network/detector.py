@@ -46,6 +46,11 @@ FILL = 127  # the letterbox's grey: the network's zero
 # A centre's heatmap value from which it is a mark, and the most marks one picture gives.
 MIN_SCORE = 0.3  # for weights whose meta names none (train_detector chooses it)
 MAX_MARKS = 6
+# A peak whose box overlaps a surer peak's this much is the same mark boxed again (the
+# heatmap of a wide mark or of a mark on a card has two or three maxima): it is dropped
+# before the MAX_MARKS are counted, so that it neither costs a search nor takes the place
+# of another mark (the usual non-maximum suppression, at the usual 0.5).
+SAME_MARK_IOU = 0.5
 
 
 class DetectorError(RuntimeError):
@@ -118,14 +123,17 @@ def iou(a, b) -> float:
 
 def peaks(out: torch.Tensor, scale: float, image_size: tuple[int, int], min_score: float,
           max_marks: int) -> list[Detection]:
-    """One output (3, h, w) -> boxes at the heatmap's local maxima over `min_score`."""
+    """One output (3, h, w) -> boxes at the heatmap's local maxima over `min_score`, surest
+    first, at most `max_marks`, none over a surer one (SAME_MARK_IOU)."""
     heat = torch.sigmoid(out[0])
     local = F.max_pool2d(heat[None, None], 3, stride=1, padding=1)[0, 0]
     ys, xs = torch.nonzero((heat == local) & (heat >= min_score), as_tuple=True)
-    order = torch.argsort(heat[ys, xs], descending=True)[:max_marks]
-    found = []
+    order = torch.argsort(heat[ys, xs], descending=True)
+    found: list[Detection] = []
     h, w = heat.shape
     for y, x in zip(ys[order].tolist(), xs[order].tolist()):
+        if len(found) == max_marks:
+            break
         # The centre as the heat-weighted mean of the 3x3 cells around the peak.
         y0, y1, x0, x1 = max(0, y - 1), min(h, y + 2), max(0, x - 1), min(w, x + 2)
         patch = heat[y0:y1, x0:x1]
@@ -139,8 +147,9 @@ def peaks(out: torch.Tensor, scale: float, image_size: tuple[int, int], min_scor
         y1p = (cy + bh / 2) * STRIDE / scale
         x0p, y0p = max(0, round(x0p)), max(0, round(y0p))
         x1p, y1p = min(image_size[0], round(x1p)), min(image_size[1], round(y1p))
-        if x1p - x0p >= 8 and y1p - y0p >= 8:
-            found.append(Detection((x0p, y0p, x1p - x0p, y1p - y0p), float(heat[y, x])))
+        box = (x0p, y0p, x1p - x0p, y1p - y0p)
+        if box[2] >= 8 and box[3] >= 8 and all(iou(box, f.box) < SAME_MARK_IOU for f in found):
+            found.append(Detection(box, float(heat[y, x])))
     return found
 
 

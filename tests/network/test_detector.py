@@ -52,6 +52,25 @@ def test_peaks_turn_a_heatmap_into_boxes_in_the_pictures_pixels():
     assert det.peaks(out, 0.5, (1024, 768), min_score=0.999, max_marks=5) == []
 
 
+def test_a_peak_boxed_over_a_surer_one_is_dropped_before_the_cap():
+    """A wide mark's heatmap has two maxima: its second box is the same mark again, and
+    must not take the place of another mark under max_marks."""
+    out = torch.full((3, 32, 32), -10.0)
+    out[1:3] = np.log(6.0)  # every box 6 x 6 cells
+    out[0, 10, 10] = 5.0  # the surest peak
+    out[0, 10, 12] = 4.0  # two cells beside it: its box overlaps the first's at IoU 0.5
+    out[0, 25, 25] = 3.0  # another mark, far off
+    found = det.peaks(out, scale=1.0, image_size=(512, 512), min_score=0.3, max_marks=2)
+    assert [round(f.score, 3) for f in found] == [round(float(torch.sigmoid(v)), 3)
+                                                  for v in torch.tensor([5.0, 3.0])]
+    assert det.iou(found[0].box, found[1].box) == 0
+    # Three cells apart the boxes overlap less (IoU 1/3): two marks side by side.
+    out[0, 10, 12] = -10.0
+    out[0, 10, 13] = 4.0
+    found = det.peaks(out, scale=1.0, image_size=(512, 512), min_score=0.3, max_marks=3)
+    assert len(found) == 3
+
+
 def test_the_detector_finds_marks_it_never_saw_in_scenes_it_never_saw(detector):
     """Registered sample marks (the detector trained on brand-free icons and words only),
     photographed by the generator with another seed than training's."""
