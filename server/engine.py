@@ -147,11 +147,26 @@ SLIP_SIMILARITY = 0.8
 WHOLE_READ_LEAST = 64
 
 
+# Words read in a mark found in a photograph also confirm one of its picture's own first
+# CONFIRM_DEPTH matches that reads alike: its words with up to one slip in four letters,
+# four letters or more on both sides (_reads_alike). OCR of a photographed short word
+# slips a letter as of a long one ("popm" under PNPM, "mest" under NEST, "ocairo" under
+# CAIRO), which the words' threshold (typed words: one slip in ten) and _same_words (one in
+# five, six letters or more) leave out; here the picture names the mark already, and the
+# words only have to agree with it: alike in sight and in sound.
+ALIKE_SIMILARITY = 0.75
+
+
 def _same_words(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
     a, b = "".join(read), "".join(registered)
     if a == b:
         return len(b) >= EXACT_LETTERS
     return len(b) >= SLIP_LETTERS and words.spelled(a, b) >= SLIP_SIMILARITY
+
+
+def _reads_alike(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
+    a, b = "".join(read), "".join(registered)
+    return min(len(a), len(b)) >= EXACT_LETTERS and words.spelled(a, b) >= ALIKE_SIMILARITY
 
 
 class Picture:
@@ -699,8 +714,11 @@ class SearchEngine:
                 h for h in scored[CONFIRM_DEPTH:] if h.serial in named] + by_words
         # Photographed, a registered mark's words (_same_words) decide: one slip in five
         # of a word read is OCR's (a slip in a word of 6-10 letters scores under the words'
-        # threshold, which is set for typed words).
-        decide = named if photographed and not typed else set()
+        # threshold, which is set for typed words); and words that read like one of the
+        # picture's first matches' (_reads_alike) confirm it.
+        decide = named | {h.serial for h in scored[:CONFIRM_DEPTH]
+                          if _reads_alike(query, words.words_of(h.text))} \
+            if photographed and not typed else set()
         matched = sorted([h for h in candidates
                           if h.text_score >= self.words_threshold or h.serial in decide],
                          key=lambda h: (h.text_score, h.score), reverse=True)

@@ -196,6 +196,38 @@ def test_exact_words_decide_in_a_photograph_but_only_confirm_in_a_clean_picture(
     assert not engine._with_words(clean, slipped, 5, typed=False, photographed=False).exists
 
 
+def test_a_short_word_read_with_a_slip_confirms_the_mark_the_photograph_shows(engine):
+    """A word of four or five letters read with a slip ("popm" under PNPM) is too short for
+    the slip to name a mark alone; it confirms the registered mark that the photographed
+    mark's picture ranks among its first matches, and nothing else."""
+    from server.engine import MarkAnswer
+    cat = engine.index.catalog
+    mark_id, text = next((i, t) for i, t in sorted(cat.texts(cat.all_ids()).items())
+                         if t.isalpha() and len(words.words_of(t)) == 1
+                         and 4 <= len(t) <= 5)
+    serial = cat.refs([mark_id])[mark_id].serial
+    slipped = text[0] + ("x" if text[1].lower() != "x" else "y") + text[2:]
+    assert words.similarity(words.words_of(slipped), words.words_of(text)) \
+        < engine.words_threshold
+    own = engine.search([engine.prepare((SAMPLES / "registry" / f"{serial}.png").read_bytes())],
+                        5)[0]
+    assert own[0].serial == serial
+    # The picture unsure of it: second among its matches, the mark not existing by them.
+    shown = [own[1], own[0], *own[2:]]
+    photo = MarkAnswer((0, 0, 10, 10), False, "", 0.4, 0.1, shown, detected=0.8)
+    found = engine._with_words(photo, slipped, 5, typed=False, photographed=True)
+    assert found.exists and found.matched_serial == serial and found.matched_by == "words"
+    # Not where the picture shows other marks, nor in a clean picture (words confirm there
+    # at the words' threshold only), nor with two slips.
+    others = [h for h in own if h.serial != serial]
+    elsewhere = MarkAnswer((0, 0, 10, 10), False, "", 0.4, 0.1, others, detected=0.8)
+    assert not engine._with_words(elsewhere, slipped, 5, typed=False, photographed=True).exists
+    clean = MarkAnswer((0, 0, 10, 10), False, "", 0.4, 0.1, shown)
+    assert not engine._with_words(clean, slipped, 5, typed=False, photographed=False).exists
+    twice = slipped[:2] + ("x" if slipped[2].lower() != "x" else "y") + slipped[3:]
+    assert not engine._with_words(photo, twice, 5, typed=False, photographed=True).exists
+
+
 def test_a_photographed_mark_the_detector_misses_is_found_by_its_words(
         sample_index, encoder, detector, worded):
     """No mark the detector finds in a photograph exists: its words are read whole, and a
