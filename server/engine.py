@@ -137,16 +137,6 @@ KEYPOINTS_KEPT = 256
 EXACT_LETTERS = 4
 SLIP_LETTERS = 6
 SLIP_SIMILARITY = 0.8
-# A mark found in a photograph that its picture leaves unsure has its words read in its
-# box, closer than the photograph's read whole sees them (words.READ_SIDE), only where
-# that read found words in the box, or saw the box under this many pixels on its longer
-# side (too small for PP-OCR to find words in: it needs them ~8 px high or more). In 333
-# public scenes, 748 of 993 unsure marks had no line of the whole read in their box;
-# read closer, 15 of them gave words (misread textures: "BOVIRLE", "FOVHL"), none a
-# registered mark's (docs/scenes.md).
-WHOLE_READ_LEAST = 64
-
-
 # Words read in a mark found in a photograph also confirm one of its picture's own first
 # CONFIRM_DEPTH matches that reads alike: its words with up to one slip in four letters,
 # four letters or more on both sides (_reads_alike). OCR of a photographed short word
@@ -155,6 +145,14 @@ WHOLE_READ_LEAST = 64
 # five, six letters or more) leave out; here the picture names the mark already, and the
 # words only have to agree with it: alike in sight and in sound.
 ALIKE_SIMILARITY = 0.75
+# A mark found in a photograph that its picture leaves unsure has its words read in its
+# box, closer than the photograph's read whole sees them (words.READ_SIDE), only where
+# that read found words in the box, or saw the box under this many pixels on its longer
+# side (too small for PP-OCR to find words in: it needs them ~8 px high or more). In 333
+# public scenes, 748 of 993 unsure marks had no line of the whole read in their box;
+# read closer, 15 of them gave words (misread textures: "BOVIRLE", "FOVHL"), none a
+# registered mark's (docs/scenes.md).
+WHOLE_READ_LEAST = 64
 
 
 def _same_words(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
@@ -716,9 +714,10 @@ class SearchEngine:
         # of a word read is OCR's (a slip in a word of 6-10 letters scores under the words'
         # threshold, which is set for typed words); and words that read like one of the
         # picture's first matches' (_reads_alike) confirm it.
-        decide = named | {h.serial for h in scored[:CONFIRM_DEPTH]
-                          if _reads_alike(query, words.words_of(h.text))} \
-            if photographed and not typed else set()
+        decide: set[str] = set()
+        if photographed and not typed:
+            decide = named | {h.serial for h in scored[:CONFIRM_DEPTH]
+                              if _reads_alike(query, words.words_of(h.text))}
         matched = sorted([h for h in candidates
                           if h.text_score >= self.words_threshold or h.serial in decide],
                          key=lambda h: (h.text_score, h.score), reverse=True)

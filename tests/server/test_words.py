@@ -30,7 +30,6 @@ def worded(engine) -> tuple[str, str]:
     return cat.refs([mark_id])[mark_id].serial, text
 
 
-
 def _photographed(serial: str, seed: int) -> bytes:
     """A JPEG photograph of a made-up surface with the registered mark `serial` on it, its
     box (300, 150, 360, 360)."""
@@ -46,6 +45,7 @@ def _photographed(serial: str, seed: int) -> bytes:
     buf = io.BytesIO()
     photograph(rng, wall).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
 
 def test_words_alone_find_the_mark_that_bears_them(stub, worded):
     serial, text = worded
