@@ -26,7 +26,8 @@ from indexer.index.reader import OpenIndex, encoder_for, open_index
 from indexer.network.detector import Detector, iou
 from indexer.network.encoder import Encoder
 from indexer.network.locate import CUT_MARGIN, Part, locate
-from indexer.network.preprocess import Prepared, Region, open_image, prepare_query
+from indexer.network.preprocess import (BlankImageError, Prepared, Region, open_image,
+                                        painted_over, prepare_query, to_query)
 from server.settings import DEFAULT_MAX_K
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ class Answer:
 # mark found in a photograph) its keypoints lined up with its first match's
 # (SearchEngine.verify).
 BY_PICTURE, BY_WORDS, BY_KEYPOINTS = "picture", "words", "keypoints"
+# ... or (a clean mark) its picture with the words read beside it left out
+# (SearchEngine._figure_alone).
+BY_FIGURE = "figure"
 # Words read in a picture confirm one of its first this many matches (SearchEngine.add_words).
 CONFIRM_DEPTH = 3
 # Registered marks' keypoints kept (SearchEngine._registered_keypoints), the most recently
@@ -165,6 +169,11 @@ def _same_words(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
 def _reads_alike(read: tuple[str, ...], registered: tuple[str, ...]) -> bool:
     a, b = "".join(read), "".join(registered)
     return min(len(a), len(b)) >= EXACT_LETTERS and words.spelled(a, b) >= ALIKE_SIMILARITY
+
+
+def _cut(picture: Image.Image, box: Region) -> Image.Image:
+    x, y, w, h = box
+    return picture.crop((x, y, x + w, y + h))
 
 
 class Picture:
@@ -529,8 +538,9 @@ class SearchEngine:
         its words; such marks rank first, after the picture's top match where that
         exists. A photograph is read whole first, for marks the detector missed
         (_marks_by_their_words), and its marks are read closer only where that read
-        found words in them (_may_hold_words). A register without words: the answer
-        unchanged."""
+        found words in them (_may_hold_words). A clean mark that exists by neither is
+        searched again without the words read beside it (_figure_alone). A register
+        without words: the answer unchanged."""
         if self.words_threshold is None:
             return answer
         picture = picture or Picture(query.image)
@@ -539,15 +549,19 @@ class SearchEngine:
         allowed = self.allowed(query.filters)
         whole = self.read_lines(picture()) if answer.photograph and not query.text else None
         for i, m in enumerate(marks):
-            text = query.text if i == 0 and query.text else ""
+            text, lines = (query.text if i == 0 and query.text else ""), []
             if not text and (query.read_words or not m.exists and (
                     whole is None or self._may_hold_words(m.box, whole, picture().size))):
-                text = self.read_words(picture(), m.box)
+                lines = self.read_box(picture(), m.box)
+                text = " ".join(t for _, t in lines)
             if text:
                 typed = i == 0 and bool(query.text)
                 marks[i] = self._with_words(m, text, k, typed,
                                             photographed=m.detected is not None and not typed,
                                             allowed=allowed)
+            if lines and not marks[i].exists and not answer.photograph:
+                marks[i] = self._figure_alone(marks[i], lines, picture, query,
+                                              answer.threshold, k)
         if whole is not None:
             marks = self._marks_by_their_words(words.blocks(whole), marks, k, allowed)
         return dataclasses.replace(self._with_marks(answer, marks),
@@ -580,7 +594,7 @@ class SearchEngine:
 
     @staticmethod
     def _may_hold_words(box: Region, whole: list[words.Line], size: tuple[int, int]) -> bool:
-        """Whether a mark found in a photograph is worth reading closer (read_words):
+        """Whether a mark found in a photograph is worth reading closer (in its box):
         the photograph's read (`whole`, its lines in a picture of `size`) found words in
         its box, or saw the box too small to find any (WHOLE_READ_LEAST)."""
         x, y, w, h = box
@@ -670,13 +684,34 @@ class SearchEngine:
             log.warning("%s", e)
             return []
 
-    def read_words(self, picture: Image.Image, box: Region) -> str:
-        x, y, w, h = box
+    def read_box(self, picture: Image.Image, box: Region) -> list[words.Line]:
+        """The lines read in `box` of the picture, in the box's pixels."""
+        return self.read_lines(_cut(picture, box))
+
+    def _figure_alone(self, mark: MarkAnswer, lines: list[words.Line], picture: Picture,
+                      query: Query, threshold: float, k: int) -> MarkAnswer:
+        """A clean mark that exists neither by its picture nor by its words (`lines`, read
+        in its box) searched again without them, where they stand apart from the rest on
+        a plain background (preprocess.painted_over): a device with a company name, a
+        slogan or a product line set under or beside it is registered as the device
+        alone as often as with those words, and an examiner compares the figurative
+        element on its own. Where that exists by its picture (the same threshold), so
+        does the mark (BY_FIGURE). Words inside the device, or cutting into it, leave it
+        as it is."""
+        figure = painted_over(_cut(picture(), mark.box), [box for box, _ in lines])
+        if figure is None:
+            return mark
         try:
-            return words.reader().read(picture.crop((x, y, x + w, y + h)), self._read_threads())
-        except words.ReaderUnavailable as e:
-            log.warning("%s", e)
-            return ""
+            prepared = to_query(figure, self.encoder.preprocess)
+        except BlankImageError:
+            return mark
+        found = self.decide(self.search([prepared], k, [query.filters])[0], threshold, k,
+                            query.filters)
+        if not found.exists:
+            return mark
+        return dataclasses.replace(mark, exists=True, matched_serial=found.matched_serial,
+                                   top_score=found.top_score, confidence=found.confidence,
+                                   hits=found.hits, matched_by=BY_FIGURE)
 
     def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool,
                     photographed: bool, allowed: np.ndarray | None = None) -> MarkAnswer:

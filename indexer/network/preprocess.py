@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageChops, ImageFilter, ImageOps
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 WHITE = (255, 255, 255)
 # Pixel count checked from the header, before any pixel is decoded: a 30000x30000
@@ -281,6 +281,29 @@ def trim_background(im: Image.Image, tol: int = 32, margin: float = 0.04,
     if box is None or box is _NOT_PLAIN:
         return im
     return _crop(im, [v / scale for v in box], margin)
+
+
+def painted_over(im: Image.Image, boxes: list[tuple[float, float, float, float]],
+                 grow: float = 0.25, tol: int = 32, probe: int = 128) -> Image.Image | None:
+    """`im` with each (x0, y0, x1, y1) of `boxes` (grown by `grow` of its height) painted
+    in the background's colour, where the rest stands apart from all of them: a plain
+    background (as trim_background finds one) around a mark whose box meets none of the
+    boxes. None where something else is left: a textured background, nothing, or a mark
+    that the boxes lie in or cut into (words inside a frame, a letter of a wordmark)."""
+    erased = im.copy()
+    draw = ImageDraw.Draw(erased)
+    colour = _border_colour(im)
+    for x0, y0, x1, y1 in boxes:
+        g = grow * (y1 - y0)  # a line's box is tight: its letters' antialiased edges
+        draw.rectangle((x0 - g, y0 - g, x1 + g, y1 + g), fill=colour)
+    small, scale = _probe(erased, probe)
+    box = _plain_box(small, tol)
+    if box is None or box is _NOT_PLAIN:
+        return None
+    mx0, my0, mx1, my1 = (v / scale for v in box)
+    if any(x0 < mx1 and x1 > mx0 and y0 < my1 and y1 > my0 for x0, y0, x1, y1 in boxes):
+        return None
+    return erased
 
 
 def _first_box(small: Image.Image, tol: int):

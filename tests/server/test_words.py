@@ -327,7 +327,7 @@ def test_a_photographs_unsure_marks_are_read_closer_where_its_whole_read_found_w
     answer = Answer(False, "", 0.2, 0.1, engine.scene_threshold, [], marks=marks,
                     photograph=True)
     read: list = []
-    engine.read_words = lambda im, box: read.append(box) or ""
+    engine.read_box = lambda im, box: read.append(box) or []
     try:
         engine.add_words(answer, Query(data), 5, picture)
         assert read == [worded_box, tiny]
@@ -335,4 +335,4 @@ def test_a_photographs_unsure_marks_are_read_closer_where_its_whole_read_found_w
         engine.add_words(answer, Query(data, read_words=True), 5, picture)
         assert read == [worded_box, blank, tiny]
     finally:
-        del engine.read_words  # the method again
+        del engine.read_box  # the method again
