@@ -138,14 +138,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # Why a mark exists, where it is not its picture's decision score (SearchResponse.matched_by).
 BY = {"words": " (exists by its words)",
-      "keypoints": " (exists by its keypoints, lined up with its first match's)"}
+      "keypoints": " (exists by its keypoints, lined up with its first match's)",
+      "figure": " (exists by its figure: its picture with the words beside it left out)"}
 
 
 def _print_answer(result: dict) -> None:
     by = result.get("matched_by")
     if result["exists"]:
         # (by its words: said on the words' line below)
-        how = BY[by] if by == "keypoints" else ""
+        how = BY[by] if by in ("keypoints", "figure") else ""
         print(f"Trade Mark Existed! - serial number: {result['matched_serial']}{how}")
     else:
         print("Trade Mark Not Existed!")

@@ -20,6 +20,7 @@ from indexer.network.preprocess import (
     looks_photographed,
     open_image,
     open_scaled,
+    painted_over,
     prepare,
     prepare_query,
     to_query,
@@ -189,6 +190,37 @@ def test_the_surface_seen_through_a_mark_is_lifted_too():
     assert 160 <= w <= 190 and 160 <= h <= 190
     assert tuple(arr[h // 2, w // 2]) == WHITE  # the hole, as the registered ring has it
     assert tuple(arr[h // 2, w // 2 + 68]) == (200, 30, 30)  # in the ring (radius 68 ± 12)
+
+
+def _device_and_line(colour=(240, 240, 240)) -> tuple[Image.Image, tuple[int, ...]]:
+    """A 100 x 80 device at (40, 30) on a plain canvas, and a line's box under it."""
+    im = Image.new("RGB", (300, 320), colour)
+    im.paste((200, 30, 30), (40, 30, 140, 110))
+    line = (30, 240, 230, 280)
+    im.paste((20, 20, 20), (34, 246, 226, 274))  # "words": dark strokes within the box
+    return im, line
+
+
+def test_words_apart_from_a_device_are_painted_over_in_the_background():
+    im, line = _device_and_line()
+    out = painted_over(im, [line])
+    assert out is not None and out.size == im.size
+    arr = np.asarray(out)
+    assert (arr[240:281, 30:231] == (240, 240, 240)).all()  # the line, grown, is the canvas
+    assert tuple(arr[70, 90]) == (200, 30, 30)  # the device stays
+    # Trimmed, what is left is the device alone.
+    assert 100 <= trim_background(out).width <= 118
+    assert np.array_equal(np.asarray(im)[250, 100], (20, 20, 20))  # the caller's, untouched
+
+
+def test_words_in_or_across_a_device_or_on_a_texture_are_left():
+    im, _ = _device_and_line()
+    assert painted_over(im, [(60, 60, 120, 90)]) is None  # inside the device
+    assert painted_over(im, [(120, 60, 200, 90)]) is None  # cutting into it
+    assert painted_over(im, [(0, 0, 300, 320)]) is None  # nothing left
+    textured = Image.fromarray(_surface())
+    textured.paste((20, 20, 160), (220, 60, 320, 140))
+    assert painted_over(textured, [(200, 300, 380, 340)]) is None
 
 
 def test_trim_can_be_switched_off():

@@ -47,6 +47,53 @@ def _photographed(serial: str, seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _with_words_under(image, word: str) -> bytes:
+    """A mark shrunk to 70 px at the top of a 296 x 326 white card, `word` set in large
+    type under it: a device filed with its company's name, a product line beside it."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+    mark = Image.open(image).convert("RGB")
+    mark.thumbnail((70, 70))
+    card = Image.new("RGB", (296, 326), "white")
+    card.paste(mark, (40, 40))
+    ImageDraw.Draw(card).text((20, 250), word, fill=(20, 20, 20),
+                              font=ImageFont.load_default(size=44))
+    buf = io.BytesIO()
+    card.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_device_with_words_set_under_it_exists_by_its_figure(stub, engine):
+    """Made-up words under a registered device that has none: the picture with them is
+    unsure, the device alone (the words read painted over) is registered."""
+    cat = engine.index.catalog
+    ids = cat.all_ids()
+    texts, refs = cat.texts(ids), cat.refs(ids)
+    devices = [refs[i].serial for i in sorted(ids) if not texts.get(i, "").strip()][:6]
+    rng = random.Random(3)
+    said = [stub.Search(pb.SearchRequest(image=_with_words_under(
+        SAMPLES / "registry" / f"{s}.png", words.made_up_word(rng).upper()), k=5))
+        for s in devices]
+    assert all(r.exists and r.matched_serial == s for r, s in zip(said, devices))
+    by_figure = [r for r in said if r.matched_by == "figure"]
+    assert len(by_figure) >= 4
+    for r in by_figure:
+        assert r.words and r.confidence >= r.threshold  # the figure's own decision
+        assert r.marks[0].matched_by == "figure" and r.matches[0].serial == r.matched_serial
+
+
+def test_an_unregistered_device_with_words_under_it_stays_unregistered(stub):
+    rng = random.Random(4)
+    strangers = [q["path"] for q in sample_queries("unknown")
+                 if q["transform"] not in ("photo", "text") and not stub.Search(
+                     pb.SearchRequest(image=q["path"].read_bytes(), k=5)).exists]
+    assert len(strangers) >= 3
+    said = [stub.Search(pb.SearchRequest(image=_with_words_under(
+        p, words.made_up_word(rng).upper()), k=5)) for p in strangers]
+    assert not any(r.exists for r in said)
+
+
 def test_words_alone_find_the_mark_that_bears_them(stub, worded):
     serial, text = worded
     resp = stub.Search(pb.SearchRequest(text=text, k=5))

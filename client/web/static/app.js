@@ -181,6 +181,9 @@ function render(res) {
     : res.matched_by === "keypoints"
     ? `its keypoints line up with the registered mark's under one perspective; picture ` +
       `confidence ${fmt(res.confidence)} against the threshold ${fmt(res.threshold)}`
+    : res.matched_by === "figure"
+    ? `its figure alone, the words beside it left out: confidence ${fmt(res.confidence)} ` +
+      `against the threshold ${fmt(res.threshold)}`
     : `confidence ${fmt(res.confidence)} against the threshold ` +
       `${fmt(res.threshold)}; top similarity ${fmt(res.top_score)}`) +
     (res.words && !byWords ? `; words "${res.words}" match at best ${fmt(res.words_score)}` : "") +
@@ -231,7 +234,8 @@ function renderMarks(res) {
     b.className = "mark-pick " + (mark.exists ? "exists" : "absent");
     b.dataset.mark = String(n + 1);
     const [x, y, w, h] = mark.box;
-    const by = { words: " by its words", keypoints: " by its keypoints" }[mark.matched_by] || "";
+    const by = { words: " by its words", keypoints: " by its keypoints",
+      figure: " by its figure" }[mark.matched_by] || "";
     b.textContent = `Mark ${n + 1}: ` + (mark.exists ? `exists${by}, ${mark.matched_serial}` : "not registered") +
       ` (confidence ${fmt(mark.confidence)}; ${w} × ${h} px at (${x}, ${y}))`;
     b.addEventListener("click", () => pickMark(n));
