@@ -709,9 +709,12 @@ class SearchEngine:
                             query.filters)
         if not found.exists:
             return mark
+        read = words.words_of(mark.words)  # its matches' words scored as _with_words does
+        hits = [dataclasses.replace(h, text_score=words.similarity(read, words.words_of(h.text)))
+                for h in found.hits]
         return dataclasses.replace(mark, exists=True, matched_serial=found.matched_serial,
                                    top_score=found.top_score, confidence=found.confidence,
-                                   hits=found.hits, matched_by=BY_FIGURE)
+                                   hits=hits, matched_by=BY_FIGURE)
 
     def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool,
                     photographed: bool, allowed: np.ndarray | None = None) -> MarkAnswer:
