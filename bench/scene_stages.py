@@ -31,7 +31,7 @@ STAGES = ("locate", "search", "answer", "verify", "words", "read_box", "read_who
 @contextmanager
 def _timed_reading(engine: SearchEngine, spent: dict[str, float]):
     """The engine's two ways of reading words, timed into `spent` while inside."""
-    read_words, read_lines = engine.read_words, engine.read_lines
+    read_box, read_lines = engine.read_box, engine.read_lines
 
     def timed(name, fn):
         def call(*args):
@@ -42,12 +42,12 @@ def _timed_reading(engine: SearchEngine, spent: dict[str, float]):
                 spent[name] += time.perf_counter() - t
         return call
 
-    engine.read_words = timed("read_box", read_words)
+    engine.read_box = timed("read_box", read_box)
     engine.read_lines = timed("read_whole", read_lines)
     try:
         yield
     finally:
-        del engine.read_words, engine.read_lines  # the methods again
+        del engine.read_box, engine.read_lines  # the methods again
 
 
 def stages(engine: SearchEngine, pictures: list[bytes], k: int = 10,

@@ -678,15 +678,19 @@ class SearchEngine:
         return self.read_threads if self._serving <= 1 else 1
 
     def read_lines(self, picture: Image.Image) -> list[words.Line]:
+        """The lines read in a whole picture."""
+        return self._read(picture)
+
+    def read_box(self, picture: Image.Image, box: Region) -> list[words.Line]:
+        """The lines read in `box` of the picture, in the box's pixels."""
+        return self._read(_cut(picture, box))
+
+    def _read(self, picture: Image.Image) -> list[words.Line]:
         try:
             return words.reader().read_lines(picture, self._read_threads())
         except words.ReaderUnavailable as e:
             log.warning("%s", e)
             return []
-
-    def read_box(self, picture: Image.Image, box: Region) -> list[words.Line]:
-        """The lines read in `box` of the picture, in the box's pixels."""
-        return self.read_lines(_cut(picture, box))
 
     def _figure_alone(self, mark: MarkAnswer, lines: list[words.Line], picture: Picture,
                       query: Query, threshold: float, k: int) -> MarkAnswer:
