@@ -64,13 +64,18 @@ def _with_words_under(image, word: str) -> bytes:
     return buf.getvalue()
 
 
-def test_a_device_with_words_set_under_it_exists_by_its_figure(stub, engine):
-    """Made-up words under a registered device that has none: the picture with them is
-    unsure, the device alone (the words read painted over) is registered."""
+@pytest.fixture(scope="module")
+def devices(engine) -> list[str]:
+    """Serials of six sample marks without words."""
     cat = engine.index.catalog
     ids = cat.all_ids()
     texts, refs = cat.texts(ids), cat.refs(ids)
-    devices = [refs[i].serial for i in sorted(ids) if not texts.get(i, "").strip()][:6]
+    return [refs[i].serial for i in sorted(ids) if not texts.get(i, "").strip()][:6]
+
+
+def test_a_device_with_words_set_under_it_exists_by_its_figure(stub, devices):
+    """Made-up words under a registered device that has none: the picture with them is
+    unsure, the device alone (the words read painted over) is registered."""
     rng = random.Random(3)
     said = [stub.Search(pb.SearchRequest(image=_with_words_under(
         SAMPLES / "registry" / f"{s}.png", words.made_up_word(rng).upper()), k=5))
@@ -81,6 +86,18 @@ def test_a_device_with_words_set_under_it_exists_by_its_figure(stub, engine):
     for r in by_figure:
         assert r.words and r.confidence >= r.threshold  # the figure's own decision
         assert r.marks[0].matched_by == "figure" and r.matches[0].serial == r.matched_serial
+
+
+def test_the_client_says_a_mark_exists_by_its_figure(server_address, devices, tmp_path,
+                                                     capsys):
+    from client.cli import main
+    path = tmp_path / "device-and-name.png"
+    path.write_bytes(_with_words_under(SAMPLES / "registry" / f"{devices[0]}.png", "MAQUOM"))
+    assert main(["--server", server_address, "search", "--input-img", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"Trade Mark Existed! - serial number: {devices[0]} (exists by its "
+                      "figure: its picture with the words beside it left out)")
+    assert any(line.startswith("words 'MAQUOM'") for line in out)
 
 
 def test_an_unregistered_device_with_words_under_it_stays_unregistered(stub):
