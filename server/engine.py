@@ -176,6 +176,22 @@ def _cut(picture: Image.Image, box: Region) -> Image.Image:
     return picture.crop((x, y, x + w, y + h))
 
 
+def _read_in_part(mark: MarkAnswer, text: str) -> bool:
+    """Whether `mark` exists by words read in its box that are a part of `text`, the
+    words of a block the whole photograph's read found there: read closer, a mark's words
+    can come out cut ("apache" of APACHE CASSANDRA, "Github" of GITHUB ACTIONS) and name
+    another registered mark."""
+    if mark.matched_by != BY_WORDS:
+        return False
+    part, whole = words.words_of(mark.words), words.words_of(text)
+    return 0 < len(part) < len(whole) and any(
+        whole[i:i + len(part)] == part for i in range(len(whole) - len(part) + 1))
+
+
+def _unanswered(mark: MarkAnswer) -> MarkAnswer:
+    return dataclasses.replace(mark, exists=False, matched_serial="", matched_by="")
+
+
 class Picture:
     """The picture sent, decoded the first time a step after the search needs it (the
     encoder's batch decoded its own copy, scaled for the network)."""
@@ -609,22 +625,40 @@ class SearchEngine:
         mark's words (_same_words) and not the words of a mark already answered is a mark,
         answered by its words; the mark the detector found around it where there is one
         (its box kept), else a mark of its own, boxed by its words. The detector misses
-        marks (docs/scenes.md) that words still name."""
+        marks (docs/scenes.md) that words still name. A mark that exists by words read
+        closer in its box that are a part of the words such a block names, where the
+        block was read, was a cut read of them (_read_in_part): it names no mark of its
+        own."""
         marks = list(marks)
         for (x0, y0, x1, y1), text in blocks:
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             around = next((i for i, m in enumerate(marks) if m.detected is not None
                            and m.box[0] <= cx <= m.box[0] + m.box[2]
                            and m.box[1] <= cy <= m.box[1] + m.box[3]), None)
-            if around is not None and marks[around].exists:
+            box = (round(x0), round(y0), round(x1 - x0), round(y1 - y0))
+            # Marks that exist by words read closer that are a part of these words, where
+            # these were read: perhaps cut reads of them.
+            partial = {i for i, m in enumerate(marks) if m.detected is not None
+                       and iou(m.box, box) > 0 and _read_in_part(m, text)}
+            held = around is not None and marks[around].exists and around not in partial
+            if held and not partial:
                 continue  # its words are that mark's
-            mark = marks[around] if around is not None else MarkAnswer(
-                (round(x0), round(y0), round(x1 - x0), round(y1 - y0)), False, "", 0.0, 0.0, [])
-            answered = self._with_words(mark, text, k, typed=False, photographed=True,
-                                        allowed=allowed)
-            if answered.exists and not any(self._same_brand(answered.matched_serial,
-                                                            m.matched_serial)
-                                           for m in marks if m.exists):
+            mark = marks[around] if around is not None and not held else MarkAnswer(
+                box, False, "", 0.0, 0.0, [])
+            answered = self._with_words(_unanswered(mark), text, k, typed=False,
+                                        photographed=True, allowed=allowed)
+            if not answered.exists:
+                continue
+            named = next(h.text for h in answered.hits if h.serial == answered.matched_serial)
+            cut = {i for i in partial if _read_in_part(marks[i], named)}
+            already = any(self._same_brand(answered.matched_serial, m.matched_serial)
+                          for i, m in enumerate(marks)
+                          if m.exists and i not in cut and (held or i != around))
+            if held and not already:
+                continue  # two marks' words read as one block: that mark's stand
+            for i in cut:  # a cut read of a mark's words names no mark of its own
+                marks[i] = _unanswered(marks[i])
+            if not held and not already:
                 if around is None:
                     marks.append(answered)
                 else:

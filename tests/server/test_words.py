@@ -400,3 +400,39 @@ def test_a_photographs_unsure_marks_are_read_closer_where_its_whole_read_found_w
         assert read == [worded_box, blank, tiny]
     finally:
         del engine.read_box  # the method again
+
+
+def test_a_cut_read_of_a_marks_words_names_no_mark_of_its_own(engine):
+    """Read closer in a box, a mark's words can come out cut ("apache" of APACHE
+    CASSANDRA) and name another registered mark; where the photograph's whole read found
+    the whole of them there, naming a registered mark, the cut read's mark exists no more
+    and the whole words' mark does. A mark elsewhere, read the same, keeps its answer."""
+    from server.engine import MarkAnswer
+
+    cat = engine.index.catalog
+    ids = cat.all_ids()
+    texts, refs = cat.texts(ids), cat.refs(ids)
+    serial, text = next((refs[i].serial, t) for i, t in sorted(texts.items())
+                        if len(words.words_of(t)) >= 2
+                        and min(map(len, words.words_of(t))) >= 4)
+    other = next(refs[i].serial for i in sorted(ids) if refs[i].serial != serial)
+    part = words.words_of(text)[0]
+
+    def named_by(box: tuple[int, int, int, int]) -> MarkAnswer:  # as `part` read closer
+        return MarkAnswer(box, True, other, 0.3, 0.05, [], detected=0.5, words=part,
+                          matched_by="words")
+    block = [((120.0, 150.0, 380.0, 190.0), text)]  # its centre (250, 170)
+    # The cut read's box holds the block's centre: it is answered anew by the whole words.
+    cut = named_by((100, 100, 300, 120))
+    marks = engine._marks_by_their_words(block, [cut], 5)
+    assert marks[0].exists and marks[0].matched_serial == serial and marks[0].words == text
+    # Another unsure mark holds it: that one is named, the cut read's names nothing.
+    cut, elsewhere = named_by((100, 100, 140, 120)), named_by((600, 500, 150, 60))
+    around = MarkAnswer((80, 90, 360, 160), False, "", 0.3, 0.05, [], detected=0.6)
+    marks = engine._marks_by_their_words(block, [cut, around, elsewhere], 5)
+    assert not marks[0].exists and marks[0].matched_by == "" and marks[0].words == part
+    assert marks[1].exists and marks[1].matched_serial == serial and \
+        marks[1].matched_by == "words"
+    assert marks[2] == elsewhere
+    # Without the whole read's block, the cut read stands (as before).
+    assert engine._marks_by_their_words([], [cut, around], 5) == [cut, around]
