@@ -649,8 +649,11 @@ class SearchEngine:
                                         photographed=True, allowed=allowed)
             if not answered.exists:
                 continue
-            named = next(h.text for h in answered.hits if h.serial == answered.matched_serial)
+            named = next((h.text for h in answered.hits
+                          if h.serial == answered.matched_serial), "")
             cut = {i for i in partial if _read_in_part(marks[i], named)}
+            # A mark around it that exists by words of its own in the block stands.
+            held = around is not None and marks[around].exists and around not in cut
             already = any(self._same_brand(answered.matched_serial, m.matched_serial)
                           for i, m in enumerate(marks)
                           if m.exists and i not in cut and (held or i != around))

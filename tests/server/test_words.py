@@ -436,3 +436,11 @@ def test_a_cut_read_of_a_marks_words_names_no_mark_of_its_own(engine):
     assert marks[2] == elsewhere
     # Without the whole read's block, the cut read stands (as before).
     assert engine._marks_by_their_words([], [cut, around], 5) == [cut, around]
+    # Two marks' words read as one block: the mark that exists by its own words in it
+    # stands, though the block's words name another (whose picture it ranks second).
+    from server.engine import Hit
+    both = [((120.0, 150.0, 380.0, 190.0), "ZORBLAX " + text)]
+    own = MarkAnswer((80, 90, 360, 160), True, other, 0.3, 0.05,
+                     [Hit(other, "", 0.5), Hit(serial, "", 0.4, text=text)], detected=0.6,
+                     words="ZORBLAX", matched_by="words")
+    assert engine._marks_by_their_words(both, [own], 5) == [own]
