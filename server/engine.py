@@ -640,11 +640,11 @@ class SearchEngine:
             # these were read: perhaps cut reads of them.
             partial = {i for i, m in enumerate(marks) if m.detected is not None
                        and iou(m.box, box) > 0 and _read_in_part(m, text)}
-            held = around is not None and marks[around].exists and around not in partial
-            if held and not partial:
+            if not partial and around is not None and marks[around].exists:
                 continue  # its words are that mark's
-            mark = marks[around] if around is not None and not held else MarkAnswer(
-                box, False, "", 0.0, 0.0, [])
+            # Answered on a mark of its own beside one that exists for other reasons.
+            apart = around is None or marks[around].exists and around not in partial
+            mark = MarkAnswer(box, False, "", 0.0, 0.0, []) if apart else marks[around]
             answered = self._with_words(_unanswered(mark), text, k, typed=False,
                                         photographed=True, allowed=allowed)
             if not answered.exists:
