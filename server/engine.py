@@ -188,6 +188,13 @@ def _read_in_part(mark: MarkAnswer, text: str) -> bool:
         whole[i:i + len(part)] == part for i in range(len(whole) - len(part) + 1))
 
 
+def _scored(hits: list[Hit], query: tuple[str, ...], typed: bool = False) -> list[Hit]:
+    """`hits` with their registered words scored against the words `query`
+    (words.similarity; `typed`: words the caller gave, short ones counting)."""
+    return [dataclasses.replace(h, text_score=words.similarity(query, words.words_of(h.text),
+                                                               typed)) for h in hits]
+
+
 def _unanswered(mark: MarkAnswer) -> MarkAnswer:
     return dataclasses.replace(mark, exists=False, matched_serial="", matched_by="")
 
@@ -750,12 +757,10 @@ class SearchEngine:
                             query.filters)
         if not found.exists:
             return mark
-        read = words.words_of(mark.words)  # its matches' words scored as _with_words does
-        hits = [dataclasses.replace(h, text_score=words.similarity(read, words.words_of(h.text)))
-                for h in found.hits]
         return dataclasses.replace(mark, exists=True, matched_serial=found.matched_serial,
                                    top_score=found.top_score, confidence=found.confidence,
-                                   hits=hits, matched_by=BY_FIGURE)
+                                   hits=_scored(found.hits, words.words_of(mark.words)),
+                                   matched_by=BY_FIGURE)
 
     def _with_words(self, mark: MarkAnswer, text: str, k: int, typed: bool,
                     photographed: bool, allowed: np.ndarray | None = None) -> MarkAnswer:
@@ -773,8 +778,7 @@ class SearchEngine:
         or by its words), its words read. `allowed`: the ids the query's filters pass
         (None: no filter); marks found by their words are among them."""
         query = words.words_of(text)
-        scored = [dataclasses.replace(h, text_score=words.similarity(
-            query, words.words_of(h.text), typed)) for h in mark.hits]
+        scored = _scored(mark.hits, query, typed)
         word_hits: list[Hit] = []  # the register's marks that bear these words
         if typed or photographed:
             found = self._words_found(query, k, typed, allowed)
